@@ -1,0 +1,453 @@
+"""The feature store: the only contract between stage 1 (`tt-extract`) and stage 2 (`tt-train`, `tt-sweep`).
+
+One store per dataset and backbone. Zarr v3 (a directory, the default) or HDF5 (one `.h5` file), same layout:
+
+    <root>                attrs: see `FeatureStore.attrs` (format version, backbone, resolution, dataset, ...)
+      <split>/            one group per split (`train`, `test`), attrs: n, chunk_size
+        cls      (N, Dc)     float16   global summary token
+        patches  (N, T, Dp)  float16   patch tokens (int8 when the store was written with --dtype int8)
+        patch_scales (N, T)  float16   only for int8 patches: one absmax scale per token, x ~= q * scale
+        labels   (N,)        int64     class index, -1 where the source has none
+        done     (N/chunk,)  bool      chunk k is completely written (resume + integrity)
+
+Chunks run along N only, so a training batch reads whole contiguous chunks. All arrays are stored uncompressed:
+compression saves <= 15% on fp16 tokens and costs 2-10x read speed (DESIGN.md, measured). A store is readable
+with plain zarr/h5py; this module only adds resume bookkeeping, identity checks and int8 dequantisation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import TwinTurboError
+
+FORMAT_VERSION = 1
+FORMATS = ("zarr", "hdf5")
+PATCH_DTYPES = ("float16", "int8")
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+# Keys whose values must agree between an existing store and a new extraction for it to be resumed.
+IDENTITY_KEYS = (
+    "format_version", "dataset", "backbone", "weights_id", "resolution", "patch_dtype", "chunk_size", "layouts",
+)
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    """Shapes of one split: N samples, a (Dc,) summary and (T, Dp) patch tokens each."""
+
+    n: int
+    cls_dim: int
+    num_patches: int
+    patch_dim: int
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "cls_dim": self.cls_dim, "num_patches": self.num_patches, "patch_dim": self.patch_dim}
+
+
+def num_chunks(n: int, chunk_size: int) -> int:
+    return (n + chunk_size - 1) // chunk_size
+
+
+def quantise_int8(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Absmax int8 per token: returns (q int8 [..., Dp], scale float16 [...]) with |x - q*scale| <= scale/2.
+
+    The scale is rounded *up* to float16 before quantising so that q never needs clipping.
+    """
+    x = np.asarray(patches, dtype=np.float32)
+    scale32 = np.abs(x).max(axis=-1) / 127.0
+    scale16 = scale32.astype(np.float16)
+    too_small = scale16.astype(np.float32) < scale32
+    scale16[too_small] = np.nextafter(scale16[too_small], np.float16(np.inf))
+    divisor = np.where(scale16 > 0, scale16.astype(np.float32), 1.0)[..., None]
+    q = np.clip(np.rint(x / divisor), -127, 127).astype(np.int8)
+    return q, scale16
+
+
+def dequantise_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Inverse of `quantise_int8`, in float32."""
+    return q.astype(np.float32) * scale.astype(np.float32)[..., None]
+
+
+def detect_format(path: Path) -> str:
+    return "hdf5" if path.suffix in HDF5_SUFFIXES else "zarr"
+
+
+def resolve_store_path(path: str | os.PathLike) -> Path:
+    """`features/svhn` finds `features/svhn/` (zarr) or `features/svhn.h5` (hdf5)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    for suffix in HDF5_SUFFIXES:
+        candidate = path.with_name(path.name + suffix)
+        if candidate.exists():
+            return candidate
+    raise TwinTurboError(f"feature store {path} does not exist (expected a zarr directory or a .h5 file from tt-extract)")
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backends: the minimum each format must do. Both read/write plain numpy arrays by name under a split group.
+# ---------------------------------------------------------------------------------------------------------------------
+
+class _ZarrBackend:
+    def __init__(self, path: Path, mode: str):
+        import zarr
+
+        self.path = path
+        try:
+            self.root = zarr.open_group(str(path), mode=mode)
+        except Exception as err:  # zarr raises several types for a missing/corrupt group
+            raise TwinTurboError(f"cannot open zarr store {path}: {type(err).__name__}: {err}".splitlines()[0]) from None
+
+    def attrs(self) -> dict:
+        return dict(self.root.attrs)
+
+    def set_attrs(self, attrs: dict) -> None:
+        self.root.attrs.update(attrs)
+
+    def split_names(self) -> list[str]:
+        return sorted(name for name, _ in self.root.groups())
+
+    def split_attrs(self, split: str) -> dict:
+        return dict(self.root[split].attrs)
+
+    def create_split(self, split: str, attrs: dict, arrays: dict[str, tuple[tuple, tuple, str]]) -> None:
+        group = self.root.create_group(split, overwrite=True)
+        group.attrs.update(attrs)
+        for name, (shape, chunks, dtype) in arrays.items():
+            group.create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, compressors=None, fill_value=0,
+                config={"write_empty_chunks": True},
+            )
+
+    def array(self, split: str, name: str):
+        return self.root[split][name]
+
+    def has_array(self, split: str, name: str) -> bool:
+        return name in self.root[split]
+
+    def write(self, split: str, name: str, start: int, values: np.ndarray) -> None:
+        self.root[split][name][start:start + len(values)] = values
+
+    def read(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
+        return self.root[split][name][start:stop]
+
+    def flush(self) -> None:
+        pass  # every zarr write is already a finished chunk file
+
+    def close(self) -> None:
+        pass
+
+
+class _Hdf5Backend:
+    def __init__(self, path: Path, mode: str):
+        import h5py
+
+        self.path = path
+        h5_mode = {"r": "r", "r+": "r+", "w": "w", "a": "a"}[mode]
+        try:
+            self.file = h5py.File(path, h5_mode)
+        except OSError as err:
+            raise TwinTurboError(
+                f"cannot open HDF5 store {path}: {str(err).splitlines()[0]} "
+                "(damaged by a kill during a write? rerun tt-extract with --overwrite)"
+            ) from None
+
+    @staticmethod
+    def _decode(value):
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    @staticmethod
+    def _encode(value):
+        return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+
+    def attrs(self) -> dict:
+        return {k: self._decode(v) for k, v in self.file.attrs.items()}
+
+    def set_attrs(self, attrs: dict) -> None:
+        for key, value in attrs.items():
+            self.file.attrs[key] = self._encode(value)
+
+    def split_names(self) -> list[str]:
+        return sorted(self.file.keys())
+
+    def split_attrs(self, split: str) -> dict:
+        return {k: self._decode(v) for k, v in self.file[split].attrs.items()}
+
+    def create_split(self, split: str, attrs: dict, arrays: dict[str, tuple[tuple, tuple, str]]) -> None:
+        if split in self.file:
+            del self.file[split]
+        group = self.file.create_group(split)
+        for key, value in attrs.items():
+            group.attrs[key] = self._encode(value)
+        for name, (shape, chunks, dtype) in arrays.items():
+            group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fillvalue=0)
+
+    def array(self, split: str, name: str):
+        return self.file[split][name]
+
+    def has_array(self, split: str, name: str) -> bool:
+        return name in self.file[split]
+
+    def write(self, split: str, name: str, start: int, values: np.ndarray) -> None:
+        self.file[split][name][start:start + len(values)] = values
+
+    def read(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
+        dataset = self.file[split][name]
+        out = np.empty((stop - start,) + dataset.shape[1:], dtype=dataset.dtype)
+        if stop > start:
+            dataset.read_direct(out, source_sel=np.s_[start:stop])
+        return out
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _open_backend(path: Path, mode: str):
+    return (_Hdf5Backend if detect_format(path) == "hdf5" else _ZarrBackend)(path, mode)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------------------
+
+class SplitReader:
+    """Read access to one split. `read(a, b)` returns float16 (cls, patches); int8 patches come back dequantised."""
+
+    def __init__(self, backend, name: str, store_attrs: dict):
+        self._backend = backend
+        self.name = name
+        attrs = backend.split_attrs(name)
+        self.n: int = int(attrs["n"])
+        self.chunk_size: int = int(attrs["chunk_size"])
+        self.patch_dtype: str = store_attrs.get("patch_dtype", "float16")
+        cls_shape = backend.array(name, "cls").shape
+        patch_shape = backend.array(name, "patches").shape
+        self.cls_dim: int = int(cls_shape[1])
+        self.num_patches: int = int(patch_shape[1])
+        self.patch_dim: int = int(patch_shape[2])
+
+    @property
+    def num_chunks(self) -> int:
+        return num_chunks(self.n, self.chunk_size)
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self._backend.read(self.name, "done", 0, self.num_chunks), dtype=bool)
+
+    def is_complete(self) -> bool:
+        return bool(self.done_mask().all())
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._backend.read(self.name, "labels", 0, self.n), dtype=np.int64)
+
+    def read_cls(self, start: int, stop: int) -> np.ndarray:
+        return self._backend.read(self.name, "cls", start, stop)
+
+    def read_patches(self, start: int, stop: int) -> np.ndarray:
+        patches = self._backend.read(self.name, "patches", start, stop)
+        if self.patch_dtype == "int8":
+            scales = self._backend.read(self.name, "patch_scales", start, stop)
+            return dequantise_int8(patches, scales).astype(np.float16)
+        return patches
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Samples [start, stop) as (cls [n, Dc] float16, patches [n, T, Dp] float16). Contiguous, never fancy."""
+        return self.read_cls(start, stop), self.read_patches(start, stop)
+
+    def iter_chunks(self, chunks_per_read: int = 1) -> Iterator[tuple[int, int]]:
+        """(start, stop) ranges of whole chunks, in order."""
+        step = self.chunk_size * chunks_per_read
+        for start in range(0, self.n, step):
+            yield start, min(start + step, self.n)
+
+    def nbytes(self) -> int:
+        per_patch = 1 if self.patch_dtype == "int8" else 2
+        scales = 2 * self.num_patches if self.patch_dtype == "int8" else 0
+        return self.n * (2 * self.cls_dim + per_patch * self.num_patches * self.patch_dim + scales + 8)
+
+
+class FeatureStore:
+    """An opened store. Use `open_store` to read and `create_store` to write."""
+
+    def __init__(self, path: Path, backend, writable: bool):
+        self.path = path
+        self.format = detect_format(path)
+        self._backend = backend
+        self.writable = writable
+        self.attrs: dict = backend.attrs()
+        if "format_version" not in self.attrs:
+            raise TwinTurboError(f"{path} is not a twinturbo feature store (no format_version attribute)")
+        if self.attrs["format_version"] != FORMAT_VERSION:
+            raise TwinTurboError(
+                f"{path} has store format version {self.attrs['format_version']}, this twinturbo reads version "
+                f"{FORMAT_VERSION}: re-extract it with this version's tt-extract"
+            )
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.attrs.get("splits", self._backend.split_names()))
+
+    def split(self, name: str) -> SplitReader:
+        if name not in self._backend.split_names():
+            raise TwinTurboError(f"{self.path} has no split '{name}' (it has: {', '.join(self.splits) or 'none'})")
+        return SplitReader(self._backend, name, self.attrs)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.attrs.get("class_names", []))
+
+    def identity(self) -> dict:
+        """What a run needs to record to know later which features it trained on."""
+        key = {k: self.attrs.get(k) for k in IDENTITY_KEYS + ("created", "source_checksums")}
+        return {
+            "path": str(self.path.resolve()),
+            "dataset": self.attrs.get("dataset"),
+            "backbone": self.attrs.get("backbone"),
+            "created": self.attrs.get("created"),
+            "fingerprint": hashlib.sha256(_canonical(key).encode()).hexdigest()[:16],
+        }
+
+    def require_complete(self) -> None:
+        for name in self.splits:
+            done = self.split(name).done_mask()
+            if not done.all():
+                raise TwinTurboError(
+                    f"{self.path}: split '{name}' is incomplete ({int(done.sum())}/{len(done)} chunks done); "
+                    "rerun the same tt-extract command to finish it"
+                )
+
+    # -- writing ----------------------------------------------------------------------------------------------------
+
+    def done_mask(self, split: str) -> np.ndarray:
+        return self.split(split).done_mask()
+
+    def write_chunk(self, split: str, chunk_index: int, cls: np.ndarray, patches: np.ndarray,
+                    labels: np.ndarray) -> None:
+        """Write one whole chunk, then mark it done. A kill before the flag leaves it to be redone on resume."""
+        if not self.writable:
+            raise RuntimeError("store opened read-only")
+        chunk_size = int(self.attrs["chunk_size"])
+        start = chunk_index * chunk_size
+        self._backend.write(split, "cls", start, np.asarray(cls, dtype=np.float16))
+        if self.attrs["patch_dtype"] == "int8":
+            q, scales = quantise_int8(patches)
+            self._backend.write(split, "patches", start, q)
+            self._backend.write(split, "patch_scales", start, scales)
+        else:
+            self._backend.write(split, "patches", start, np.asarray(patches, dtype=np.float16))
+        self._backend.write(split, "labels", start, np.asarray(labels, dtype=np.int64))
+        self._backend.flush()
+        self._backend.write(split, "done", chunk_index, np.ones(1, dtype=bool))
+        self._backend.flush()
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(path: str | os.PathLike, writable: bool = False) -> FeatureStore:
+    """Open an existing store (zarr directory or .h5 file) for reading, or for writing its chunks."""
+    resolved = resolve_store_path(path)
+    return FeatureStore(resolved, _open_backend(resolved, "r+" if writable else "r"), writable)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _was_killed_while_created(path: Path) -> bool:
+    """A store whose creation never finished holds no chunk yet: it is safe to start it again."""
+    try:
+        attrs = _open_backend(path, "r").attrs()
+    except TwinTurboError:
+        return False
+    return bool(attrs.get("twinturbo_creating")) and "format_version" not in attrs
+
+
+def identity_mismatch(existing: dict, wanted: dict) -> str | None:
+    """The first identity key whose value differs, as 'key: existing != wanted', or None when they agree."""
+    for key in IDENTITY_KEYS:
+        if _canonical(existing.get(key)) != _canonical(wanted.get(key)):
+            return f"{key}: store has {existing.get(key)!r}, this run wants {wanted.get(key)!r}"
+    return None
+
+
+def create_store(path: str | os.PathLike, attrs: dict, layouts: dict[str, SplitLayout], chunk_size: int,
+                 patch_dtype: str = "float16", overwrite: bool = False) -> FeatureStore:
+    """Create a store, or reopen a matching one to resume it.
+
+    An existing store whose identity (dataset, backbone, weights, resolution, dtype, chunking, shapes) differs is
+    refused unless `overwrite`, which deletes it first. Metadata is written before any chunk, and the `done` flags
+    last, so a store killed at any point is recognisably incomplete.
+    """
+    path = Path(path)
+    if patch_dtype not in PATCH_DTYPES:
+        raise TwinTurboError(f"--dtype {patch_dtype}: expected one of {', '.join(PATCH_DTYPES)}")
+    full_attrs = dict(attrs)
+    full_attrs.update(
+        format_version=FORMAT_VERSION, patch_dtype=patch_dtype, chunk_size=int(chunk_size),
+        layouts={name: layout.to_dict() for name, layout in layouts.items()}, splits=list(layouts),
+    )
+    if path.exists() and (overwrite or _was_killed_while_created(path)):
+        _remove(path)
+    if path.exists():
+        try:
+            existing = open_store(path, writable=True)
+        except TwinTurboError as err:
+            raise TwinTurboError(f"{err} (or pass --overwrite to replace it)") from None
+        mismatch = identity_mismatch(existing.attrs, full_attrs)
+        if mismatch:
+            existing.close()
+            raise TwinTurboError(
+                f"{path} holds a different extraction ({mismatch}); pass --overwrite to replace it or choose another --out"
+            )
+        return existing
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = _open_backend(path, "w")
+    backend.set_attrs({"twinturbo_creating": True})
+    for split, layout in layouts.items():
+        arrays = {
+            "cls": ((layout.n, layout.cls_dim), (chunk_size, layout.cls_dim), "float16"),
+            "patches": ((layout.n, layout.num_patches, layout.patch_dim),
+                        (chunk_size, layout.num_patches, layout.patch_dim), patch_dtype),
+            "labels": ((layout.n,), (chunk_size,), "int64"),
+            "done": ((num_chunks(layout.n, chunk_size),), (1,), "bool"),
+        }
+        if patch_dtype == "int8":
+            arrays["patch_scales"] = ((layout.n, layout.num_patches), (chunk_size, layout.num_patches), "float16")
+        backend.create_split(split, {"n": layout.n, "chunk_size": int(chunk_size), "split": split}, arrays)
+    backend.set_attrs({**full_attrs, "twinturbo_creating": False})
+    backend.flush()
+    return FeatureStore(path, backend, writable=True)

@@ -1,0 +1,1 @@
+"""TwinTURBO: two-stage semi-supervised fine-tuning on cached foundation-model tokens."""
