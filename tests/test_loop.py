@@ -1,0 +1,205 @@
+"""The training loop: it learns separable tokens, a seed decides everything, and NaN stops it with the step number."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.store import SplitLayout, create_store, open_store
+from twinturbo.train.config import TrainConfig
+from twinturbo.train.data import load_split
+from twinturbo.train.loop import (StepBatch, discriminator_loss, evaluate, load_head, lr_factor, model_losses,
+                                  train, train_from_store)
+from twinturbo.train.model import build_head, draw_dropout_mask
+
+CLASSES = 10
+SMALL = dict(proj_dim=64, pred_dim=32, disc_dim=16)
+
+
+def make_synthetic_store(path: Path, n_train: int = 400, n_test: int = 200, scale: float = 1.0, chunk: int = 64,
+                         complete: bool = True, cls_dim: int = 24, num_patches: int = 4, patch_dim: int = 16,
+                         seed: int = 0) -> Path:
+    """A real-format store whose tokens are class means plus noise: a head must separate them easily."""
+    rng = np.random.default_rng(seed)
+    cls_means = rng.normal(size=(CLASSES, cls_dim)) * 1.5
+    patch_means = rng.normal(size=(CLASSES, patch_dim)) * 1.5
+    layouts = {s: SplitLayout(n, cls_dim, num_patches, patch_dim) for s, n in (("train", n_train), ("test", n_test))}
+    attrs = {"dataset": "synthetic", "backbone": "none", "weights_id": "none", "resolution": 0,
+             "class_names": [f"class{c}" for c in range(CLASSES)]}
+    with create_store(path, attrs, layouts, chunk_size=chunk) as store:
+        for split, n in (("train", n_train), ("test", n_test)):
+            labels = np.arange(n) % CLASSES
+            rng.shuffle(labels)
+            cls = (cls_means[labels] + rng.normal(size=(n, cls_dim))) * scale
+            patches = (patch_means[labels][:, None, :] + rng.normal(size=(n, num_patches, patch_dim))) * scale
+            chunks = range(-(-n // chunk))
+            for k in chunks if complete or split == "test" else list(chunks)[:-1]:
+                sl = slice(k * chunk, (k + 1) * chunk)
+                store.write_chunk(split, k, cls[sl], patches[sl], labels[sl])
+    return path
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    return make_synthetic_store(tmp_path_factory.mktemp("store") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def splits(store_path):
+    with open_store(store_path) as store:
+        return load_split(store, "train", torch.device("cpu")), load_split(store, "test", torch.device("cpu"))
+
+
+def quick_config(**overrides) -> TrainConfig:
+    values = dict(labels=50, epochs=4, batch_size=64, lr=2e-3, warmup=5, **SMALL)
+    values.update(overrides)
+    values["warmup_steps"] = values.pop("warmup")
+    return TrainConfig(**values)
+
+
+def test_load_split_matches_the_store(store_path, splits):
+    train_split, _ = splits
+    with open_store(store_path) as store:
+        cls, patches = store.split("train").read(0, 400)
+        labels = store.split("train").labels()
+    assert torch.equal(train_split.cls, torch.from_numpy(cls))
+    assert torch.equal(train_split.patches, torch.from_numpy(patches))
+    assert torch.equal(train_split.labels, torch.from_numpy(labels))
+
+
+def test_training_on_separable_tokens_beats_chance_by_far(splits):
+    train_split, test_split = splits
+    result = train(quick_config(critic_weight=0.1, latent_weight=0.1), train_split, test_split, CLASSES,
+                   torch.device("cpu"), progress=False)
+    assert result.metrics["test_accuracy"] > 0.8  # chance is 0.1
+    assert result.metrics["steps"] == 4 * 7  # ceil(400 / 64) steps per epoch
+    assert evaluate(result.head, test_split, torch.device("cpu")) == result.metrics["test_accuracy"]
+    epoch = result.metrics["epochs"][-1]
+    assert set(epoch["mean_losses"]) == {"task", "critic", "latent", "total", "disc"}
+
+
+def test_same_seed_same_run_other_seed_other_run(splits):
+    train_split, test_split = splits
+    runs = [train(quick_config(seed=s, epochs=1, critic_weight=0.5, latent_weight=0.5), train_split, test_split,
+                  CLASSES, torch.device("cpu"), progress=False) for s in (7, 7, 8)]
+    strip = lambda m: {k: v for k, v in m.items() if k != "wall_time_s"}  # noqa: E731
+    assert strip(runs[0].metrics) == strip(runs[1].metrics)
+    for a, b in zip(runs[0].head.state_dict().values(), runs[1].head.state_dict().values()):
+        assert torch.equal(a, b)
+    assert strip(runs[0].metrics) != strip(runs[2].metrics)
+    assert runs[0].metrics["labelled_indices"] != runs[2].metrics["labelled_indices"]
+
+
+def test_weights_do_not_change_the_data_or_init(splits):
+    """Same seed and budget, different weights: same labelled subset, and with all weights 0 the same model as a
+    run whose weights are 0 too but whose other settings (critic prior) differ: unused terms draw nothing extra."""
+    train_split, test_split = splits
+    a = train(quick_config(epochs=1), train_split, test_split, CLASSES, torch.device("cpu"), progress=False)
+    b = train(quick_config(epochs=1, prior="labelled"), train_split, test_split, CLASSES, torch.device("cpu"),
+              progress=False)
+    c = train(quick_config(epochs=1, critic_weight=1.0), train_split, test_split, CLASSES, torch.device("cpu"),
+              progress=False)
+    assert a.metrics["labelled_indices"] == c.metrics["labelled_indices"]
+    assert a.metrics["epochs"] == b.metrics["epochs"]
+    assert a.metrics["epochs"] != c.metrics["epochs"]
+
+
+def test_zero_weight_terms_are_not_computed(splits, monkeypatch):
+    train_split, _ = splits
+    import twinturbo.train.loop as loop
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a weight-0 term was computed")
+
+    monkeypatch.setattr(loop, "latent_infonce", fail)
+    monkeypatch.setattr(loop, "critic", fail)
+    head = build_head(24, 16, CLASSES, **SMALL)
+    index = torch.arange(8)
+    cls, patches, labels = train_split.batch(index, torch.device("cpu"))
+    batch = StepBatch(cls, patches, labels, cls, patches)
+    mask = draw_dropout_mask((24, 64), 0.3, torch.Generator().manual_seed(0))
+    losses, fake = model_losses(head, batch, mask, quick_config())
+    assert fake is None and float(losses["critic"]) == 0 and float(losses["latent"]) == 0
+    assert torch.equal(losses["total"], losses["task"])
+
+
+def test_model_losses_follow_eq22(splits):
+    """total = task + lambda_C critic + lambda_L latent, each term equal to the loss function on a separate forward."""
+    from twinturbo.train.losses import bin_cross, critic, latent_infonce
+
+    train_split, _ = splits
+    head = build_head(24, 16, CLASSES, **SMALL, init_seed=3)
+    device = torch.device("cpu")
+    cls, patches, labels = train_split.batch(torch.arange(8), device)
+    star_cls, star_patches, _ = train_split.batch(torch.arange(8, 16), device)
+    un_cls, un_patches, _ = train_split.batch(torch.arange(16, 24), device)
+    real = torch.eye(CLASSES)[torch.arange(8) % CLASSES]
+    mask = draw_dropout_mask((24, 64), 0.3, torch.Generator().manual_seed(1))
+    config = quick_config(loss="bin_cross", rescale="sigmoid", critic_weight=0.3, latent_weight=0.7)
+    losses, fake = model_losses(head, StepBatch(cls, patches, labels, un_cls, un_patches, star_cls, star_patches,
+                                                real), mask, config)
+    z, logits = head(cls, patches, mask[:8])
+    z_star, _ = head(star_cls, star_patches, mask[8:16])
+    _, un_logits = head(un_cls, un_patches, mask[16:])
+    expect_task = bin_cross(logits, labels, "sigmoid")
+    expect_latent = latent_infonce(z, z_star)
+    expect_critic = critic(head.discriminator(real), head.discriminator(torch.sigmoid(un_logits)))
+    torch.testing.assert_close(losses["task"], expect_task, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["latent"], expect_latent, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["critic"], expect_critic, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["total"], expect_task + 0.3 * expect_critic + 0.7 * expect_latent,
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fake, torch.sigmoid(un_logits).detach(), rtol=1e-5, atol=1e-6)
+    d_loss = discriminator_loss(head.discriminator, real, fake)
+    torch.testing.assert_close(d_loss, -expect_critic, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_schedule_is_linear_from_0_001():
+    config = TrainConfig(warmup_steps=150)
+    assert lr_factor(0, config) == pytest.approx(0.001)
+    assert lr_factor(75, config) == pytest.approx(0.001 + 0.999 / 2)
+    assert lr_factor(150, config) == 1.0 and lr_factor(10_000, config) == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_nan_in_the_features_stops_the_run_at_step_1(tmp_path):
+    path = make_synthetic_store(tmp_path / "huge", scale=1e30)  # fp16 overflows to inf: the first forward is NaN
+    with pytest.raises(TwinTurboError, match=r"not finite at step 1 "):
+        train_from_store(path, quick_config(), torch.device("cpu"), tmp_path / "run", progress=False)
+
+
+def test_run_directory_reopens(store_path, tmp_path):
+    result, run_dir = train_from_store(store_path, quick_config(epochs=1), torch.device("cpu"), tmp_path / "run",
+                                       progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == result.metrics["test_accuracy"]
+    assert metrics["store"]["dataset"] == "synthetic" and len(metrics["store"]["fingerprint"]) == 16
+    assert json.loads((run_dir / "config.json").read_text()) == quick_config(epochs=1).to_dict()
+    head = load_head(run_dir / "head.pt")
+    with open_store(store_path) as store:
+        test_split = load_split(store, "test", torch.device("cpu"))
+    assert evaluate(head, test_split, torch.device("cpu")) == metrics["test_accuracy"]
+
+
+def test_nan_stops_the_run_with_the_first_bad_step(splits, monkeypatch):
+    """The step is exact even when it falls inside a later window between host syncs."""
+    import twinturbo.train.loop as loop
+
+    train_split, test_split = splits
+    calls = {"n": 0}
+    original = loop.model_losses
+
+    def nan_at_step_13(*args, **kwargs):
+        calls["n"] += 1
+        losses, fake = original(*args, **kwargs)
+        if calls["n"] >= 13:
+            losses["total"] = losses["total"] * float("nan")
+        return losses, fake
+
+    monkeypatch.setattr(loop, "model_losses", nan_at_step_13)
+    with pytest.raises(TwinTurboError, match=r"not finite at step 13 "):
+        train(quick_config(), train_split, test_split, CLASSES, torch.device("cpu"), progress=False)

@@ -1,0 +1,96 @@
+"""Load a split of the feature store into tensors, once, by contiguous chunk reads.
+
+The whole split is held as float16 in host memory (and on the GPU when it fits there), so every training batch is an
+in-memory gather: the store is read once per run in whole-chunk ranges, never with scattered indices
+(DESIGN.md: scattered reads of a chunked store are orders of magnitude slower).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.store import FeatureStore
+
+# Leave this share of free memory to the model, optimiser states and activations.
+MEMORY_HEADROOM = 0.7
+READ_CHUNKS = 8  # store chunks per read: big enough to amortise per-call overhead, small enough for a smooth bar
+
+
+@dataclass
+class SplitTensors:
+    """One split in memory: cls [N, Dc] and patches [N, T, Dp] float16, labels [N] int64 (-1 = none)."""
+
+    cls: torch.Tensor
+    patches: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.cls.device
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cls, patches, labels) of the samples `index`, as float32 on `device` (bf16 autocast does the rest)."""
+        index = index.to(self.device)
+        cls, patches, labels = self.cls[index], self.patches[index], self.labels[index]
+        non_blocking = cls.device.type == "cpu" and device.type == "cuda"
+        return (cls.to(device, non_blocking=non_blocking).float(),
+                patches.to(device, non_blocking=non_blocking).float(),
+                labels.to(device, non_blocking=non_blocking))
+
+
+def available_host_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes, or None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def load_split(store: FeatureStore, split: str, device: torch.device, progress: bool = True) -> SplitTensors:
+    """Read a whole split into memory: on `device` when it is a GPU with room for it, else in host memory.
+
+    A split larger than the free host memory is refused with a message (re-extracting with `--dtype int8` halves it).
+    """
+    reader = store.split(split)
+    nbytes = reader.n * (2 * reader.cls_dim + 2 * reader.num_patches * reader.patch_dim)
+    free_host = available_host_memory()
+    if free_host is not None and nbytes > MEMORY_HEADROOM * free_host:
+        raise TwinTurboError(
+            f"{store.path}: split '{split}' needs {nbytes / 2**30:.1f} GiB in memory but only "
+            f"{free_host / 2**30:.1f} GiB is available (re-extract with --dtype int8, or use a bigger machine)"
+        )
+    target = torch.device("cpu")
+    if device.type == "cuda":
+        free_gpu, _ = torch.cuda.mem_get_info(device)
+        if nbytes < MEMORY_HEADROOM * free_gpu:
+            target = device
+    cls = torch.empty((reader.n, reader.cls_dim), dtype=torch.float16, device=target)
+    patches = torch.empty((reader.n, reader.num_patches, reader.patch_dim), dtype=torch.float16, device=target)
+    if target.type == "cpu" and device.type == "cuda":
+        cls, patches = cls.pin_memory(), patches.pin_memory()
+    ranges = list(reader.iter_chunks(READ_CHUNKS))
+    for start, stop in tqdm(ranges, desc=f"load {split}", unit="read", disable=not progress or len(ranges) < 2,
+                            leave=False):
+        chunk_cls, chunk_patches = reader.read(start, stop)
+        cls[start:stop] = torch.from_numpy(np.ascontiguousarray(chunk_cls))
+        patches[start:stop] = torch.from_numpy(np.ascontiguousarray(chunk_patches))
+    labels = torch.from_numpy(reader.labels()).to(target)
+    return SplitTensors(cls, patches, labels)
+
+
+def num_classes_of(store: FeatureStore, train_labels: torch.Tensor) -> int:
+    """C from the store's `class_names`, else one more than the largest label seen."""
+    if store.class_names:
+        return len(store.class_names)
+    return int(train_labels.max()) + 1

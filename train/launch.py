@@ -1,0 +1,141 @@
+"""Where a sweep's fused groups run: in this process (`local`) or as a submitit job array (`submitit`: SLURM, or
+submitit's local executor).
+
+Either way the unit of work is `run_groups`: open the store once, train each group of fused runs, and append one row
+per finished run to results.jsonl. A job therefore never reports back through the launcher: a job that dies loses
+only its unfinished group, and the next `tt-sweep` with the same command retrains exactly that.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.train.sweep import RESULTS_FILE, SETUPS, RunSpec, append_row, finished_run_ids
+
+LAUNCHERS = ("local", "submitit")
+SUBMITIT_CLUSTERS = ("auto", "slurm", "local", "debug")
+
+
+@dataclass
+class SlurmOptions:
+    """The `--slurm-*` options (submitit's own names in brackets)."""
+
+    partition: str | None = None  # slurm_partition
+    time_min: int = 60  # timeout_min
+    gpus_per_node: int = 1  # gpus_per_node
+    cpus_per_task: int = 8  # cpus_per_task
+    mem_gb: int = 32  # mem_gb
+    array_parallelism: int = 16  # slurm_array_parallelism
+    cluster: str = "auto"  # AutoExecutor(cluster=...): auto = SLURM when sbatch is there, else local processes
+
+
+def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, fused_runs: int) -> dict:
+    """The results.jsonl row of one finished run: full config, ids, accuracy, per-epoch curve, time, store."""
+    return {
+        "run_id": run.run_id,
+        "setup": run.setup,
+        "setup_name": SETUPS[run.setup].name,
+        "config": run.config(),
+        "test_accuracy": float(metrics["test_accuracy"]),
+        "epoch_accuracies": [float(a) for a in metrics["epoch_accuracies"]],
+        "epoch_losses": metrics.get("epoch_losses", []),
+        "steps": metrics.get("steps"),
+        "wall_time_s": float(metrics["wall_time_s"]),
+        "fused_runs": fused_runs,
+        "device": device,
+        "store": store_identity,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str,
+               on_group_done: Callable[[list[dict]], None] | None = None, progress: bool = True) -> int:
+    """Train `groups` (each one fused pass) on one store opened once; append each run's row. Returns runs done.
+
+    Runs already in results.jsonl (another job got there first) are skipped, so a resubmitted array is harmless.
+    """
+    from twinturbo.common.device import resolve_device
+    from twinturbo.common.store import open_store
+    from twinturbo.train.data import load_split, num_classes_of
+    from twinturbo.train.fused import train_fused
+
+    torch_device = resolve_device(device)
+    results = Path(sweep_dir) / RESULTS_FILE
+    store = open_store(features)
+    store.require_complete()
+    identity = store.identity()
+    train_split = load_split(store, "train", torch_device, progress=progress)
+    test_split = load_split(store, "test", torch_device, progress=progress)
+    num_classes = num_classes_of(store, train_split.labels)
+    done = 0
+    for group in groups:
+        finished = finished_run_ids(sweep_dir)
+        group = [run for run in group if run.run_id not in finished]
+        if not group:
+            continue
+        metrics = train_fused([run.train_config() for run in group], train_split, test_split, num_classes,
+                              torch_device, progress=progress)
+        rows = [result_row(run, m, identity, str(torch_device), len(group)) for run, m in zip(group, metrics)]
+        for row in rows:
+            append_row(results, row)
+        done += len(rows)
+        if on_group_done is not None:
+            on_group_done(rows)
+    store.close()
+    return done
+
+
+def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str) -> None:
+    total = sum(len(g) for g in groups)
+    with tqdm(total=total, desc="sweep", unit="run") as bar:
+        def advance(rows: list[dict]) -> None:
+            bar.update(len(rows))
+            bar.set_postfix(last=f"{100 * max(r['test_accuracy'] for r in rows):.1f}%")
+
+        run_groups(features, sweep_dir, groups, device, on_group_done=advance)
+
+
+def launch_submitit(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str,
+                    slurm: SlurmOptions, poll_s: float = 2.0) -> None:
+    """One array task per group (`map_array`); waits, with a bar counting rows as the tasks append them."""
+    import submitit
+
+    if slurm.cluster not in SUBMITIT_CLUSTERS:
+        raise TwinTurboError(f"--submitit-cluster {slurm.cluster}: expected one of {', '.join(SUBMITIT_CLUSTERS)}")
+    folder = Path(sweep_dir) / "submitit" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=None if slurm.cluster == "auto" else slurm.cluster)
+    params = dict(timeout_min=slurm.time_min, cpus_per_task=slurm.cpus_per_task, mem_gb=slurm.mem_gb,
+                  slurm_array_parallelism=slurm.array_parallelism, name="tt-sweep")
+    if executor.cluster == "slurm":
+        params["gpus_per_node"] = slurm.gpus_per_node
+        if slurm.partition:
+            params["slurm_partition"] = slurm.partition
+    executor.update_parameters(**params)
+    n = len(groups)
+    jobs = executor.map_array(run_groups, [features] * n, [sweep_dir] * n, [[g] for g in groups], [device] * n,
+                              [None] * n, [False] * n)
+    print(f"tt-sweep: submitted {n} jobs to {executor.cluster} (logs under {folder.parent})", flush=True)
+    wanted = {run.run_id for g in groups for run in g}
+    failures = []
+    with tqdm(total=len(wanted), desc="sweep", unit="run") as bar:
+        while True:
+            finished = len(wanted & finished_run_ids(sweep_dir))
+            bar.update(finished - bar.n)
+            if all(job.done() for job in jobs):
+                break
+            time.sleep(poll_s)
+        bar.update(len(wanted & finished_run_ids(sweep_dir)) - bar.n)
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as err:  # a job's own traceback is in its log file; say which and where
+            failures.append(f"job {job.job_id}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
+    if failures:
+        raise TwinTurboError(f"{len(failures)} of {n} jobs failed (first: {failures[0]}); see the logs under "
+                             f"{folder.parent}; rerun the same command to retrain only the missing runs")

@@ -1,0 +1,248 @@
+"""`tt-report`: a sweep's results.jsonl as the paper's figures (section 4.4, Figures 2-4 and Appendix C), a summary
+table and a CSV.
+
+Selection rule of Figures 2-4: for each setup and label budget, the lambda combination whose best seed is highest
+(ties: higher seed mean) is shown; its bar is that best seed, its vertical line the range (min-max) over its seeds.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.train.sweep import RESULTS_FILE, SETUPS, _number, read_rows
+
+# One colour per label budget, in budget order (colour-blind safe pairs from matplotlib's tab10).
+BUDGET_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+
+
+@dataclass
+class Combination:
+    """One lambda combination of one setup and label budget, over its seeds (accuracies in %)."""
+
+    setup: int
+    labels: int
+    critic: float
+    latent: float
+    accuracies: dict[int, float]  # seed -> test accuracy %
+
+    @property
+    def best(self) -> float:
+        return max(self.accuracies.values())
+
+    @property
+    def worst(self) -> float:
+        return min(self.accuracies.values())
+
+    @property
+    def mean(self) -> float:
+        return sum(self.accuracies.values()) / len(self.accuracies)
+
+    @property
+    def lambda_text(self) -> str:
+        spec = SETUPS.get(self.setup)
+        parts = []
+        if spec is None or spec.critic or self.critic:
+            parts.append(f"λC={_number(self.critic)}")
+        if spec is None or spec.latent or self.latent:
+            parts.append(f"λL={_number(self.latent)}")
+        return "\n".join(parts)
+
+
+def _row_key(row: dict) -> tuple[str, str]:
+    store = row.get("store") or {}
+    return str(store.get("dataset") or "unknown"), str(store.get("backbone") or "unknown")
+
+
+def combinations(rows: list[dict]) -> dict[tuple[str, str], list[Combination]]:
+    """(dataset, backbone) -> every lambda combination, sorted by setup, label budget, lambda_C, lambda_L."""
+    grouped: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for row in rows:
+        config = row["config"]
+        key = _row_key(row) + (int(row["setup"]), int(config["labels"]), float(config["critic_weight"]),
+                               float(config["latent_weight"]))
+        grouped[key][int(config["seed"])] = 100.0 * float(row["test_accuracy"])
+    out: dict[tuple[str, str], list[Combination]] = defaultdict(list)
+    for key in sorted(grouped):
+        dataset, backbone, setup, labels, critic, latent = key
+        out[(dataset, backbone)].append(Combination(setup, labels, critic, latent, grouped[key]))
+    return dict(out)
+
+
+def best_combinations(combos: list[Combination]) -> dict[tuple[int, int], Combination]:
+    """(setup, labels) -> the combination shown in Figures 2-4: highest best seed, then highest mean."""
+    best: dict[tuple[int, int], Combination] = {}
+    for combo in combos:
+        key = (combo.setup, combo.labels)
+        current = best.get(key)
+        if current is None or (combo.best, combo.mean) > (current.best, current.mean):
+            best[key] = combo
+    return best
+
+
+def _axis_floor(values: list[float]) -> float:
+    """Start the y axis near the data (the differences between setups are a few %), at a multiple of 5."""
+    low = min(values)
+    return max(0.0, 5.0 * math.floor((low - 3.0) / 5.0))
+
+
+def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path) -> None:
+    """Figures 2-4: x = setups, one bar per label budget, bar = best seed of the best lambdas, line = seed range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = best_combinations(combos)
+    setups = sorted({s for s, _ in best})
+    budgets = sorted({n for _, n in best})
+    width = 0.8 / len(budgets)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.5 * len(setups) + 2), 5.5))
+    for b_index, budget in enumerate(budgets):
+        for s_index, setup in enumerate(setups):
+            combo = best.get((setup, budget))
+            if combo is None:
+                continue
+            x = s_index + (b_index - (len(budgets) - 1) / 2) * width
+            ax.bar(x, combo.best, width * 0.92, color=BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)],
+                   label=f"{budget} labels" if s_index == 0 or (setups[0], budget) not in best else None)
+            ax.vlines(x, combo.worst, combo.best, colors="black", linewidth=2)
+            ax.hlines([combo.worst, combo.best], x - width * 0.15, x + width * 0.15, colors="black", linewidth=1.5)
+            text = f"{combo.best:.1f}" + (f"\n{combo.lambda_text}" if combo.lambda_text else "")
+            ax.annotate(text, (x, combo.best), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=7)
+    all_values = [c.worst for c in best.values()]
+    ax.set_ylim(_axis_floor(all_values), min(100.0, max(c.best for c in best.values()) + 8.0) + 4.0)
+    ax.set_xticks(range(len(setups)), [SETUPS[s].short_label if s in SETUPS else str(s) for s in setups], fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{dataset} ({backbone}): best λ combination per setup\n"
+                 "bar = best seed, black line = range over seeds", fontsize=11)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_all(combos: list[Combination], dataset: str, backbone: str, path: Path) -> None:
+    """Appendix C: every lambda combination, one panel per label budget, grouped by setup."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({c.labels for c in combos})
+    per_budget = {n: [c for c in combos if c.labels == n] for n in budgets}
+    widest = max(len(v) for v in per_budget.values())
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(max(8.0, 0.38 * widest + 3), 4.2 * len(budgets)),
+                             squeeze=False)
+    for b_index, (budget, ax) in enumerate(zip(budgets, axes[:, 0])):
+        items = per_budget[budget]
+        xs, x, previous_setup, bounds = [], 0.0, None, []
+        for combo in items:
+            if previous_setup is not None and combo.setup != previous_setup:
+                x += 0.8  # a gap between setups
+            if combo.setup != previous_setup:
+                bounds.append([combo.setup, x, x])
+            bounds[-1][2] = x
+            xs.append(x)
+            previous_setup = combo.setup
+            x += 1.0
+        colour = BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)]
+        ax.bar(xs, [c.best for c in items], 0.8, color=colour)
+        ax.vlines(xs, [c.worst for c in items], [c.best for c in items], colors="black", linewidth=1.5)
+        floor = _axis_floor([c.worst for c in items])
+        top = min(100.0, max(c.best for c in items)) + 9.0
+        ax.set_ylim(floor, top)
+        ax.set_xticks(xs, [c.lambda_text.replace("\n", " ") or "no λ" for c in items], rotation=90, fontsize=7)
+        for setup, first, last in bounds:
+            name = SETUPS[setup].name.replace(" + ", "+") if setup in SETUPS else str(setup)
+            ax.text((first + last) / 2, top - 0.5, f"{setup}: {name}", ha="center", va="top", fontsize=7,
+                    wrap=True)
+            if first > 0:
+                ax.axvline(first - 0.9, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{budget} labels", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    fig.suptitle(f"{dataset} ({backbone}): every λ combination (bar = best seed, line = range over seeds)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_markdown(by_dataset: dict[tuple[str, str], list[Combination]]) -> str:
+    """One table per dataset: setup x label budget, best lambdas, best/mean/min accuracy over that combination's
+    seeds."""
+    lines = []
+    for (dataset, backbone), combos in sorted(by_dataset.items()):
+        best = best_combinations(combos)
+        lines += [f"### {dataset} ({backbone})", "",
+                  "| setup | labels | λ_C | λ_L | best % | mean % | min % | seeds |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for (setup, budget), combo in sorted(best.items()):
+            name = SETUPS[setup].name if setup in SETUPS else str(setup)
+            lines.append(f"| {setup}: {name} | {budget} | {_number(combo.critic)} | {_number(combo.latent)} | "
+                         f"{combo.best:.2f} | {combo.mean:.2f} | {combo.worst:.2f} | {len(combo.accuracies)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = ("run_id", "dataset", "backbone", "store_fingerprint", "setup", "loss", "rescale", "critic_weight",
+               "latent_weight", "labels", "seed", "test_accuracy", "wall_time_s", "fused_runs", "device")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """All rows: the columns above, then every other training flag, then the per-epoch accuracies."""
+    flags = sorted({k for row in rows for k in row["config"]} - set(CSV_COLUMNS))
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(list(CSV_COLUMNS) + flags + ["epoch_accuracies"])
+        for row in rows:
+            dataset, backbone = _row_key(row)
+            config = row["config"]
+            base = {"run_id": row["run_id"], "dataset": dataset, "backbone": backbone,
+                    "store_fingerprint": (row.get("store") or {}).get("fingerprint"), "setup": row["setup"],
+                    "test_accuracy": row["test_accuracy"], "wall_time_s": row.get("wall_time_s"),
+                    "fused_runs": row.get("fused_runs"), "device": row.get("device"), **config}
+            curve = ";".join(f"{a:.6g}" for a in row.get("epoch_accuracies", []))
+            writer.writerow([base.get(c) for c in CSV_COLUMNS] + [config.get(f) for f in flags] + [curve])
+
+
+def _file_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write figure_<dataset>.png, all_<dataset>.png, summary.md and results.csv; return their paths."""
+    sweep_dir = Path(sweep_dir)
+    results = sweep_dir / RESULTS_FILE
+    if not results.exists():
+        raise TwinTurboError(f"{results} does not exist: is {sweep_dir} a tt-sweep --out directory?")
+    rows = read_rows(results)
+    if not rows:
+        raise TwinTurboError(f"{results} holds no finished run yet")
+    try:
+        by_dataset = combinations(rows)
+    except (KeyError, TypeError, ValueError) as err:
+        raise TwinTurboError(f"{results}: a row lacks {err} (not written by tt-sweep?)") from None
+    out = Path(out_dir) if out_dir is not None else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    several_backbones = len({b for _, b in by_dataset}) < len(by_dataset)
+    for (dataset, backbone), combos in sorted(by_dataset.items()):
+        stem = _file_name(f"{dataset}_{backbone}" if several_backbones else dataset)
+        for prefix, plot in (("figure", plot_best), ("all", plot_all)):
+            path = out / f"{prefix}_{stem}.png"
+            plot(combos, dataset, backbone, path)
+            written.append(path)
+    summary = out / "summary.md"
+    summary.write_text(summary_markdown(by_dataset))
+    csv_path = out / "results.csv"
+    write_csv(rows, csv_path)
+    return written + [summary, csv_path]

@@ -1,0 +1,110 @@
+"""Semi-supervised batches (section 4.1, Appendix B): a labelled subset, its repetition, x* partners, prior draws.
+
+All draws come from one `torch.Generator` (the run's data stream) in this fixed order, so runs with the same seed
+and label budget see the same batches whatever their loss weights:
+
+    1. `labelled_subset`                        once per run
+    2. per epoch: `epoch_plan`                  the unlabelled permutation, then the labelled repetitions
+    3. per step:  `draw_partners`, then `draw_prior_onehot`   (drawn every step, used only when their term is on)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from twinturbo.common.errors import TwinTurboError
+
+
+def labelled_subset(labels: torch.Tensor, budget: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a class-balanced labelled subset of `budget` samples (the `--labels K` of section 4.1).
+
+    Every class gets K // C samples; the K % C left over go one each to classes 0, 1, ... (deterministic). Within a
+    class the samples are a uniform draw without replacement. Returned sorted by class, then by draw order.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    available = int((labels >= 0).sum())
+    if budget < num_classes:
+        raise TwinTurboError(f"--labels {budget}: need at least one label per class ({num_classes} classes)")
+    if budget > available:
+        raise TwinTurboError(f"--labels {budget}: the train split has only {available} labelled samples")
+    chosen = []
+    for c in range(num_classes):
+        quota = budget // num_classes + (1 if c < budget % num_classes else 0)
+        members = torch.nonzero(labels == c).squeeze(1)
+        order = torch.randperm(len(members), generator=generator)
+        if len(members) < quota:
+            raise TwinTurboError(
+                f"--labels {budget}: class {c} has only {len(members)} samples, a balanced subset needs {quota}"
+            )
+        chosen.append(members[order[:quota]])
+    return torch.cat(chosen)
+
+
+@dataclass
+class EpochPlan:
+    """One epoch: `unlabelled[i]` and `labelled[i]` are the sample indices of step i's two batches (same length)."""
+
+    unlabelled: list[torch.Tensor]
+    labelled: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.unlabelled)
+
+
+def epoch_plan(num_train: int, subset: torch.Tensor, batch_size: int, generator: torch.Generator) -> EpochPlan:
+    """One pass over the whole train split without labels, paired with the labelled subset repeated to its length.
+
+    The last batch may be short (no sample is dropped). The labelled stream is ceil(N/K) fresh permutations of the
+    subset laid end to end, cut at N, so each labelled sample appears equally often up to one.
+    """
+    unlabelled = torch.randperm(num_train, generator=generator)
+    repeats = -(-num_train // len(subset))
+    labelled = torch.cat([subset[torch.randperm(len(subset), generator=generator)] for _ in range(repeats)])
+    labelled = labelled[:num_train]
+    return EpochPlan(list(unlabelled.split(batch_size)), list(labelled.split(batch_size)))
+
+
+class PartnerTable:
+    """For the latent loss (Eq. 21): x*_i is another labelled sample of x_i's class (a different index when the
+    class has more than one labelled sample, itself otherwise)."""
+
+    def __init__(self, subset: torch.Tensor, labels: torch.Tensor):
+        labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+        self.subset = subset.cpu()
+        subset_labels = labels[self.subset]
+        order = torch.argsort(subset_labels, stable=True)
+        self.by_class = self.subset[order]  # subset grouped by class
+        counts = torch.bincount(subset_labels, minlength=int(subset_labels.max()) + 1)
+        starts = torch.cumsum(counts, 0) - counts
+        # For every train index in the subset: where its class group starts, its size, its position in the group.
+        n = len(labels)
+        self.group_start = torch.full((n,), -1, dtype=torch.int64)
+        self.group_size = torch.zeros(n, dtype=torch.int64)
+        self.position = torch.zeros(n, dtype=torch.int64)
+        grouped_labels = subset_labels[order]
+        self.group_start[self.by_class] = starts[grouped_labels]
+        self.group_size[self.by_class] = counts[grouped_labels]
+        self.position[self.by_class] = torch.arange(len(self.by_class)) - starts[grouped_labels]
+
+
+def draw_partners(table: PartnerTable, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """x* indices for a labelled batch: uniform over the *other* members of each sample's class group."""
+    size = table.group_size[batch]
+    shift = 1 + (torch.rand(len(batch), generator=generator, dtype=torch.float64) * (size - 1)).long()
+    shift = torch.where(size > 1, shift, torch.zeros_like(shift))
+    return table.by_class[table.group_start[batch] + (table.position[batch] + shift) % size]
+
+
+def class_prior(prior: str, subset_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """p(y) for the critic's real samples (Eq. 20): `uniform`, or the labelled subset's class frequencies."""
+    if prior == "uniform":
+        return torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
+    counts = torch.bincount(subset_labels.cpu(), minlength=num_classes).double()
+    return counts / counts.sum()
+
+
+def draw_prior_onehot(prior: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n one-hot vectors y ~ p(y), float32 [n, C]: the discriminator's real samples."""
+    classes = torch.multinomial(prior, n, replacement=True, generator=generator)
+    return torch.nn.functional.one_hot(classes, num_classes=len(prior)).float()
