@@ -16,8 +16,10 @@ with plain zarr/h5py; this module only adds resume bookkeeping, identity checks 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import mmap
 import os
 import shutil
@@ -120,9 +122,9 @@ class _RawLayout:
     chunk_rows: int
     fill_value: object
 
-    @property
+    @functools.cached_property
     def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
 
     @property
     def chunk_bytes(self) -> int:
@@ -357,13 +359,13 @@ class _ZarrBackend:
             array = self.array(split, name)
             return _Segments(tuple(array.shape), np.dtype(array.dtype), array.fill_value,
                              iter([(start, stop, array[start:stop])] if stop > start else []))
-        array_dir = self.path / split / name
+        chunk_dir = os.path.join(self.path, split, name, "c", "")
         trailing = "/0" * (len(layout.shape) - 1)
 
         def chunks() -> Iterator[tuple[int, int, np.ndarray | None]]:
             for k, lo, hi in _chunk_spans(layout.chunk_rows, start, stop):
                 try:
-                    fd = os.open(array_dir / f"c/{k}{trailing}", os.O_RDONLY)
+                    fd = os.open(f"{chunk_dir}{k}{trailing}", os.O_RDONLY)
                 except FileNotFoundError:
                     yield lo, hi, None  # never written: zarr reads it as the fill value, so do we
                     continue

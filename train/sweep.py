@@ -285,7 +285,7 @@ def append_row(results_path: str | os.PathLike, row: dict) -> None:
     newline; we start ours on a fresh line so that only the broken one is lost, and readers skip it.
     """
     line = (json.dumps(row, sort_keys=True, allow_nan=True) + "\n").encode()
-    fd = os.open(results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(results_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
@@ -333,10 +333,8 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _grid_difference(old: dict, new: dict) -> str:
-    for key in sorted(set(old) | set(new)):
-        if _canonical(old.get(key)) != _canonical(new.get(key)):
-            return f"{key}: {_canonical(old.get(key))} -> {_canonical(new.get(key))}"
-    return "nothing"
+    return "; ".join(f"{key}: {_canonical(old.get(key))} -> {_canonical(new.get(key))}"
+                     for key in sorted(set(old) | set(new)) if _canonical(old.get(key)) != _canonical(new.get(key)))
 
 
 def prepare_sweep_dir(sweep_dir: str | os.PathLike, grid: SweepGrid, store_identity: dict, extend: bool) -> dict:

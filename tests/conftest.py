@@ -1,0 +1,233 @@
+"""Shared fixtures. The dataset fixtures write tiny datasets in each dataset's REAL official file format.
+
+Each `<name>_raw` fixture returns a `RawDataset`: the directory to pass as `data_root` (or, for the image folder,
+the folder to pass as `folder:PATH`) and the exact arrays a reader must return for each split. Each `<name>_root`
+fixture returns just that directory. Sizes: 40 train / 20 test images (image folder: 9 train / 4 test).
+
+    mnist_raw, mnist_root                 data_root/mnist/*-idx?-ubyte.gz              28x28x1, labels 0..9
+    cifar10_raw, cifar10_root             data_root/cifar10/cifar-10-batches-py/...    32x32x3, 10 CIFAR names
+    cifar10_tar_raw, cifar10_tar_root     data_root/cifar10/cifar-10-python.tar.gz     same layout, archive only
+    svhn_raw, svhn_root                   data_root/svhn/{train,test}_32x32.mat        32x32x3, file labels 1..10
+    image_folder_raw, image_folder        PATH/{train,test}/<class>/*.png|bmp          5x6x3 (H x W), 3 classes
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass
+class RawDataset:
+    """What a dataset fixture wrote: where, and the arrays a reader must give back per split."""
+
+    root: Path
+    images: dict[str, np.ndarray]  # split -> uint8 [N, H, W, C], exactly as `DatasetSplit.read` returns them
+    labels: dict[str, np.ndarray]  # split -> int64 [N], after any relabelling (SVHN 10 -> 0)
+    class_names: list[str]
+
+
+# ---- writers of the official formats -----------------------------------------------------------------------------
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes (LeCun's MNIST format), gzipped when the name ends in .gz."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes pickles the way Python 2's cPickle wrote the CIFAR batches: protocol 2, str as 8-bit strings
+    (SHORT_BINSTRING/BINSTRING), numpy globals under `numpy.core.multiarray`."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        data = obj if isinstance(obj, bytes) else obj.encode("latin1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    def save_py2_global(self, obj, name=None):
+        module = obj.__module__.replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+    dispatch[type] = save_py2_global
+    dispatch[type(len)] = save_py2_global
+
+
+def py2_pickle(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+def write_cifar10_batches(folder: Path, images: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> None:
+    """cifar-10-batches-py/: data_batch_1..5 (train split in 5 equal parts), test_batch, batches.meta."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(x: np.ndarray, y: np.ndarray, label: str) -> dict:
+        rows = x.transpose(0, 3, 1, 2).reshape(len(x), 3072)  # HWC -> the file's CHW rows
+        return {"batch_label": label, "labels": [int(v) for v in y], "data": rows,
+                "filenames": [f"img_{i}.png" for i in range(len(x))]}
+
+    parts = np.array_split(np.arange(len(labels["train"])), 5)
+    for i, part in enumerate(parts, start=1):
+        py2_pickle(batch(images["train"][part], labels["train"][part], f"training batch {i} of 5"),
+                   folder / f"data_batch_{i}")
+    py2_pickle(batch(images["test"], labels["test"], "testing batch 1 of 1"), folder / "test_batch")
+    py2_pickle({"num_cases_per_batch": len(parts[0]), "label_names": CIFAR10_CLASSES, "num_vis": 3072},
+               folder / "batches.meta")
+
+
+def _random_split(rng: np.random.Generator, n: int, shape: tuple[int, ...], classes: int = 10):
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    labels = np.arange(n, dtype=np.int64) % classes  # every class present
+    rng.shuffle(labels)
+    return images, labels
+
+
+def make_mnist(root: Path, n_train: int = 40, n_test: int = 20) -> RawDataset:
+    rng = np.random.default_rng(0)
+    images, labels = {}, {}
+    (root / "mnist").mkdir(parents=True, exist_ok=True)
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images[split], labels[split] = _random_split(rng, n, (28, 28, 1))
+        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz", images[split][..., 0])
+        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", labels[split].astype(np.uint8))
+    return RawDataset(root, images, labels, [str(d) for d in range(10)])
+
+
+def make_cifar10(root: Path, archive: bool = False) -> RawDataset:
+    rng = np.random.default_rng(1)
+    images, labels = {}, {}
+    for split, n in (("train", 40), ("test", 20)):
+        images[split], labels[split] = _random_split(rng, n, (32, 32, 3))
+    folder = root / "cifar10" / "cifar-10-batches-py"
+    write_cifar10_batches(folder, images, labels)
+    if archive:
+        with tarfile.open(root / "cifar10" / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+    return RawDataset(root, images, labels, list(CIFAR10_CLASSES))
+
+
+def make_svhn(root: Path) -> RawDataset:
+    """SVHN layout: X uint8 [32, 32, 3, N], y uint8 [N, 1] with the digit 0 written as 10."""
+    import scipy.io
+
+    rng = np.random.default_rng(2)
+    images, labels = {}, {}
+    (root / "svhn").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 40), ("test", 20)):
+        images[split], labels[split] = _random_split(rng, n, (32, 32, 3))
+        file_labels = np.where(labels[split] == 0, 10, labels[split]).astype(np.uint8)[:, None]
+        scipy.io.savemat(root / "svhn" / f"{split}_32x32.mat",
+                         {"X": np.ascontiguousarray(images[split].transpose(1, 2, 3, 0)), "y": file_labels})
+    return RawDataset(root, images, labels, [str(d) for d in range(10)])
+
+
+def make_image_folder(path: Path) -> RawDataset:
+    """3 classes (written unsorted), RGB and grey PNGs and a BMP, 6 wide x 5 high; test lacks class 'bird'.
+
+    A stray text file in a class folder must be ignored.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    layout = {"train": {"dog": 3, "cat": 4, "bird": 2}, "test": {"dog": 2, "cat": 2}}
+    class_names = sorted(layout["train"])
+    images, labels = {}, {}
+    for split, counts in layout.items():
+        split_images, split_labels = [], []
+        for name in class_names:
+            if name not in counts:
+                continue
+            (path / split / name).mkdir(parents=True)
+            for i in range(counts[name]):
+                pixels = rng.integers(0, 256, size=(5, 6, 3), dtype=np.uint8)
+                file = path / split / name / f"{name}_{i:02d}.png"
+                if i == 1:  # a greyscale image: the reader must return it as RGB
+                    grey = pixels[..., 0]
+                    Image.fromarray(grey).save(file)  # 2-d uint8 -> mode "L"
+                    pixels = np.repeat(grey[..., None], 3, axis=-1)
+                elif i == 2:
+                    file = file.with_suffix(".bmp")
+                    Image.fromarray(pixels).save(file)
+                else:
+                    Image.fromarray(pixels).save(file)
+                split_images.append(pixels)
+                split_labels.append(class_names.index(name))
+            (path / split / name / "notes.txt").write_text("not an image")
+        images[split] = np.stack(split_images)
+        labels[split] = np.asarray(split_labels, dtype=np.int64)
+    return RawDataset(path, images, labels, class_names)
+
+
+# ---- fixtures ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mnist_raw(tmp_path_factory) -> RawDataset:
+    return make_mnist(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def mnist_root(mnist_raw) -> Path:
+    return mnist_raw.root
+
+
+@pytest.fixture
+def cifar10_raw(tmp_path_factory) -> RawDataset:
+    return make_cifar10(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def cifar10_root(cifar10_raw) -> Path:
+    return cifar10_raw.root
+
+
+@pytest.fixture
+def cifar10_tar_raw(tmp_path_factory) -> RawDataset:
+    return make_cifar10(tmp_path_factory.mktemp("data"), archive=True)
+
+
+@pytest.fixture
+def cifar10_tar_root(cifar10_tar_raw) -> Path:
+    return cifar10_tar_raw.root
+
+
+@pytest.fixture
+def svhn_raw(tmp_path_factory) -> RawDataset:
+    return make_svhn(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def svhn_root(svhn_raw) -> Path:
+    return svhn_raw.root
+
+
+@pytest.fixture
+def image_folder_raw(tmp_path_factory) -> RawDataset:
+    return make_image_folder(tmp_path_factory.mktemp("folders") / "pets")
+
+
+@pytest.fixture
+def image_folder(image_folder_raw) -> Path:
+    """The folder to pass as `folder:PATH`; its store name is "pets"."""
+    return image_folder_raw.root

@@ -1,0 +1,275 @@
+"""Backbone adapters: real packaged weights classify a real photo, token shapes, weight files really load, RADIO
+through a local torch.hub directory, and one-line errors for what a user can get wrong."""
+from __future__ import annotations
+
+import hashlib
+import textwrap
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.extract.backbones import (
+    BackboneOptions,
+    build_backbone,
+    build_effnet_lite0_classifier,
+    effnet_pytorch_to_timm,
+    packaged_effnet_lite0_file,
+)
+
+CHURCH = 497  # ImageNet-1k class index of 'church, church building'
+
+
+def sha16(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def effnet224():
+    return build_backbone("effnet-lite0", BackboneOptions(resolution=224))
+
+
+# ---------------------------------------------------------------------------------------------- effnet-lite0
+
+
+def test_effnet_packaged_weights_recognise_a_church(effnet224):
+    from sklearn.datasets import load_sample_images
+
+    photo = load_sample_images().images[0]  # china.jpg: a temple/church roof
+    image = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 255.0
+    image = F.interpolate(image, size=(224, 224), mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        top3 = effnet224.logits(image).topk(3).indices[0].tolist()
+        cls, patches = effnet224(image)
+    assert CHURCH in top3
+    # the backbone's cls feeds the same classifier head the ImageNet prediction came from
+    with torch.inference_mode():
+        head_logits = effnet224.model.classifier(cls)
+    assert head_logits.argmax().item() == effnet224.logits(image).argmax().item()
+
+
+def test_effnet_shapes_and_cls_is_mean_of_cells(effnet224):
+    small = build_backbone("effnet-lite0", BackboneOptions(resolution=64))
+    images = torch.rand(2, 3, 224, 224)
+    for backbone, res, cells in ((small, 64, 4), (effnet224, 224, 49)):
+        assert (backbone.resolution, backbone.num_patches, backbone.patch_dim, backbone.cls_dim) == (res, cells, 1280, 1280)
+        x = F.interpolate(images, size=(res, res), mode="bilinear", align_corners=False)
+        with torch.inference_mode():
+            cls, patches = backbone(x)
+            fmap = backbone.model.forward_features((x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+                                                   / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        assert patches.shape == (2, cells, 1280) and cls.shape == (2, 1280)
+        torch.testing.assert_close(cls, patches.mean(dim=1))
+        torch.testing.assert_close(patches, fmap.permute(0, 2, 3, 1).reshape(2, cells, 1280))
+    assert small.name == "effnet-lite0"
+    assert small.weights_id == sha16(packaged_effnet_lite0_file())
+    assert not small.training and not any(p.requires_grad for p in small.parameters())
+    small.train()  # a frozen extractor stays in eval mode (BatchNorm must not use batch statistics)
+    assert not small.model.training
+
+
+def test_effnet_mapping_fails_loudly_on_tampered_weights():
+    import timm
+
+    source = torch.load(packaged_effnet_lite0_file(), map_location="cpu", weights_only=True)
+    assert len(source) == 296
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    mapped = effnet_pytorch_to_timm(source, model)
+    assert list(mapped) == list(model.state_dict())  # the name rule reproduces timm's order one-to-one
+
+    missing = dict(source)
+    missing.pop("_blocks.3._bn1.running_var")
+    extra = dict(source, **{"_blocks.16._bn1.weight": torch.zeros(3)})
+    renamed = {("_blocks.2._squeeze.weight" if k == "_blocks.2._bn2.bias" else k): v for k, v in source.items()}
+    reshaped = dict(source, **{"_blocks.5._project_conv.weight": source["_blocks.5._project_conv.weight"][:-1]})
+    for tampered, words in ((missing, "tensors"), (extra, "unexpected"), (renamed, "unexpected"), (reshaped, "shape")):
+        with pytest.raises(TwinTurboError, match=words) as err:
+            effnet_pytorch_to_timm(tampered, model)
+        assert "\n" not in str(err.value)
+
+
+def test_effnet_resolution_and_weights_errors(tmp_path):
+    with pytest.raises(TwinTurboError, match="--resolution 100.*multiple of 32"):
+        build_backbone("effnet-lite0", BackboneOptions(resolution=100))
+    with pytest.raises(TwinTurboError, match="--weights .*missing.pth.*not found"):
+        build_effnet_lite0_classifier(tmp_path / "missing.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(TwinTurboError, match="junk.pth: not a readable"):
+        build_backbone("effnet-lite0", BackboneOptions(resolution=64, weights=junk))
+
+
+# ---------------------------------------------------------------------------------------------- timm:<vit>
+
+
+@pytest.fixture(scope="module")
+def vit_tiny_file(tmp_path_factory):
+    """A randomly initialised vit_tiny saved with its classification head, as a real checkpoint is."""
+    import timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
+    weights = tmp_path_factory.mktemp("vit") / "vit_tiny.pth"
+    torch.save(reference.state_dict(), weights)
+    return reference, weights
+
+
+def test_timm_vit_loads_weights_file_and_splits_tokens(vit_tiny_file):
+    reference, weights = vit_tiny_file
+    backbone = build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=32, weights=weights))
+    assert backbone.name == "timm:vit_tiny_patch16_224" and backbone.weights_id == sha16(weights)
+    assert (backbone.resolution, backbone.num_patches, backbone.patch_dim, backbone.cls_dim) == (32, 4, 192, 192)
+    loaded = backbone.model.state_dict()
+    for key, tensor in reference.state_dict().items():
+        if not key.startswith("head."):  # the backbone has no classification head
+            torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0)
+
+    images = torch.rand(3, 3, 32, 32)
+    with torch.inference_mode():
+        cls, patches = backbone(images)
+        tokens = reference.forward_features((images - 0.5) / 0.5)  # vit_tiny's pretrained cfg: mean = std = 0.5
+    assert tokens.shape == (3, 5, 192)
+    torch.testing.assert_close(cls, tokens[:, 0])
+    torch.testing.assert_close(patches, tokens[:, 1:])
+
+
+def test_timm_vit_weights_at_another_resolution_and_errors(vit_tiny_file, tmp_path):
+    from safetensors.torch import save_file
+
+    reference, _ = vit_tiny_file
+    # the same weights as a 224-px checkpoint (14x14 position grid) in safetensors, used at 48 px: 3x3 patches
+    state = dict(reference.state_dict(), pos_embed=torch.randn(1, 1 + 14 * 14, 192) * 0.02)
+    weights = tmp_path / "vit_tiny_224.safetensors"
+    save_file(state, str(weights))
+    backbone = build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=48, weights=weights))
+    assert backbone.num_patches == 9 and backbone.model.pos_embed.shape == (1, 10, 192)
+    torch.testing.assert_close(backbone.model.pos_embed[:, 0], state["pos_embed"][:, 0])  # class position kept
+
+    with pytest.raises(TwinTurboError, match="--resolution 40: .* multiple of 16"):
+        build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=40, weights=weights))
+    with pytest.raises(TwinTurboError, match="--weights .*nothing.pth: file not found"):
+        build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=32, weights=tmp_path / "nothing.pth"))
+    wider = tmp_path / "wider.pth"  # a checkpoint of another width
+    torch.save({k: torch.cat([v, v]) if k.endswith("norm.weight") else v for k, v in state.items()}, wider)
+    with pytest.raises(TwinTurboError, match="does not fit timm:vit_tiny_patch16_224: .*norm.weight") as err:
+        build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=48, weights=wider))
+    assert "\n" not in str(err.value)
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("blocks.11.")}, partial)
+    with pytest.raises(TwinTurboError, match="does not fit .*missing .*blocks.11"):
+        build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=48, weights=partial))
+    with pytest.raises(TwinTurboError, match="timm:not_a_model: Unknown model"):
+        build_backbone("timm:not_a_model", BackboneOptions(weights=weights))
+
+
+def test_timm_pretrained_download_failure_is_one_line(monkeypatch):
+    import timm.models
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load this file.\nCheck your connection.")
+
+    monkeypatch.setattr(timm.models, "load_pretrained", offline)
+    with pytest.raises(TwinTurboError, match="pass a local state dict with --weights FILE") as err:
+        build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=32))
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------- radio
+
+
+FAKE_HUBCONF = '''
+"""A tiny stand-in for github.com/NVlabs/RADIO's hubconf.py with the same entry point and output contract."""
+import os
+
+import torch
+from torch import nn
+
+dependencies = ["torch"]
+
+
+class TinyRadio(nn.Module):
+    def __init__(self, version):
+        super().__init__()
+        self.version = version
+        self.patch_embed = nn.Conv2d(3, 12, 16, 16)
+        self.summary = nn.Linear(12, 20)
+
+    def forward(self, x):
+        assert x.shape[-2] % 16 == 0 and x.shape[-1] % 16 == 0, "RADIO needs H, W multiples of 16"
+        assert not self.training, "RADIO randomises position crops in train mode"
+        x = (x - 0.5) / 0.25  # RADIO normalises its [0, 1] input itself
+        spatial = self.patch_embed(x).flatten(2).transpose(1, 2)  # NLC
+        return self.summary(spatial.mean(dim=1)), spatial
+
+
+def radio_model(version="", progress=True, skip_validation=False, **kwargs):
+    model = TinyRadio(version)
+    if os.path.isfile(version):
+        model.load_state_dict(torch.load(version, map_location="cpu"))
+    return model
+'''
+
+
+@pytest.fixture
+def fake_hub(tmp_path):
+    hub = tmp_path / "RADIO"
+    hub.mkdir()
+    (hub / "hubconf.py").write_text(textwrap.dedent(FAKE_HUBCONF))
+    return hub
+
+
+def test_radio_through_local_hub_with_checkpoint(fake_hub, tmp_path):
+    torch.manual_seed(1)
+    reference = torch.hub.load(str(fake_hub), "radio_model", source="local", version="x").eval()
+    checkpoint = tmp_path / "radio-v2.5-b_half.pth.tar"
+    torch.save(reference.state_dict(), checkpoint)
+
+    backbone = build_backbone("radio", BackboneOptions(hub_dir=fake_hub, radio_checkpoint=checkpoint, resolution=32))
+    assert backbone.model.version == str(checkpoint)  # --radio-checkpoint is what the hub gets as version=
+    assert backbone.name == "radio:radio_v2.5-b" and backbone.weights_id == sha16(checkpoint)
+    assert (backbone.resolution, backbone.cls_dim, backbone.num_patches, backbone.patch_dim) == (32, 20, 4, 12)
+    backbone.train()  # stays in eval mode, or the fake model's assertion fires
+    images = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        cls, patches = backbone(images)
+        want_cls, want_patches = reference(images)
+    torch.testing.assert_close(cls, want_cls)
+    torch.testing.assert_close(patches, want_patches)
+
+
+def test_radio_version_and_default_resolution(fake_hub):
+    backbone = build_backbone("radio:radio_v2.5-l", BackboneOptions(hub_dir=fake_hub))
+    assert backbone.model.version == "radio_v2.5-l" and backbone.name == "radio:radio_v2.5-l"
+    assert backbone.weights_id == "pretrained:radio_v2.5-l"
+    assert (backbone.resolution, backbone.num_patches) == (224, 196)
+    assert not backbone.model.training and not any(p.requires_grad for p in backbone.parameters())
+    assert build_backbone("radio", BackboneOptions(hub_dir=fake_hub, resolution=64)).model.version == "radio_v2.5-b"
+
+
+def test_radio_errors_are_one_line(fake_hub, tmp_path, monkeypatch):
+    with pytest.raises(TwinTurboError, match="--resolution 200: radio needs a positive multiple of 16"):
+        build_backbone("radio", BackboneOptions(hub_dir=fake_hub, resolution=200))
+    with pytest.raises(TwinTurboError, match="--hub-dir .*: no hubconf.py"):
+        build_backbone("radio", BackboneOptions(hub_dir=tmp_path / "empty"))
+    with pytest.raises(TwinTurboError, match="--radio-checkpoint .*: file not found"):
+        build_backbone("radio", BackboneOptions(hub_dir=fake_hub, radio_checkpoint=tmp_path / "gone.pth.tar"))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load", no_network)
+    with pytest.raises(TwinTurboError, match="--hub-dir .*--radio-checkpoint") as err:
+        build_backbone("radio", BackboneOptions())
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_backbone_lists_the_valid_ones():
+    for spec in ("resnet50", "timm:", "effnet-lite1"):
+        with pytest.raises(TwinTurboError) as err:
+            build_backbone(spec)
+        message = str(err.value)
+        assert "unknown backbone" in message and "\n" not in message
+        assert all(name in message for name in ("radio", "effnet-lite0", "timm:<"))

@@ -1,0 +1,91 @@
+"""The fused sweep trainer equals separate `loop.train` runs with the same seed (tt-sweep's correctness claim)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from twinturbo.common.store import SplitLayout, create_store, open_store
+from twinturbo.train.config import TrainConfig
+from twinturbo.train.data import load_split
+from twinturbo.train.fused import check_fusable, train_fused
+from twinturbo.train.loop import train
+
+NUM_CLASSES = 4
+
+
+def make_store(path, n_train=96, n_test=40, cls_dim=12, patches=3, patch_dim=8, chunk=16, seed=0,
+               dataset="synthetic"):
+    """A tiny complete store whose tokens carry their class (a class centroid plus noise)."""
+    rng = np.random.default_rng(seed)
+    centroids_cls = rng.normal(size=(NUM_CLASSES, cls_dim)) * 2
+    centroids_patch = rng.normal(size=(NUM_CLASSES, patch_dim)) * 2
+    layouts = {"train": SplitLayout(n_train, cls_dim, patches, patch_dim),
+               "test": SplitLayout(n_test, cls_dim, patches, patch_dim)}
+    attrs = {"dataset": dataset, "backbone": "synthetic", "weights_id": "none", "resolution": 8,
+             "class_names": [f"c{i}" for i in range(NUM_CLASSES)], "created": "2026-01-01T00:00:00"}
+    store = create_store(path, attrs, layouts, chunk_size=chunk)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % NUM_CLASSES
+        rng.shuffle(labels)
+        cls = centroids_cls[labels] + rng.normal(size=(n, cls_dim))
+        tokens = centroids_patch[labels][:, None, :] + rng.normal(size=(n, patches, patch_dim))
+        for c in range(-(-n // chunk)):
+            a, b = c * chunk, min((c + 1) * chunk, n)
+            store.write_chunk(split, c, cls[a:b], tokens[a:b], labels[a:b])
+    store.close()
+    return path
+
+
+TINY = dict(epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, proj_dim=16, pred_dim=12, disc_dim=8, labels=8,
+            eval_batch_size=16)
+# One run of each setup of DESIGN.md (lambdas off the default grid to exercise per-run weights).
+SETUPS = [("cat_cross", "softmax", 0.0, 0.0), ("cat_cross", "softmax", 0.3, 0.0), ("cat_twin", "softmax", 0.1, 0.0),
+          ("cat_twin", "sigmoid", 1.0, 0.0), ("cat_twin", "sigmoid", 0.5, 0.2), ("bin_cross", "softmax", 0.1, 1.0),
+          ("bin_cross", "sigmoid", 1.0, 0.1)]
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    store = open_store(make_store(tmp_path_factory.mktemp("fused") / "store"))
+    device = torch.device("cpu")
+    return load_split(store, "train", device, progress=False), load_split(store, "test", device, progress=False)
+
+
+def test_fused_equals_separate_runs(splits):
+    train_split, test_split = splits
+    configs = [TrainConfig(loss=loss, rescale=rescale, critic_weight=c, latent_weight=l, seed=1337, **TINY)
+               for loss, rescale, c, l in SETUPS]
+    device = torch.device("cpu")
+    fused_metrics, fused_heads = train_fused(configs, train_split, test_split, NUM_CLASSES, device,
+                                             progress=False, return_heads=True)
+    for config, metrics, head in zip(configs, fused_metrics, fused_heads):
+        alone = train(config, train_split, test_split, NUM_CLASSES, device, progress=False)
+        assert metrics["steps"] == alone.metrics["steps"] == 6
+        for fused_epoch, alone_epoch in zip(metrics["epochs"], alone.metrics["epochs"]):
+            assert fused_epoch["test_accuracy"] == pytest.approx(alone_epoch["test_accuracy"], abs=1.5 / 40)
+            assert fused_epoch["mean_losses"].keys() == alone_epoch["mean_losses"].keys()
+            for name, value in alone_epoch["mean_losses"].items():
+                assert fused_epoch["mean_losses"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (config, name)
+        # The trained model parameters themselves (the discriminator too when it is trained).
+        alone_state = alone.head.state_dict()
+        for name, value in head.state_dict().items():
+            expected = alone_state[name]
+            if name.startswith("discriminator.") and config.critic_weight == 0:
+                continue  # never read by a run without critic (loop.train does not even step it)
+            if name == "mixer.qkv.bias":
+                # The key bias has a true gradient of exactly 0 (softmax is invariant to q.b_k); AdamW turns its
+                # rounding noise into full-size steps, so it differs in both runs alike and changes no output.
+                dim = value.shape[0] // 3
+                value, expected = torch.cat([value[:dim], value[2 * dim:]]), torch.cat([expected[:dim],
+                                                                                        expected[2 * dim:]])
+            torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)
+        assert metrics["nonfinite_step"] is None
+
+
+def test_runs_that_see_different_batches_are_not_fused():
+    with pytest.raises(ValueError, match="seed"):
+        check_fusable([TrainConfig(seed=1), TrainConfig(seed=2)])
+    with pytest.raises(ValueError, match="labels"):
+        check_fusable([TrainConfig(labels=100), TrainConfig(labels=1000)])
+    check_fusable([TrainConfig(loss="cat_cross"), TrainConfig(loss="bin_cross", rescale="sigmoid", critic_weight=1)])
