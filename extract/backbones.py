@@ -199,7 +199,7 @@ def build_effnet_lite0_classifier(weights: Path | None = None) -> nn.Module:
     """
     import timm
 
-    path = _require_file(weights, "--weights", "an EfficientNet-Lite0 state dict") if weights else packaged_effnet_lite0_file()
+    path = _effnet_weights_path(weights)
     try:
         source = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a truncated or foreign file
@@ -207,9 +207,18 @@ def build_effnet_lite0_classifier(weights: Path | None = None) -> nn.Module:
     if not isinstance(source, Mapping):
         raise TwinTurboError(f"{path}: expected a state dict (name -> tensor), got {type(source).__name__}")
     model = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=1e-3)
-    model.load_state_dict(effnet_pytorch_to_timm(source, model), strict=True)
-    model.weights_path = path
+    try:
+        mapped = effnet_pytorch_to_timm(source, model)
+    except TwinTurboError as err:
+        raise TwinTurboError(f"{path}: {err}") from err
+    model.load_state_dict(mapped, strict=True)
     return model.eval()
+
+
+def _effnet_weights_path(weights: Path | None) -> Path:
+    if weights is None:
+        return packaged_effnet_lite0_file()
+    return _require_file(weights, "--weights", "an EfficientNet-Lite0 state dict in the EfficientNet-PyTorch naming")
 
 
 class EffNetLite0(Backbone):
@@ -218,10 +227,11 @@ class EffNetLite0(Backbone):
     def __init__(self, options: BackboneOptions):
         super().__init__()
         self.resolution = _resolution(options, 224, EFFNET_STRIDE, "effnet-lite0")
-        self.model = build_effnet_lite0_classifier(options.weights)
+        weights = _effnet_weights_path(options.weights)
+        self.model = build_effnet_lite0_classifier(weights)
         self.normalise = _Normalise(IMAGENET_MEAN, IMAGENET_STD)
         self.name = "effnet-lite0"
-        self.weights_id = file_sha256_prefix(self.model.weights_path)
+        self.weights_id = file_sha256_prefix(weights)
         self._freeze_and_probe()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +260,8 @@ def _load_timm_weights_file(model: nn.Module, path: Path, spec: str) -> None:
     try:
         state = load_state_dict(str(path))  # .pth/.pt/.bin or .safetensors; unwraps 'state_dict'/'model'
     except Exception as err:  # torch and safetensors raise many types for a truncated or foreign file
-        raise TwinTurboError(f"--weights {path}: not a readable state dict ({type(err).__name__}: {err})") from err
+        detail = " ".join(str(err).split())[:160]
+        raise TwinTurboError(f"--weights {path}: not a readable state dict ({type(err).__name__}: {detail})") from err
     # num_classes=0: the classification head is not part of the backbone, so its tensors are expected and dropped.
     heads = model.pretrained_cfg.get("classifier") or ()
     for head in (heads,) if isinstance(heads, str) else heads:
@@ -381,7 +392,9 @@ def _load_radio(version: str, hub_dir: Path | None) -> nn.Module:
         raise TwinTurboError(f"radio: could not download RADIO ({type(err).__name__}: {str(err)[:120]}); {_RADIO_OFFLINE_HINT}") from err
     except RuntimeError as err:
         message = str(err)
-        if "internet" in message or "Missing dependencies" in message:
+        if "Missing dependencies" in message:  # hubconf.py's `dependencies` list
+            raise TwinTurboError(f"radio: the RADIO hub code needs more packages: {message.splitlines()[0]} (pip install them)") from err
+        if "internet" in message:
             raise TwinTurboError(f"radio: {message.splitlines()[0]}; {_RADIO_OFFLINE_HINT}") from err
         raise
     except KeyError as err:  # hubconf's table of versions

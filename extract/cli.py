@@ -1,6 +1,7 @@
 """`tt-extract`: parse options, then call the extraction loop (`extract.py`) or the store check (`verify.py`)."""
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def extract_command(dataset, out, backbone, resolution, batch_size, chunk_size, 
         chunk_size=chunk_size, format=store_format, dtype=dtype,
         splits=tuple(s.strip() for s in splits.split(",") if s.strip()), device=device, limit=limit,
         data_root=data_root, download=download, weights=weights, radio_checkpoint=radio_checkpoint, hub_dir=hub_dir,
-        overwrite=overwrite, progress=not no_progress, command=" ".join(sys.argv),
+        overwrite=overwrite, progress=not no_progress, command=click.get_current_context().obj["command"],
     )
     result = run_extraction(config)
     from twinturbo.extract.extract import detect_ranks
@@ -79,8 +80,10 @@ def _one_line(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one `error: ...` line on stderr and exit code 2, no traceback."""
+    command = shlex.join(sys.argv if argv is None else ["tt-extract", *map(str, argv)])
     try:
-        code = extract_command.main(args=argv, prog_name="tt-extract", standalone_mode=False)
+        code = extract_command.main(args=argv, prog_name="tt-extract", standalone_mode=False,
+                                    obj={"command": command})
     except click.ClickException as err:
         print(f"error: {_one_line(err.format_message())}", file=sys.stderr)
         sys.exit(2)

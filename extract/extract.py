@@ -152,6 +152,14 @@ class Ranks:
         if self.distributed:
             torch.distributed.barrier()
 
+    def gather(self, value) -> list:
+        """Every rank's `value`, in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.world
+        torch.distributed.all_gather_object(values, value)
+        return values
+
     def from_rank0(self, value):
         """Rank 0's `value` on every rank (a picklable object)."""
         if not self.distributed:
@@ -407,5 +415,8 @@ def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = Non
                                          progress=config.progress))
     finally:
         store.close()
-    ranks.barrier()
+    # All ranks' figures, so rank 0's summary counts every image: the slowest rank sets the time.
+    per_rank = ranks.gather(results)
+    results = [SplitResult(r.split, r.n, sum(rank[i].computed for rank in per_rank),
+                           max(rank[i].seconds for rank in per_rank)) for i, r in enumerate(results)]
     return ExtractResult(path, results, batch_size, chunk_size)

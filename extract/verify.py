@@ -76,8 +76,6 @@ def verify_store(path: str | Path, progress: bool = True, samples_per_read: int 
 
     `scan_values=False` skips the NaN/Inf scan, the only check that reads every token (tt-extract's own summary).
     """
-    from tqdm.auto import tqdm
-
     resolved = resolve_store_path(path)
     with open_store(resolved) as store:
         attrs = store.attrs
@@ -120,18 +118,28 @@ def verify_store(path: str | Path, progress: bool = True, samples_per_read: int 
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise TwinTurboError(f"{resolved}: {name}/labels[{i}] = {labels[i]}, expected -1..{n_classes - 1}")
-            with tqdm(total=n, unit="sample", desc=f"verify {name}", disable=not progress, leave=False) as bar:
-                for start, stop in reader.iter_chunks(max(1, samples_per_read // reader.chunk_size)) if scan_values else ():
-                    cls, patches = reader.read(start, stop)
-                    for array, values in (("cls", cls), ("patches", patches)):
-                        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-                        if not finite.all():
-                            i = start + int(np.flatnonzero(~finite)[0])
-                            raise TwinTurboError(f"{resolved}: {name}/{array} of sample {i} holds NaN or Inf")
-                    bar.update(stop - start)
             names = attrs.get("class_names") or []
             counts = Counter(labels.tolist())
             class_counts = {(names[c] if 0 <= c < len(names) else str(c)): counts[c] for c in sorted(counts)}
             summaries.append(SplitSummary(name, n, expected["cls"][0], expected["patches"][0], patch_dtype,
                                           _disk_bytes(resolved, name), class_counts))
+        # The value scan reads every token: only once every split passed the cheap checks above.
+        for summary in summaries if scan_values else ():
+            _scan_values(resolved, store.split(summary.name), progress, samples_per_read)
     return StoreSummary(resolved, attrs, summaries)
+
+
+def _scan_values(path: Path, reader, progress: bool, samples_per_read: int) -> None:
+    """Raise at the first sample whose cls or (dequantised) patches hold NaN or Inf."""
+    from tqdm.auto import tqdm
+
+    name = reader.name
+    with tqdm(total=reader.n, unit="sample", desc=f"verify {name}", disable=not progress, leave=False) as bar:
+        for start, stop in reader.iter_chunks(max(1, samples_per_read // reader.chunk_size)):
+            cls, patches = reader.read(start, stop)
+            for array, values in (("cls", cls), ("patches", patches)):
+                finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+                if not finite.all():
+                    i = start + int(np.flatnonzero(~finite)[0])
+                    raise TwinTurboError(f"{path}: {name}/{array} of sample {i} holds NaN or Inf")
+            bar.update(stop - start)

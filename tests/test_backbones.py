@@ -100,6 +100,11 @@ def test_effnet_resolution_and_weights_errors(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(TwinTurboError, match="junk.pth: not a readable"):
         build_backbone("effnet-lite0", BackboneOptions(resolution=64, weights=junk))
+    source = torch.load(packaged_effnet_lite0_file(), map_location="cpu", weights_only=True)
+    short = tmp_path / "short.pth"
+    torch.save({k: v for k, v in source.items() if k != "_fc.bias"}, short)
+    with pytest.raises(TwinTurboError, match="short.pth: effnet-lite0 weights: 295 tensors, expected 296"):
+        build_backbone("effnet-lite0", BackboneOptions(resolution=64, weights=short))
 
 
 # ---------------------------------------------------------------------------------------------- timm:<vit>
@@ -161,6 +166,11 @@ def test_timm_vit_weights_at_another_resolution_and_errors(vit_tiny_file, tmp_pa
     torch.save({k: v for k, v in state.items() if not k.startswith("blocks.11.")}, partial)
     with pytest.raises(TwinTurboError, match="does not fit .*missing .*blocks.11"):
         build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=48, weights=partial))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(TwinTurboError, match="--weights .*junk.safetensors: not a readable state dict") as err:
+        build_backbone("timm:vit_tiny_patch16_224", BackboneOptions(resolution=48, weights=junk))
+    assert "\n" not in str(err.value)
     with pytest.raises(TwinTurboError, match="timm:not_a_model: Unknown model"):
         build_backbone("timm:not_a_model", BackboneOptions(weights=weights))
 

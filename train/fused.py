@@ -227,8 +227,6 @@ def train_fused(configs: list[TrainConfig], train_split: SplitTensors, test_spli
                                   fused=fused_kernels)
     disc_opt = torch.optim.AdamW(stack.discriminator_parameters(), lr=first.lr, weight_decay=first.weight_decay,
                                  fused=fused_kernels)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, first))
-                 for opt in (model_opt, disc_opt)]
     data_gen = torch.Generator().manual_seed(derived_seed(first.seed, "data"))
     dropout_gen = torch.Generator(device=device).manual_seed(derived_seed(first.seed, "dropout"))
 
@@ -237,8 +235,10 @@ def train_fused(configs: list[TrainConfig], train_split: SplitTensors, test_spli
     partners = PartnerTable(subset, train_labels)
     prior = class_prior(first.prior, train_labels[subset], num_classes)
     steps_per_epoch = -(-len(train_split) // first.batch_size)
-    critic_runs = torch.tensor([c.critic_weight > 0 for c in configs], device=device)
-    any_critic, any_latent = bool(critic_runs.any()), any(c.latent_weight > 0 for c in configs)
+    any_critic, any_latent = any(c.critic_weight > 0 for c in configs), any(c.latent_weight > 0 for c in configs)
+    # The discriminator's schedule only exists where it steps (loop.train's never-stepped one changes nothing).
+    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, first))
+                 for opt in ((model_opt, disc_opt) if any_critic else (model_opt,))]
 
     histories: list[list[dict]] = [[] for _ in configs]
     nonfinite: list[int | None] = [None] * k

@@ -1,0 +1,328 @@
+"""tt-extract end to end on real data (sklearn digits, the packaged EfficientNet-Lite0 weights) at low resolution:
+stores that reopen with plain zarr/h5py, the numbers against an independent forward, resume after SIGKILL,
+torchrun with 2 gloo processes, int8 tokens, --verify, refusal of a mismatched store, and bad inputs."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.store import open_store
+from twinturbo.extract.cli import main
+
+BIN = Path(sys.executable).parent
+TT_EXTRACT = str(BIN / "tt-extract")
+# 80 samples per split in chunks of 16: 5 chunks, the last batch of 32 half full. At 64 px EfficientNet-Lite0 gives
+# 2x2 patch tokens; at 32 px its 1x1 map is all zeros for most digits (ReLU6 on a degenerate input).
+SMALL = ["--dataset", "digits", "--backbone", "effnet-lite0", "--resolution", "64", "--limit", "80",
+         "--batch-size", "32", "--chunk-size", "16", "--device", "cpu", "--no-progress"]
+ARRAYS = ("cls", "patches", "labels", "done")
+
+
+def with_option(args: list[str], option: str, value: str) -> list[str]:
+    """`args` with the value after `option` replaced."""
+    i = args.index(option)
+    return args[:i + 1] + [value] + args[i + 2:]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def plain_zarr(path: Path, split: str) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(path), mode="r")[split]
+    return {name: array[...] for name, array in group.arrays()}
+
+
+def assert_same_store(a: Path, b: Path, splits=("train", "test")) -> None:
+    for split in splits:
+        left, right = plain_zarr(a, split), plain_zarr(b, split)
+        assert sorted(left) == sorted(right)
+        for name in left:
+            assert left[name].dtype == right[name].dtype, name
+            assert np.array_equal(left[name], right[name]), f"{split}/{name} differs"
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> None:
+    assert code not in (0, None), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> Path:
+    """digits, 80 + 80 samples, effnet-lite0 at 32 px, zarr; tests copy it before changing it."""
+    out = tmp_path_factory.mktemp("features")
+    main(SMALL + ["--out", str(out)])
+    return out / "digits"
+
+
+def independent_features(images: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """The backbone run by hand: bilinear resize of [0, 1] floats, grey to RGB, fp32 forward, no tt-extract code."""
+    from twinturbo.extract.backbones import BackboneOptions, build_backbone
+
+    backbone = build_backbone("effnet-lite0", BackboneOptions(resolution=resolution))
+    x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255.0
+    x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        cls, patches = backbone(x)
+    return cls.numpy(), patches.numpy()
+
+
+def test_digits_store_reopens_with_plain_zarr_and_holds_the_backbone_features(small_store):
+    from twinturbo.extract.datasets import load_split
+
+    root = zarr.open_group(str(small_store), mode="r")
+    attrs = dict(root.attrs)
+    assert attrs["dataset"] == "digits" and attrs["backbone"] == "effnet-lite0" and attrs["resolution"] == 64
+    assert attrs["class_names"] == [str(d) for d in range(10)] and attrs["n"] == {"train": 80, "test": 80}
+    assert attrs["patch_dtype"] == "float16" and attrs["chunk_size"] == 16 and attrs["batch_size"] == 32
+    assert "--limit 80" in attrs["command"] and attrs["created"] and len(attrs["weights_id"]) == 16
+    assert set(attrs["source_checksums"]) == {"train", "test"}
+    for split in ("train", "test"):
+        arrays = plain_zarr(small_store, split)
+        assert arrays["cls"].shape == (80, 1280) and arrays["cls"].dtype == np.float16
+        assert arrays["patches"].shape == (80, 4, 1280) and arrays["patches"].dtype == np.float16
+        assert arrays["labels"].dtype == np.int64 and arrays["done"].tolist() == [True] * 5
+        data = load_split("digits", split)
+        np.testing.assert_array_equal(arrays["labels"], data.labels[:80])
+    # Numbers: the first and the last batch against a forward written independently here (another batch size, so
+    # only float-rounding differences are allowed).
+    data = load_split("digits", "train")
+    for lo, hi in ((0, 8), (72, 80)):
+        cls, patches = independent_features(data.read(lo, hi), 64)
+        arrays = plain_zarr(small_store, "train")
+        np.testing.assert_allclose(arrays["cls"][lo:hi].astype(np.float32), cls, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(arrays["patches"][lo:hi].astype(np.float32), patches, rtol=2e-3, atol=2e-3)
+    assert np.abs(arrays["cls"].astype(np.float32)).max() > 0.1  # not an all-zero store
+
+
+def test_hdf5_store_reopens_with_plain_h5py_and_equals_the_zarr_store(small_store, tmp_path, capsys):
+    code, out, err = run_cli(SMALL + ["--out", tmp_path, "--format", "hdf5"], capsys)
+    assert code == 0, err
+    path = tmp_path / "digits.h5"
+    with h5py.File(path, "r") as f:
+        assert f.attrs["backbone"] == "effnet-lite0" and int(f.attrs["resolution"]) == 64
+        for split in ("train", "test"):
+            assert f[split]["cls"].shape == (80, 1280) and f[split]["patches"].dtype == np.float16
+            reference = plain_zarr(small_store, split)
+            for name in ARRAYS:
+                assert np.array_equal(f[split][name][...], reference[name]), name
+    code, out, _ = run_cli(["--no-progress", "--verify", path], capsys)
+    assert code == 0 and "N=80" in out
+
+
+def test_mnist_files_grey_images_become_rgb_features(mnist_raw, tmp_path, capsys):
+    code, _, err = run_cli(["--dataset", "mnist", "--data-root", mnist_raw.root, "--backbone", "effnet-lite0",
+                            "--resolution", "64", "--out", tmp_path, "--batch-size", "16", "--chunk-size", "16",
+                            "--device", "cpu", "--no-progress"], capsys)
+    assert code == 0, err
+    arrays = plain_zarr(tmp_path / "mnist", "test")
+    np.testing.assert_array_equal(arrays["labels"], mnist_raw.labels["test"])
+    cls, _ = independent_features(mnist_raw.images["test"][:4], 64)
+    np.testing.assert_allclose(arrays["cls"][:4].astype(np.float32), cls, rtol=2e-3, atol=2e-3)
+
+
+def test_verify_passes_a_complete_store_and_fails_an_incomplete_or_nan_one(small_store, tmp_path, capsys):
+    code, out, err = run_cli(["--no-progress", "--verify", small_store], capsys)
+    assert code == 0, err
+    assert "train: N=80 cls=(80, 1280)" in out and "test: N=80" in out and "0:" in out
+
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(small_store, incomplete)
+    zarr.open_group(str(incomplete), mode="r+")["test"]["done"][3] = False
+    code, _, err = run_cli(["--no-progress", "--verify", incomplete], capsys)
+    assert_one_line_error(code, err, "incomplete", "4/5")
+    with pytest.raises(TwinTurboError, match="incomplete"):
+        open_store(incomplete).require_complete()
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(small_store, tampered)
+    zarr.open_group(str(tampered), mode="r+")["train"]["patches"][37, 0, 5] = np.nan
+    code, _, err = run_cli(["--no-progress", "--verify", tampered], capsys)
+    assert_one_line_error(code, err, "NaN", "sample 37")
+
+    code, _, err = run_cli(["--no-progress", "--verify", tmp_path / "nowhere"], capsys)
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_rerun_is_a_no_op_and_a_mismatched_store_is_refused_until_overwrite(small_store, tmp_path, capsys):
+    out = tmp_path / "features"
+    shutil.copytree(small_store, out / "digits")
+    code, stdout, err = run_cli(SMALL + ["--out", out], capsys)
+    assert code == 0 and "already complete" in stdout, err
+    assert_same_store(out / "digits", small_store)
+
+    code, _, err = run_cli(with_option(SMALL, "--resolution", "96") + ["--out", out], capsys)
+    assert_one_line_error(code, err, "resolution", "--overwrite")
+    assert_same_store(out / "digits", small_store)  # refused means untouched
+
+    code, _, err = run_cli(with_option(SMALL, "--resolution", "96") + ["--out", out, "--overwrite"], capsys)
+    assert code == 0, err
+    replaced = zarr.open_group(str(out / "digits"), mode="r")
+    assert replaced.attrs["resolution"] == 96 and replaced["train"]["patches"].shape == (80, 9, 1280)
+
+
+def _spawn(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_resume_after_sigkill_in_the_middle_of_a_split_is_byte_identical(tmp_path, capsys):
+    args = ["--dataset", "digits", "--backbone", "effnet-lite0", "--resolution", "64", "--splits", "train",
+            "--limit", "320", "--batch-size", "16", "--chunk-size", "16", "--device", "cpu", "--no-progress"]
+    total = 20
+    killed_out = tmp_path / "killed"
+    done_dir = killed_out / "digits" / "train" / "done" / "c"
+    process = _spawn([TT_EXTRACT] + args + ["--out", str(killed_out)])
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            written = len(list(done_dir.iterdir())) if done_dir.is_dir() else 0
+            if 2 <= written <= total - 5:
+                break
+            time.sleep(0.005)
+        assert process.poll() is None, "extraction finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    done = zarr.open_group(str(killed_out / "digits"), mode="r")["train"]["done"][...]
+    assert 0 < done.sum() < total, done.sum()
+    with pytest.raises(TwinTurboError, match="incomplete"):
+        open_store(killed_out / "digits").require_complete()
+    code, out, err = run_cli(args + ["--out", killed_out], capsys)
+    assert code == 0, err
+    assert f"computed {320 - 16 * int(done.sum())} images" in out  # only the chunks not done
+
+    code, _, err = run_cli(args + ["--out", tmp_path / "whole"], capsys)
+    assert code == 0, err
+    assert_same_store(killed_out / "digits", tmp_path / "whole" / "digits", splits=("train",))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(_free_port()), TT_EXTRACT] + args
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def test_torchrun_two_gloo_processes_write_the_same_bytes_and_resume_per_chunk(small_store, tmp_path):
+    # A store that lost every train chunk and some test chunks of both ranks (batch b of 2 chunks goes to rank
+    # b % 2: test chunk 0 -> rank 0, chunk 3 -> rank 1, chunk 4 -> rank 0): data zeroed, flags cleared. The same
+    # command under torchrun recomputes exactly those, each rank its own batches, into the bytes of one process.
+    out = tmp_path / "ranks"
+    shutil.copytree(small_store, out / "digits")
+    group = zarr.open_group(str(out / "digits"), mode="r+")
+    lost = {"train": [0, 1, 2, 3, 4], "test": [0, 3, 4]}
+    for split, chunks in lost.items():
+        for k in chunks:
+            group[split]["cls"][16 * k:16 * (k + 1)] = 0
+            group[split]["patches"][16 * k:16 * (k + 1)] = 0
+            group[split]["done"][k] = False
+    result = _torchrun(SMALL + ["--out", str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("train: N=80") == 1  # only rank 0 prints the summary
+    # Test batches 0 and 1 are recomputed whole (each lost one of its 2 chunks), batch 2 is chunk 4: 80 images.
+    assert "train: computed 80 images" in result.stdout and "test: computed 80 images" in result.stdout
+    assert_same_store(out / "digits", small_store)
+
+
+def test_hdf5_under_torchrun_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = run_cli(SMALL + ["--out", tmp_path, "--format", "hdf5"], capsys)
+    assert_one_line_error(code, err, "--format hdf5", "several processes")
+    assert not any(tmp_path.iterdir())
+
+
+def test_int8_patches_round_trip_within_half_a_scale_and_halve_the_store(small_store, tmp_path, capsys):
+    out = tmp_path / "int8"
+    code, _, err = run_cli(SMALL + ["--out", out, "--dtype", "int8"], capsys)
+    assert code == 0, err
+    for split in ("train", "test"):
+        q = plain_zarr(out / "digits", split)
+        reference = plain_zarr(small_store, split)
+        assert q["patches"].dtype == np.int8 and q["patch_scales"].dtype == np.float16
+        assert q["patch_scales"].shape == (80, 4) and q["patches"].shape == (80, 4, 1280)
+        np.testing.assert_array_equal(q["cls"], reference["cls"])
+        scale = q["patch_scales"].astype(np.float32)[..., None]
+        dequantised = q["patches"].astype(np.float32) * scale
+        error = np.abs(dequantised - reference["patches"].astype(np.float32))
+        assert (error <= scale / 2 * (1 + 1e-6)).all(), (error - scale / 2).max()
+        assert (np.abs(q["patches"]).max(axis=-1) == 127).all()  # absmax: every token uses the full range
+        # Readers dequantise transparently (float16 of the exact product).
+        with open_store(out / "digits") as store:
+            read = store.split(split).read_patches(0, 80)
+        assert read.dtype == np.float16
+        np.testing.assert_array_equal(read, dequantised.astype(np.float16))
+
+    def patch_bytes(store: Path, *names: str) -> int:
+        return sum(p.stat().st_size for name in names for p in (store / "train" / name / "c").rglob("*") if p.is_file())
+
+    int8_bytes = patch_bytes(out / "digits", "patches", "patch_scales")
+    fp16_bytes = patch_bytes(small_store, "patches")
+    assert 0.49 < int8_bytes / fp16_bytes < 0.52, (int8_bytes, fp16_bytes)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--dataset", "imagenet"], ["unknown dataset", "imagenet"]),
+    (["--dataset", "digits", "--backbone", "resnet50"], ["--backbone", "unknown backbone"]),
+    (["--dataset", "digits", "--resolution", "33"], ["--resolution 33", "multiple of 32"]),
+    (["--dataset", "digits", "--format", "parquet"], ["--format parquet", "zarr"]),
+    (["--dataset", "digits", "--dtype", "bfloat16"], ["--dtype bfloat16", "int8"]),
+    (["--dataset", "digits", "--splits", "train,val"], ["--splits", "val"]),
+    (["--dataset", "digits", "--limit", "0"], ["--limit 0"]),
+    (["--dataset", "digits", "--batch-size", "many"], ["--batch-size"]),
+    (["--dataset", "mnist"], ["mnist", "train-images-idx3-ubyte.gz"]),
+    (["--out", "x"], ["--dataset"]),
+])
+def test_bad_input_is_one_line_on_stderr_and_leaves_no_store(args, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["--backbone", "effnet-lite0", "--resolution", "32", "--out", "features", "--data-root", "raw",
+            "--device", "cpu", "--no-progress"]
+    code, _, err = run_cli(base + args, capsys)
+    assert_one_line_error(code, err, *words)
+    assert not any((tmp_path / "features").glob("*"))
+
+
+def test_corrupt_dataset_file_is_one_line_and_leaves_no_store(mnist_raw, tmp_path, capsys):
+    (mnist_raw.root / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    code, _, err = run_cli(["--dataset", "mnist", "--data-root", mnist_raw.root, "--backbone", "effnet-lite0",
+                            "--resolution", "32", "--out", tmp_path, "--device", "cpu", "--no-progress"], capsys)
+    assert_one_line_error(code, err, "t10k-images-idx3-ubyte.gz")
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
+    result = subprocess.run([TT_EXTRACT, "--dataset", "imagenet", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert_one_line_error(result.returncode, result.stderr, "imagenet")

@@ -1,0 +1,186 @@
+"""tt-sweep: grid expansion, the results file, resume after a kill, refusal of a changed sweep, the launchers."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.train.cli import sweep_main
+from twinturbo.train.sweep import (SETUPS, SweepGrid, append_row, fusion_groups, load_grid_file, parse_list,
+                                   prepare_sweep_dir, read_rows)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_fused import make_store  # noqa: E402  (one tiny-store writer for all the sweep tests)
+
+TINY_FLAGS = ["--labels", "8", "--epochs", "1", "--batch-size", "48", "--lr", "3e-3", "--warmup", "1",
+              "--proj-dim", "8", "--pred-dim", "8", "--disc-dim", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("sweep") / "store")
+
+
+# ---- the grid ---------------------------------------------------------------------------------------------------------
+
+def test_default_grid_is_the_papers_222_runs():
+    runs = SweepGrid().expand()
+    assert len(runs) == (1 + 3 * 3 + 3 * 9) * 2 * 3 == 222
+    assert len({r.run_id for r in runs}) == 222
+    # Setup 1 has no lambda; 2-4 only lambda_C; 5-7 both (Eq. 22 terms switched on per DESIGN.md).
+    assert {(r.critic, r.latent) for r in runs if r.setup == 1} == {(0.0, 0.0)}
+    assert all(r.latent == 0 and r.critic > 0 for r in runs if r.setup in (2, 3, 4))
+    assert all(r.latent > 0 and r.critic > 0 for r in runs if r.setup >= 5)
+    assert [(SETUPS[s].loss, SETUPS[s].rescale) for s in range(1, 8)] == [
+        ("cat_cross", "softmax"), ("cat_cross", "softmax"), ("cat_twin", "softmax"), ("cat_twin", "sigmoid"),
+        ("cat_twin", "sigmoid"), ("bin_cross", "softmax"), ("bin_cross", "sigmoid")]
+
+
+@pytest.mark.parametrize("kwargs, count", [
+    (dict(setups=(1,)), 1 * 2 * 3),
+    (dict(setups=parse_list("2-4", int, "--setups"), labels=(100,), seeds=(42,)), 9),
+    (dict(setups=(1, 5), critic_grid=(0.1,), latent_grid=(0.01, 1.0), seeds=(1, 2)), (1 + 2) * 2 * 2),
+    (dict(labels=(100,), setup_grids={7: {"latent_grid": (0.5,)}}), (1 + 9 + 18 + 3) * 3),
+])
+def test_grid_variants_count(kwargs, count):
+    assert len(SweepGrid(**kwargs).expand()) == count
+
+
+def test_grid_files_toml_and_yaml(tmp_path):
+    toml = tmp_path / "grid.toml"
+    toml.write_text('setups = [1, 2, 5]\nlabels = [100]\nseeds = [42]\ncritic_grid = [0.1]\n'
+                    'latent_grid = [0.01, 0.1]\n[training]\nepochs = 2\nwarmup = 10\n'
+                    '[setup_grids.2]\ncritic_grid = [0.5, 1.0]\n')
+    yaml = tmp_path / "grid.yaml"
+    yaml.write_text("setups: [1, 2, 5]\nlabels: [100]\nseeds: [42]\ncritic_grid: [0.1]\nlatent_grid: [0.01, 0.1]\n"
+                    "training: {epochs: 2, warmup: 10}\nsetup_grids: {2: {critic_grid: [0.5, 1.0]}}\n")
+    grids = [SweepGrid.from_dict(load_grid_file(path)) for path in (toml, yaml)]
+    assert grids[0].to_dict() == grids[1].to_dict()
+    runs = grids[0].expand()
+    assert [(r.setup, r.critic, r.latent) for r in runs] == [(1, 0, 0), (2, 0.5, 0), (2, 1.0, 0), (5, 0.1, 0.01),
+                                                             (5, 0.1, 0.1)]
+    assert all(r.train_config().epochs == 2 and r.train_config().warmup_steps == 10 for r in runs)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("setups = [8]", "unknown setup 8"),
+    ("colour = 1", "unknown key 'colour'"),
+    ("[training]\nbatchsize = 3", "'batchsize' is not a tt-train flag"),
+    ("[training]\nepochs = 0", "--epochs 0"),
+    ("seeds = [1, 1]", "lists a value twice"),
+    ("setups = [1", "cannot parse"),
+])
+def test_bad_grid_file_is_a_one_line_error(tmp_path, text, message):
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    with pytest.raises(TwinTurboError, match=message):
+        SweepGrid.from_dict(load_grid_file(path))
+
+
+def test_fusion_groups_share_seed_and_labels_and_respect_the_cap():
+    runs = SweepGrid(labels=(100,), seeds=(1, 2)).expand()
+    groups = list(fusion_groups(runs, 8))
+    assert sum(len(g) for g in groups) == len(runs) == 74
+    assert max(len(g) for g in groups) == 8
+    assert all(len({r.fusion_key for r in g}) == 1 for g in groups)
+    assert sorted(len(g) for g in groups if g[0].seed == 1) == [5] + [8] * 4
+
+
+# ---- results.jsonl ------------------------------------------------------------------------------------------------
+
+def test_partial_trailing_line_is_ignored_and_never_glued_to_the_next_row(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_row(path, {"run_id": "a", "test_accuracy": 0.5})
+    with open(path, "ab") as handle:
+        handle.write(b'{"run_id": "b", "test_acc')  # a writer killed mid-line
+    assert [r["run_id"] for r in read_rows(path)] == ["a"]
+    append_row(path, {"run_id": "c", "test_accuracy": 0.7})
+    assert [r["run_id"] for r in read_rows(path)] == ["a", "c"]
+    append_row(path, {"run_id": "a", "test_accuracy": 0.9})  # a duplicate: the first row wins
+    assert [r["test_accuracy"] for r in read_rows(path)] == [0.5, 0.7]
+
+
+# ---- the command --------------------------------------------------------------------------------------------------
+
+def _sweep(args, expect=0):
+    result = CliRunner().invoke(sweep_main, args)
+    assert result.exit_code == expect, result.output
+    return result.output
+
+
+def test_dry_run_prints_the_table_and_count(store, tmp_path):
+    out = _sweep(["--features", str(store), "--out", str(tmp_path / "sw"), "--dry-run"])
+    assert out.strip().splitlines()[-1] == "222 runs (0 done, 222 to train)"
+    assert "cat_twin/sigmoid + critic + latent" in out
+    assert not (tmp_path / "sw").exists()
+
+
+def test_changed_grid_or_store_is_refused_unless_extend(store, tmp_path):
+    sweep_dir = tmp_path / "sw"
+    base = ["--features", str(store), "--out", str(sweep_dir), "--setups", "1", "--seeds", "1"] + TINY_FLAGS
+    _sweep(base)
+    assert len(read_rows(sweep_dir / "results.jsonl")) == 1
+    # Same command again: nothing to train, nothing appended.
+    assert "1 already done, 0 to train" in _sweep(base)
+    assert len(read_rows(sweep_dir / "results.jsonl")) == 1
+
+    changed = base[:7] + ["2"] + base[8:]  # --seeds 2
+    out = _sweep(changed, expect=2)
+    assert "the grid changed (seeds: [1] -> [2])" in out and "--extend" in out
+    other_store = make_store(tmp_path / "other", seed=5, dataset="other")
+    out = _sweep(["--features", str(other_store)] + base[2:], expect=2)
+    assert "the features store changed" in out
+
+    _sweep(changed + ["--extend"])
+    rows = read_rows(sweep_dir / "results.jsonl")
+    assert sorted(r["config"]["seed"] for r in rows) == [1, 2]
+    history = json.loads((sweep_dir / "sweep.json").read_text())
+    assert history["grid"]["seeds"] == [2] and history["history"][0]["grid"]["seeds"] == [1]
+    row = rows[0]
+    assert row["setup"] == 1 and row["store"]["fingerprint"] and len(row["epoch_accuracies"]) == 1
+    assert 0 <= row["test_accuracy"] <= 1 and row["wall_time_s"] > 0 and row["config"]["proj_dim"] == 8
+
+
+def test_killed_sweep_resumes_without_lost_or_duplicated_rows(store, tmp_path):
+    sweep_dir = tmp_path / "sw"
+    command = [sys.executable, "-c", "from twinturbo.train.cli import sweep_main; sweep_main()",
+               "--features", str(store), "--out", str(sweep_dir), "--setups", "1-3", "--critic-grid", "0.1,1",
+               "--seeds", "1,2", "--fuse", "1"] + TINY_FLAGS
+    results = sweep_dir / "results.jsonl"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_rows(results)) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(read_rows(results))
+    assert 2 <= done_before < 10, "the sweep should have been killed part-way"
+    with open(results, "ab") as handle:
+        handle.write(b'{"run_id": "s2-half')  # as if the kill had hit a write
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = read_rows(results)
+    ids = [json.loads(line)["run_id"] for line in results.read_bytes().splitlines() if line.endswith(b"}")
+           and line.startswith(b'{"')]
+    assert len(rows) == 10 and len(ids) == len(set(ids)) == 10
+    assert {r["run_id"] for r in rows} == set(ids)
+    assert sorted((r["setup"], r["config"]["critic_weight"], r["config"]["seed"]) for r in rows) == sorted(
+        (s, c, seed) for seed in (1, 2) for s, c in [(1, 0.0), (2, 0.1), (2, 1.0), (3, 0.1), (3, 1.0)])
+
+
+def test_submitit_local_launcher_end_to_end(store, tmp_path):
+    pytest.importorskip("submitit")
+    sweep_dir = tmp_path / "sw"
+    _sweep(["--features", str(store), "--out", str(sweep_dir), "--setups", "1,2", "--critic-grid", "0.5",
+            "--seeds", "1,2", "--fuse", "2", "--launcher", "submitit", "--submitit-cluster", "local"] + TINY_FLAGS)
+    rows = read_rows(sweep_dir / "results.jsonl")
+    assert sorted((r["setup"], r["config"]["seed"]) for r in rows) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(r["fused_runs"] == 2 for r in rows)
+    assert len(list((sweep_dir / "submitit").glob("*/*_result.pkl"))) == 2  # one job per fused group
