@@ -91,7 +91,9 @@ def test_fusion_groups_share_seed_and_labels_and_respect_the_cap():
     assert sum(len(g) for g in groups) == len(runs) == 74
     assert max(len(g) for g in groups) == 8
     assert all(len({r.fusion_key for r in g}) == 1 for g in groups)
-    assert sorted(len(g) for g in groups if g[0].seed == 1) == [5] + [8] * 4
+    # Per seed: setup 1 alone, the 9 critic-only runs (2-4), the 27 critic+latent runs (5-7), 8 at most per group.
+    assert sorted(len(g) for g in groups if g[0].seed == 1) == [1, 1, 3, 8, 8, 8, 8]
+    assert all(len({(r.critic > 0, r.latent > 0) for r in g}) == 1 for g in groups)
 
 
 # ---- results.jsonl ------------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ class TrainConfig:
             if value < 0:
                 raise TwinTurboError(f"{flag} {value}: expected a weight >= 0 (0 switches the term off)")
         if not 0 <= self.dropout < 1:
-            raise TwinTurboError(f"--dropout {self.dropout}: expected a probability in [0, 1)")
+            raise TwinTurboError(f"dropout {self.dropout}: expected a probability in [0, 1)")
         return self
 
     def to_dict(self) -> dict:

@@ -122,7 +122,7 @@ def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path
                  "bar = best seed, black line = range over seeds", fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="upper left", fontsize=9, ncol=len(budgets))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -134,18 +134,19 @@ def plot_all(combos: list[Combination], dataset: str, backbone: str, path: Path)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.transforms
 
     budgets = sorted({c.labels for c in combos})
     per_budget = {n: [c for c in combos if c.labels == n] for n in budgets}
     widest = max(len(v) for v in per_budget.values())
-    fig, axes = plt.subplots(len(budgets), 1, figsize=(max(8.0, 0.38 * widest + 3), 4.2 * len(budgets)),
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(max(8.0, 0.4 * widest + 5), 4.6 * len(budgets)),
                              squeeze=False)
     for b_index, (budget, ax) in enumerate(zip(budgets, axes[:, 0])):
         items = per_budget[budget]
         xs, x, previous_setup, bounds = [], 0.0, None, []
         for combo in items:
             if previous_setup is not None and combo.setup != previous_setup:
-                x += 0.8  # a gap between setups
+                x += 1.2  # a gap between setups, room for their names
             if combo.setup != previous_setup:
                 bounds.append([combo.setup, x, x])
             bounds[-1][2] = x
@@ -156,17 +157,16 @@ def plot_all(combos: list[Combination], dataset: str, backbone: str, path: Path)
         ax.bar(xs, [c.best for c in items], 0.8, color=colour)
         ax.vlines(xs, [c.worst for c in items], [c.best for c in items], colors="black", linewidth=1.5)
         floor = _axis_floor([c.worst for c in items])
-        top = min(100.0, max(c.best for c in items)) + 9.0
-        ax.set_ylim(floor, top)
+        ax.set_ylim(floor, min(100.0, max(c.best for c in items)) + 2.0)
+        ax.set_xlim(xs[0] - 0.8, xs[-1] + 0.8)
         ax.set_xticks(xs, [c.lambda_text.replace("\n", " ") or "no λ" for c in items], rotation=90, fontsize=7)
+        above = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
         for setup, first, last in bounds:
-            name = SETUPS[setup].name.replace(" + ", "+") if setup in SETUPS else str(setup)
-            ax.text((first + last) / 2, top - 0.5, f"{setup}: {name}", ha="center", va="top", fontsize=7,
-                    wrap=True)
+            label = SETUPS[setup].short_label if setup in SETUPS else str(setup)
+            ax.text((first + last) / 2, 1.02, label, transform=above, ha="center", va="bottom", fontsize=6.5)
             if first > 0:
-                ax.axvline(first - 0.9, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{budget} labels", fontsize=10)
+                ax.axvline(first - 1.1, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_ylabel(f"{budget} labels\ntest accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     fig.suptitle(f"{dataset} ({backbone}): every λ combination (bar = best seed, line = range over seeds)",

@@ -376,12 +376,17 @@ def pending_runs(runs: Iterable[RunSpec], finished: set[str]) -> list[RunSpec]:
 
 
 def fusion_groups(runs: Iterable[RunSpec], fuse: int) -> Iterator[list[RunSpec]]:
-    """Consecutive groups of at most `fuse` runs with one fusion key each (same data batches, same masks)."""
+    """Groups of at most `fuse` runs with one fusion key each (same data batches, same masks).
+
+    Within a key, runs that switch on the same terms of Eq. 22 go together: a fused pass forwards the x* rows when any
+    of its runs has the latent term and the unlabelled rows when any has the critic, so a setup-1 run fused with a
+    setup-7 run would pay for rows it never uses.
+    """
     if fuse < 1:
         raise TwinTurboError(f"--fuse {fuse}: expected a number of runs >= 1")
     by_key: dict[tuple, list[RunSpec]] = {}
     for run in runs:
-        by_key.setdefault(run.fusion_key, []).append(run)
+        by_key.setdefault(run.fusion_key + (run.critic > 0, run.latent > 0), []).append(run)
     for members in by_key.values():
         for start in range(0, len(members), fuse):
             yield members[start:start + fuse]

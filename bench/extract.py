@@ -1,0 +1,142 @@
+"""Benchmark: tt-extract's images/s against the bare backbone on the same pre-resized tensors (the limit).
+
+Both run in this process on the same built backbone. The bare loop only calls `forward_features` (the exact forward
+tt-extract uses: inference_mode, bf16 autocast on CUDA, float16 outputs) batch after batch on images resized once
+up front; tt-extract (`run_extraction`, the function behind the CLI) also reads the dataset, resizes, copies the
+tokens to the host and writes the store. Each is timed `--repeats` times, alternating, and the best of each kept.
+
+    overhead ratio = bare_images_per_s / extract_images_per_s        (goal <= 1.10)
+
+CPU default:  .venv/bin/python bench/extract.py
+GPU:          .venv/bin/python bench/extract.py --backbone timm:vit_base_patch16_224 --resolution 224 \
+                  --batch-size 256 --device cuda --random-weights --limit 5120
+(`--random-weights`: a timm model with random weights, saved to a temporary file and loaded through --weights; the
+cost of a forward does not depend on the weights' values.) Writes bench/extract.json next to this file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from twinturbo.common.device import resolve_device
+from twinturbo.extract.backbones import BackboneOptions, build_backbone
+from twinturbo.extract.datasets import load_split
+from twinturbo.extract.extract import ExtractConfig, batch_grid, forward_features, prepare_images, run_extraction
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="effnet-lite0")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--limit", type=int, default=None, help="samples (default: the whole split)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--format", default="zarr", choices=("zarr", "hdf5"))
+    parser.add_argument("--dtype", default="float16", choices=("float16", "int8"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--random-weights", action="store_true", help="timm:<model> with random weights (timing only)")
+    parser.add_argument("--out", type=Path, default=None, help="where the store goes (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
+    return parser.parse_args()
+
+
+def build(args: argparse.Namespace, workdir: Path):
+    options = BackboneOptions(resolution=args.resolution)
+    if args.random_weights:
+        import timm
+
+        if not args.backbone.startswith("timm:"):
+            sys.exit("--random-weights applies to timm:<model> backbones only")
+        model = timm.create_model(args.backbone[len("timm:"):], pretrained=False, num_classes=0,
+                                  img_size=args.resolution)
+        options.weights = workdir / "random_weights.pth"
+        torch.save(model.state_dict(), options.weights)
+    return build_backbone(args.backbone, options)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop(backbone, batches: list[torch.Tensor], device: torch.device) -> float:
+    """Seconds for the backbone alone over the pre-resized batches (already on the device)."""
+    synchronize(device)
+    started = time.perf_counter()
+    for x in batches:
+        forward_features(backbone, x)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    args = parse_args()
+    device = resolve_device(args.device)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    out = args.out or workdir / "features"
+    backbone = build(args, workdir).to(device).eval()
+    data = load_split(args.dataset, args.split)
+    n = min(len(data), args.limit) if args.limit else len(data)
+    batch_size, chunk_size, _ = batch_grid(args.batch_size, args.chunk_size)
+
+    # If the split is shorter than asked (digits: 1257), --limit past it is met by repeating the split's images.
+    images = data.read(0, len(data))
+    batches = []
+    for lo in range(0, n, batch_size):
+        index = torch.arange(lo, min(lo + batch_size, n)) % len(data)
+        batches.append(prepare_images(images[index.numpy()], backbone.resolution, device))
+    n = sum(len(b) for b in batches)
+    config = ExtractConfig(dataset=args.dataset, out=out, backbone=args.backbone, batch_size=batch_size,
+                           chunk_size=chunk_size, format=args.format, dtype=args.dtype, splits=(args.split,),
+                           device=args.device, limit=n, overwrite=True, progress=False,
+                           command="bench/extract.py " + " ".join(sys.argv[1:]))
+    if n > len(data):
+        sys.exit(f"--limit {n} exceeds the {len(data)} samples of {args.dataset}/{args.split}")
+
+    bare_loop(backbone, batches[:2], device)  # warm-up: kernels, allocator, autotuning
+    bare_times, loop_times, call_times = [], [], []
+    for _ in range(args.repeats):
+        bare_times.append(bare_loop(backbone, batches, device))
+        started = time.perf_counter()
+        result = run_extraction(config, backbone=backbone)
+        call_times.append(time.perf_counter() - started)
+        loop_times.append(result.splits[0].seconds)
+    bare = n / min(bare_times)
+    extract = n / min(loop_times)
+    end_to_end = n / min(call_times)
+    store_bytes = sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file()) if result.path.is_dir() \
+        else result.path.stat().st_size
+    report = {
+        "backbone": backbone.name, "resolution": backbone.resolution, "dataset": args.dataset, "split": args.split,
+        "samples": n, "batch_size": batch_size, "chunk_size": chunk_size, "format": args.format, "dtype": args.dtype,
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+        "repeats": args.repeats, "bare_seconds": bare_times, "extract_loop_seconds": loop_times,
+        "extract_call_seconds": call_times, "bare_images_per_s": bare, "extract_images_per_s": extract,
+        "extract_end_to_end_images_per_s": end_to_end, "store_bytes": store_bytes,
+        "overhead_ratio": bare / extract, "overhead_ratio_end_to_end": bare / end_to_end, "goal": 1.10,
+        "command": "bench/extract.py " + " ".join(sys.argv[1:]),
+    }
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{backbone.name} @ {backbone.resolution}px, {n} x {args.dataset}/{args.split}, batch {batch_size}, "
+          f"{device}, {args.format}/{args.dtype}, best of {args.repeats}")
+    print(f"store: {store_bytes / 1e6:.1f} MB")
+    print(f"bare backbone images/s        = {bare:.1f}")
+    print(f"tt-extract images/s (loop)    = {extract:.1f}")
+    print(f"tt-extract images/s (call)    = {end_to_end:.1f}   (incl. dataset load, store creation)")
+    print(f"overhead ratio (end to end)   = {bare / end_to_end:.3f}")
+    print(f"overhead ratio = bare_images_per_s / extract_images_per_s = {bare / extract:.3f}   (goal <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

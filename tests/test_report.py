@@ -1,0 +1,85 @@
+"""tt-report: figures, summary.md and results.csv from a small hand-written results.jsonl."""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import random
+
+import matplotlib.image
+import pytest
+from click.testing import CliRunner
+
+from twinturbo.train.cli import report_main
+from twinturbo.train.sweep import SETUPS, append_row
+
+STORE = {"dataset": "digits", "backbone": "effnet-lite0", "fingerprint": "abc", "path": "/x", "created": "t"}
+
+
+def _row(setup, labels, critic, latent, seed, accuracy):
+    config = {"loss": SETUPS[setup].loss, "rescale": SETUPS[setup].rescale, "critic_weight": critic,
+              "latent_weight": latent, "labels": labels, "seed": seed, "epochs": 2, "proj_dim": 16}
+    return {"run_id": f"s{setup}-c{critic}-l{latent}-n{labels}-seed{seed}", "setup": setup, "config": config,
+            "test_accuracy": accuracy, "epoch_accuracies": [accuracy / 2, accuracy], "wall_time_s": 1.0,
+            "fused_runs": 3, "device": "cpu", "store": STORE}
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    rng = random.Random(0)
+    rows = []
+    for setup, labels, seed in itertools.product(SETUPS, (100, 1000), (42, 1337, 3435)):
+        critics = (0.0,) if setup == 1 else (0.1, 1.0)
+        latents = (0.01, 1.0) if SETUPS[setup].latent else (0.0,)
+        for critic, latent in itertools.product(critics, latents):
+            rows.append(_row(setup, labels, critic, latent, seed, round(rng.uniform(0.5, 0.99), 4)))
+    for row in rows:
+        append_row(tmp_path / "results.jsonl", row)
+    with open(tmp_path / "results.jsonl", "ab") as handle:
+        handle.write(b'{"run_id": "cut')  # a partial last line is not a row
+    return tmp_path, rows
+
+
+def test_report_files_and_summary_numbers(sweep_dir, tmp_path):
+    directory, rows = sweep_dir
+    out = tmp_path / "report"
+    result = CliRunner().invoke(report_main, [str(directory), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("figure_digits.png", "all_digits.png"):
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 300 and image.shape[1] > 600
+
+    # Independent: per setup and budget, the lambda pair with the highest best seed; its best/mean/min over seeds.
+    expected = {}
+    for setup, labels in itertools.product(SETUPS, (100, 1000)):
+        combos = {}
+        for row in rows:
+            c = row["config"]
+            if row["setup"] == setup and c["labels"] == labels:
+                combos.setdefault((c["critic_weight"], c["latent_weight"]), []).append(100 * row["test_accuracy"])
+        (critic, latent), accs = max(combos.items(), key=lambda item: max(item[1]))
+        expected[(setup, labels)] = (critic, latent, max(accs), sum(accs) / len(accs), min(accs), len(accs))
+
+    table = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ") and
+             line[2].isdigit()]
+    assert len(table) == 14
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        setup, labels = int(cells[0].split(":")[0]), int(cells[1])
+        critic, latent, best, mean, worst, seeds = expected[(setup, labels)]
+        assert (float(cells[2]), float(cells[3])) == (critic, latent)
+        assert [float(x) for x in cells[4:7]] == pytest.approx([best, mean, worst], abs=0.006)
+        assert int(cells[7]) == seeds == 3
+
+    with open(out / "results.csv") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert len(csv_rows) == len(rows)
+    assert {r["run_id"]: float(r["test_accuracy"]) for r in csv_rows} == {r["run_id"]: r["test_accuracy"] for r in rows}
+
+
+def test_report_of_a_missing_or_empty_sweep_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(report_main, [str(tmp_path)])
+    assert result.exit_code == 2 and "results.jsonl does not exist" in result.output
+    (tmp_path / "results.jsonl").write_text("")
+    result = CliRunner().invoke(report_main, [str(tmp_path)])
+    assert result.exit_code == 2 and "holds no finished run" in result.output
