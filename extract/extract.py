@@ -344,11 +344,12 @@ def _store_attrs(config: ExtractConfig, backbone, splits: dict, batch_size: int,
 
 
 def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = None,
-                   ranks: Ranks | None = None, log=None) -> ExtractResult:
+                   ranks: Ranks | None = None, log=None, data: dict | None = None) -> ExtractResult:
     """Extract every requested split of `config.dataset` into its store; resume a matching store, refuse another.
 
     `backbone` may be passed in already built (the benchmark does, to time the same model); otherwise it is built
-    from `config`. Under torchrun each rank computes its share of the batches and rank 0 alone creates the store.
+    from `config`. `data` may map split names to already loaded `DatasetSplit`s instead of reading
+    `config.data_root`. Under torchrun each rank computes its share of the batches and rank 0 alone creates the store.
     """
     from twinturbo.extract.backbones import BackboneOptions, build_backbone
     from twinturbo.extract.datasets import load_split
@@ -366,7 +367,8 @@ def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = Non
         log(f"note: {note}")
 
     # Everything that can fail on user input happens before the store exists.
-    splits = {name: load_split(config.dataset, name, config.data_root, config.download) for name in config.splits}
+    splits = {name: data[name] if data and name in data else
+              load_split(config.dataset, name, config.data_root, config.download) for name in config.splits}
     counts = {name: min(len(split), config.limit) if config.limit else len(split) for name, split in splits.items()}
     for name, count in counts.items():
         if count == 0:

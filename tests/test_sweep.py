@@ -180,9 +180,9 @@ def test_killed_sweep_resumes_without_lost_or_duplicated_rows(store, tmp_path):
 def test_submitit_local_launcher_end_to_end(store, tmp_path):
     pytest.importorskip("submitit")
     sweep_dir = tmp_path / "sw"
-    _sweep(["--features", str(store), "--out", str(sweep_dir), "--setups", "1,2", "--critic-grid", "0.5",
+    _sweep(["--features", str(store), "--out", str(sweep_dir), "--setups", "2,3", "--critic-grid", "0.5",
             "--seeds", "1,2", "--fuse", "2", "--launcher", "submitit", "--submitit-cluster", "local"] + TINY_FLAGS)
     rows = read_rows(sweep_dir / "results.jsonl")
-    assert sorted((r["setup"], r["config"]["seed"]) for r in rows) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert sorted((r["setup"], r["config"]["seed"]) for r in rows) == [(2, 1), (2, 2), (3, 1), (3, 2)]
     assert all(r["fused_runs"] == 2 for r in rows)
     assert len(list((sweep_dir / "submitit").glob("*/*_result.pkl"))) == 2  # one job per fused group
