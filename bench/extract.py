@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--format", default="zarr", choices=("zarr", "hdf5"))
     parser.add_argument("--dtype", default="float16", choices=("float16", "int8"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--random-weights", action="store_true", help="timm:<model> with random weights (timing only)")
     parser.add_argument("--out", type=Path, default=None, help="where the store goes (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))

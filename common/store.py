@@ -296,6 +296,7 @@ class _ZarrBackend:
 
         self.path = path
         self._raw_layouts: dict[tuple[str, str], tuple[tuple, _RawLayout | None]] = {}
+        self._write_arrays: dict[tuple[str, str], object] = {}
         try:
             self.root = zarr.open_group(str(path), mode=mode)
         except Exception as err:  # zarr raises several types for a missing/corrupt group
@@ -314,6 +315,7 @@ class _ZarrBackend:
         return dict(self.root[split].attrs)
 
     def create_split(self, split: str, attrs: dict, arrays: dict[str, tuple[tuple, tuple, str]]) -> None:
+        self._write_arrays = {key: a for key, a in self._write_arrays.items() if key[0] != split}
         group = self.root.create_group(split, overwrite=True)
         group.attrs.update(attrs)
         for name, (shape, chunks, dtype) in arrays.items():
@@ -329,7 +331,12 @@ class _ZarrBackend:
         return name in self.root[split]
 
     def write(self, split: str, name: str, start: int, values: np.ndarray) -> None:
-        self.root[split][name][start:start + len(values)] = values
+        # Opening an array re-reads its zarr.json: ~7% of writing a RADIO-size chunk, so keep it open.
+        key = (split, name)
+        array = self._write_arrays.get(key)
+        if array is None:
+            array = self._write_arrays[key] = self.root[split][name]
+        array[start:start + len(values)] = values
 
     def read(self, split: str, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop) of one array, into `out` when given: chunk files copied directly where plain."""

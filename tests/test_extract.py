@@ -304,6 +304,8 @@ def test_int8_patches_round_trip_within_half_a_scale_and_halve_the_store(small_s
     (["--dataset", "digits", "--batch-size", "many"], ["--batch-size"]),
     (["--dataset", "mnist"], ["mnist", "train-images-idx3-ubyte.gz"]),
     (["--out", "x"], ["--dataset"]),
+    pytest.param(["--dataset", "digits", "--device", "cuda"], ["--device cuda", "not available"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_input_is_one_line_on_stderr_and_leaves_no_store(args, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.cli import sweep_main
 from twinturbo.train.sweep import (SETUPS, SweepGrid, append_row, fusion_groups, load_grid_file, parse_list,
-                                   prepare_sweep_dir, read_rows)
+                                   read_rows)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_fused import make_store  # noqa: E402  (one tiny-store writer for all the sweep tests)

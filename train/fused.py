@@ -43,7 +43,7 @@ def check_fusable(configs: list[TrainConfig]) -> None:
     if not configs:
         raise ValueError("no runs to fuse")
     shared = [{k: v for k, v in c.to_dict().items() if k not in PER_RUN_FIELDS} for c in configs]
-    for config, other in zip(configs[1:], shared[1:]):
+    for other in shared[1:]:
         if other != shared[0]:
             diff = sorted(k for k in other if other[k] != shared[0][k])
             raise ValueError(f"runs differ in {diff}: they do not see the same batches and cannot be fused")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.train.sweep import RESULTS_FILE, SETUPS, _number, read_rows
+from twinturbo.train.sweep import RESULTS_FILE, SETUPS, format_weight, read_rows
 
 # One colour per label budget, in budget order (colour-blind safe pairs from matplotlib's tab10).
 BUDGET_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -46,9 +46,9 @@ class Combination:
         spec = SETUPS.get(self.setup)
         parts = []
         if spec is None or spec.critic or self.critic:
-            parts.append(f"λC={_number(self.critic)}")
+            parts.append(f"λC={format_weight(self.critic)}")
         if spec is None or spec.latent or self.latent:
-            parts.append(f"λL={_number(self.latent)}")
+            parts.append(f"λL={format_weight(self.latent)}")
         return "\n".join(parts)
 
 
@@ -187,7 +187,7 @@ def summary_markdown(by_dataset: dict[tuple[str, str], list[Combination]]) -> st
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for (setup, budget), combo in sorted(best.items()):
             name = SETUPS[setup].name if setup in SETUPS else str(setup)
-            lines.append(f"| {setup}: {name} | {budget} | {_number(combo.critic)} | {_number(combo.latent)} | "
+            lines.append(f"| {setup}: {name} | {budget} | {format_weight(combo.critic)} | {format_weight(combo.latent)} | "
                          f"{combo.best:.2f} | {combo.mean:.2f} | {combo.worst:.2f} | {len(combo.accuracies)} |")
         lines.append("")
     return "\n".join(lines)

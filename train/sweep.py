@@ -78,7 +78,7 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _number(value: float) -> str:
+def format_weight(value: float) -> str:
     """0.1 -> '0.1', 1.0 -> '1', 1e-05 -> '1e-05': the shortest faithful text, for ids and labels."""
     return f"{float(value):g}" if float(value) == float(f"{float(value):g}") else repr(float(value))
 
@@ -116,7 +116,7 @@ class RunSpec:
         """Readable and unique: the options a person scans for, then a hash of everything that defines the run
         (the training flags and the features store too, so an `--extend` onto another store never collides)."""
         digest = hashlib.sha256(_canonical([self.config(), self.store_fingerprint]).encode()).hexdigest()[:8]
-        return (f"s{self.setup}-{self.loss}-{self.rescale}-c{_number(self.critic)}-l{_number(self.latent)}"
+        return (f"s{self.setup}-{self.loss}-{self.rescale}-c{format_weight(self.critic)}-l{format_weight(self.latent)}"
                 f"-n{self.labels}-seed{self.seed}-{digest}")
 
     @property
@@ -398,7 +398,7 @@ def run_table(runs: list[RunSpec], finished: set[str] = frozenset()) -> str:
     lines = [header, "-" * len(header)]
     for index, run in enumerate(runs, 1):
         status = "done" if run.run_id in finished else "pending"
-        lines.append(f"{index:>4}  {SETUPS[run.setup].name:<30} {_number(run.critic):>8} {_number(run.latent):>8} "
+        lines.append(f"{index:>4}  {SETUPS[run.setup].name:<30} {format_weight(run.critic):>8} {format_weight(run.latent):>8} "
                      f"{run.labels:>6} {run.seed:>6}  {status:<8} {run.run_id}")
     done = sum(run.run_id in finished for run in runs)
     lines.append(f"{len(runs)} runs ({done} done, {len(runs) - done} to train)")
