@@ -54,8 +54,15 @@ def check_fusable(configs: list[TrainConfig]) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Per-run Linear: x [K, ..., in], weight [K, out, in], bias [K, out] -> [K, ..., out], one batched matmul."""
+    """Per-run Linear: x [K, ..., in], weight [K, out, in], bias [K, out] -> [K, ..., out].
+
+    On a GPU one batched matmul (`baddbmm`) for all runs: that is where fusing pays, by filling the device with K
+    small problems at once. On the CPU the matmuls are compute-bound already and oneDNN's batched kernels (and their
+    backward) are slower than K plain Linear calls, so the runs' Linears run one after another there.
+    """
     k, out_dim = weight.shape[0], weight.shape[1]
+    if x.device.type == "cpu":
+        return torch.stack([F.linear(x[i], weight[i], bias[i]) for i in range(k)])
     flat = x.reshape(k, -1, x.shape[-1])
     y = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
     return y.reshape(*x.shape[:-1], out_dim)
