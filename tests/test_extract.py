@@ -71,10 +71,22 @@ def assert_one_line_error(code: int, err: str, *words: str) -> None:
         assert word in lines[0], (word, lines[0])
 
 
+# CPU kernels may round differently with another number of threads (oneDNN picks its algorithm by batch and thread
+# count), so every process compared byte for byte with this one runs with this process's thread count.
+THREADS = {}
+
+
+def same_threads_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = str(THREADS.get("small_store", torch.get_num_threads()))
+    return env
+
+
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory) -> Path:
-    """digits, 80 + 80 samples, effnet-lite0 at 32 px, zarr; tests copy it before changing it."""
+    """digits, 80 + 80 samples, effnet-lite0 at 64 px, zarr; tests copy it before changing it."""
     out = tmp_path_factory.mktemp("features")
+    THREADS["small_store"] = torch.get_num_threads()
     main(SMALL + ["--out", str(out)])
     return out / "digits"
 
@@ -120,12 +132,13 @@ def test_digits_store_reopens_with_plain_zarr_and_holds_the_backbone_features(sm
 
 
 def test_hdf5_store_reopens_with_plain_h5py_and_equals_the_zarr_store(small_store, tmp_path, capsys):
-    code, out, err = run_cli(SMALL + ["--out", tmp_path, "--format", "hdf5"], capsys)
+    code, out, err = run_cli(SMALL + ["--out", tmp_path, "--format", "hdf5", "--splits", "test"], capsys)
     assert code == 0, err
     path = tmp_path / "digits.h5"
     with h5py.File(path, "r") as f:
         assert f.attrs["backbone"] == "effnet-lite0" and int(f.attrs["resolution"]) == 64
-        for split in ("train", "test"):
+        assert list(f.keys()) == ["test"]
+        for split in ("test",):
             assert f[split]["cls"].shape == (80, 1280) and f[split]["patches"].dtype == np.float16
             reference = plain_zarr(small_store, split)
             for name in ARRAYS:
@@ -179,10 +192,12 @@ def test_rerun_is_a_no_op_and_a_mismatched_store_is_refused_until_overwrite(smal
     assert_one_line_error(code, err, "resolution", "--overwrite")
     assert_same_store(out / "digits", small_store)  # refused means untouched
 
-    code, _, err = run_cli(with_option(SMALL, "--resolution", "96") + ["--out", out, "--overwrite"], capsys)
+    smaller = with_option(with_option(SMALL, "--resolution", "96"), "--limit", "16")
+    code, _, err = run_cli(smaller + ["--out", out, "--overwrite", "--splits", "test"], capsys)
     assert code == 0, err
     replaced = zarr.open_group(str(out / "digits"), mode="r")
-    assert replaced.attrs["resolution"] == 96 and replaced["train"]["patches"].shape == (80, 9, 1280)
+    assert replaced.attrs["resolution"] == 96 and replaced["test"]["patches"].shape == (16, 9, 1280)
+    assert "train" not in replaced  # replaced, not merged
 
 
 def _spawn(args: list[str], **kwargs) -> subprocess.Popen:
@@ -195,8 +210,9 @@ def test_resume_after_sigkill_in_the_middle_of_a_split_is_byte_identical(tmp_pat
     total = 12  # chunks of 16; batches of 32 write them 2 at a time
     killed_out = tmp_path / "killed"
     done_dir = killed_out / "digits" / "train" / "done" / "c"
-    T0 = time.monotonic()
-    process = _spawn([TT_EXTRACT] + args + ["--out", str(killed_out)])
+    # The killed run's chunks are compared with chunks computed in this process: same thread count.
+    process = _spawn([TT_EXTRACT] + args + ["--out", str(killed_out)],
+                     env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and process.poll() is None:
@@ -205,7 +221,6 @@ def test_resume_after_sigkill_in_the_middle_of_a_split_is_byte_identical(tmp_pat
                 break
             time.sleep(0.005)
         assert process.poll() is None, "extraction finished before it could be killed"
-        print("KILL at", time.monotonic() - T0, written, flush=True)
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
@@ -220,9 +235,7 @@ def test_resume_after_sigkill_in_the_middle_of_a_split_is_byte_identical(tmp_pat
     skipped = 32 * int(done.reshape(-1, 2).all(axis=1).sum())
     assert f"computed {192 - skipped} images" in out  # only the chunks not done
 
-    print("resumed at", time.monotonic() - T0, flush=True)
     code, _, err = run_cli(args + ["--out", tmp_path / "whole"], capsys)
-    print("whole at", time.monotonic() - T0, flush=True)
     assert code == 0, err
     assert_same_store(killed_out / "digits", tmp_path / "whole" / "digits", splits=("train",))
 
@@ -234,8 +247,7 @@ def _free_port() -> int:
 
 
 def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
+    env = same_threads_env()  # torchrun alone would set OMP_NUM_THREADS=1
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(_free_port()), TT_EXTRACT] + args
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -272,9 +284,9 @@ def test_hdf5_under_torchrun_is_refused_in_one_line(tmp_path, capsys, monkeypatc
 
 def test_int8_patches_round_trip_within_half_a_scale_and_halve_the_store(small_store, tmp_path, capsys):
     out = tmp_path / "int8"
-    code, _, err = run_cli(SMALL + ["--out", out, "--dtype", "int8"], capsys)
+    code, _, err = run_cli(SMALL + ["--out", out, "--dtype", "int8", "--splits", "train"], capsys)
     assert code == 0, err
-    for split in ("train", "test"):
+    for split in ("train",):
         q = plain_zarr(out / "digits", split)
         reference = plain_zarr(small_store, split)
         assert q["patches"].dtype == np.int8 and q["patch_scales"].dtype == np.float16

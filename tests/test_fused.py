@@ -8,8 +8,10 @@ import torch
 from twinturbo.common.store import SplitLayout, create_store, open_store
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import load_split
-from twinturbo.train.fused import check_fusable, train_fused
+from twinturbo.train import fused
+from twinturbo.train.fused import StackedHead, check_fusable, train_fused
 from twinturbo.train.loop import train
+from twinturbo.train.model import build_head
 
 NUM_CLASSES = 4
 
@@ -89,3 +91,25 @@ def test_runs_that_see_different_batches_are_not_fused():
     with pytest.raises(ValueError, match="labels"):
         check_fusable([TrainConfig(labels=100), TrainConfig(labels=1000)])
     check_fusable([TrainConfig(loss="cat_cross"), TrainConfig(loss="bin_cross", rescale="sigmoid", critic_weight=1)])
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_stacked_forward_equals_each_head(monkeypatch, batched):
+    """Both matmul paths of the stacked head (per-run Linears on CPU, one baddbmm per layer on GPU) give each
+    head's own outputs and gradients."""
+    monkeypatch.setattr(fused, "BATCHED_ON_CPU", batched)
+    heads = [build_head(12, 8, NUM_CLASSES, 16, 12, 8, init_seed=seed) for seed in (1, 2, 3)]
+    stack = StackedHead(heads)
+    generator = torch.Generator().manual_seed(0)
+    cls, patches = torch.randn(5, 12, generator=generator), torch.randn(5, 3, 8, generator=generator)
+    mask = (torch.rand(5, 16, generator=generator) > 0.3).float() / 0.7
+    z, logits = stack.forward(cls, patches, mask)
+    probs = torch.softmax(logits, dim=-1)
+    (logits.square().sum() + stack.discriminator(probs).sum()).backward()
+    for k, head in enumerate(heads):
+        z_k, logits_k = head(cls, patches, mask)
+        torch.testing.assert_close(z[k], z_k, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits[k], logits_k, rtol=1e-5, atol=1e-6)
+        (logits_k.square().sum() + head.discriminator(torch.softmax(logits_k, dim=-1)).sum()).backward()
+        for name, parameter in head.named_parameters():
+            torch.testing.assert_close(stack.params[name].grad[k], parameter.grad, rtol=1e-4, atol=1e-5)

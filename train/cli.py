@@ -79,10 +79,12 @@ _SWEEP_TRAINING = ("epochs", "batch_size", "lr", "warmup", "proj_dim", "pred_dim
 @click.option("--disc-dim", type=int, help="Discriminator width [500].")
 @click.option("--prior", type=click.Choice(["uniform", "labelled"]), help="Critic's class prior [uniform].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N] (not part of the grid).")
-@click.option("--fuse", default=8, show_default=True, type=int,
-              help="At most this many runs (same labels and seed) train in one fused pass; 1 = one at a time.")
+@click.option("--fuse", type=int,
+              help="At most this many runs (same labels and seed) train in one fused pass; 1 = one at a time "
+                   "[8 on CUDA, 1 on CPU, where fusing measured slower].")
 @click.option("--dry-run", is_flag=True, help="Print the run table and count (done/pending), train nothing.")
-@click.option("--extend", is_flag=True, help="Accept a grid or store different from SWEEP_DIR/sweep.json: add its runs.")
+@click.option("--extend", is_flag=True,
+              help="Accept a grid or store different from SWEEP_DIR/sweep.json: add its runs.")
 @click.option("--launcher", type=click.Choice(["local", "submitit"]), default="local", show_default=True,
               help="local: in this process; submitit: one job per fused group (SLURM job array).")
 @click.option("--slurm-partition", help="SLURM partition.")
@@ -96,8 +98,8 @@ _SWEEP_TRAINING = ("epochs", "batch_size", "lr", "warmup", "proj_dim", "pred_dim
               show_default=True, help="submitit executor: auto = SLURM when available, else local processes.")
 @click.pass_context
 @exit_on_user_error
-def sweep_main(ctx: click.Context, features: str, sweep_dir: str, grid_file: str | None, device: str, fuse: int,
-               dry_run: bool, extend: bool, launcher: str, slurm_partition: str | None, slurm_time: int,
+def sweep_main(ctx: click.Context, features: str, sweep_dir: str, grid_file: str | None, device: str,
+               fuse: int | None, dry_run: bool, extend: bool, launcher: str, slurm_partition: str | None, slurm_time: int,
                slurm_gpus_per_node: int, slurm_cpus_per_task: int, slurm_mem: int, slurm_array_parallelism: int,
                submitit_cluster: str, **options) -> None:
     """tt-sweep: the ablation of section 4.4 (7 setups x lambda grids x label budgets x seeds), fused and resumable.
@@ -113,6 +115,10 @@ def sweep_main(ctx: click.Context, features: str, sweep_dir: str, grid_file: str
     from twinturbo.train.sweep import (SweepGrid, finished_run_ids, fusion_groups, load_grid_file, parse_list,
                                        pending_runs, prepare_sweep_dir, run_table)
 
+    if fuse is None:
+        from twinturbo.common.device import resolve_device
+
+        fuse = launch.DEFAULT_FUSE.get(resolve_device(device).type, 1)
     if fuse < 1:
         raise TwinTurboError(f"--fuse {fuse}: expected a number of runs >= 1")
     data = load_grid_file(grid_file) if grid_file else {}

@@ -53,6 +53,9 @@ def check_fusable(configs: list[TrainConfig]) -> None:
 # The stacked head: a dict of [K, ...] parameters named as in TwinTurboHead
 # ---------------------------------------------------------------------------------------------------------------------
 
+BATCHED_ON_CPU = False  # tests switch the GPU's batched path on to check it on the CPU
+
+
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Per-run Linear: x [K, ..., in], weight [K, out, in], bias [K, out] -> [K, ..., out].
 
@@ -61,7 +64,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     backward) are slower than K plain Linear calls, so the runs' Linears run one after another there.
     """
     k, out_dim = weight.shape[0], weight.shape[1]
-    if x.device.type == "cpu":
+    if x.device.type == "cpu" and not BATCHED_ON_CPU:
         return torch.stack([F.linear(x[i], weight[i], bias[i]) for i in range(k)])
     flat = x.reshape(k, -1, x.shape[-1])
     y = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))

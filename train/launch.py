@@ -19,6 +19,9 @@ from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.sweep import RESULTS_FILE, SETUPS, RunSpec, append_row, finished_run_ids
 
 LAUNCHERS = ("local", "submitit")
+# Runs per fused pass when --fuse is not given. On the CPU fusing measured slower than one run after another
+# (bench/sweep.py: 0.73x on digits, the matmuls are compute-bound there), so runs go one by one.
+DEFAULT_FUSE = {"cuda": 8, "cpu": 1}
 SUBMITIT_CLUSTERS = ("auto", "slurm", "local", "debug")
 
 
@@ -65,6 +68,7 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
     from twinturbo.common.store import open_store
     from twinturbo.train.data import load_split, num_classes_of
     from twinturbo.train.fused import train_fused
+    from twinturbo.train.loop import train
 
     torch_device = resolve_device(device)
     results = Path(sweep_dir) / RESULTS_FILE
@@ -80,8 +84,13 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
         group = [run for run in group if run.run_id not in finished]
         if not group:
             continue
-        metrics = train_fused([run.train_config() for run in group], train_split, test_split, num_classes,
-                              torch_device, progress=progress)
+        if len(group) == 1:  # nothing to fuse: the single-run trainer itself
+            result = train(group[0].train_config(), train_split, test_split, num_classes, torch_device,
+                           progress=False)
+            metrics = [dict(result.metrics, nonfinite_step=None)]
+        else:
+            metrics = train_fused([run.train_config() for run in group], train_split, test_split, num_classes,
+                                  torch_device, progress=progress)
         rows = [result_row(run, m, identity, str(torch_device), len(group)) for run, m in zip(group, metrics)]
         for row in rows:
             append_row(results, row)
