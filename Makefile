@@ -19,10 +19,16 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q
 
+# Demo widths and schedule: measured on digits/effnet-lite0 at 64 px (bench/digits_eval.py, README "Results on digits").
+DEMO_TRAIN_FLAGS := --labels 100 --proj-dim 2048 --pred-dim 1024 --disc-dim 128 --epochs 5 --batch-size 64 \
+	--lr 1e-4 --warmup 10 --device cpu
+
 demo: setup
 	$(BIN)/tt-extract --dataset digits --backbone effnet-lite0 --resolution 64 --out demo/features
 	$(BIN)/tt-extract --verify demo/features/digits
-	$(BIN)/tt-train --features demo/features/digits --loss cat_cross --labels 100 --proj-dim 256 --pred-dim 128 --disc-dim 64 --epochs 20 --batch-size 128 --lr 1e-3 --warmup 20 --out demo/runs/cat_cross
+	$(BIN)/tt-sweep --features demo/features/digits --out demo/sweep --setups 1-7 --seeds 42,1337,3435 \
+		--critic-grid 0.1 --latent-grid 0.1 $(DEMO_TRAIN_FLAGS)
+	$(BIN)/tt-report demo/sweep
 
 clean-demo:
 	rm -rf demo

@@ -100,20 +100,12 @@ def run_one(features: str, setup: int, seed: int, labels: int, critic: float, la
 
 def baseline(features: str, seed: int, labels: int) -> dict:
     """LogisticRegression(max_iter=5000) on the CLS vectors of the run's labelled subset; test accuracy."""
-    import torch
-    from sklearn.linear_model import LogisticRegression
-    from twinturbo.train.config import derived_seed
-    from twinturbo.train.sampling import labelled_subset
+    from twinturbo.train.baseline import logistic_baseline, run_labelled_subset
 
-    train_split, test_split, num_classes = _splits(features)
-    generator = torch.Generator().manual_seed(derived_seed(seed, "data"))  # train()'s data stream, first draw
-    subset = labelled_subset(train_split.labels, labels, num_classes, generator).numpy()
-    x_train, y_train = train_split.cls.float().numpy(), train_split.labels.numpy()
-    x_test, y_test = test_split.cls.float().numpy(), test_split.labels.numpy()
-    clf = LogisticRegression(max_iter=5000).fit(x_train[subset], y_train[subset])
-    known = y_test >= 0
+    train_split, _, num_classes = _splits(features)
+    subset = run_labelled_subset(train_split.labels.numpy(), labels, num_classes, seed)
     return {"features": features, "seed": seed, "labels": labels, "subset": subset.tolist(),
-            "test_accuracy": float((clf.predict(x_test[known]) == y_test[known]).mean())}
+            "test_accuracy": logistic_baseline(features, labels, [seed])[seed]}
 
 
 def table(features: str, rows: list[dict], base: dict[int, float]) -> str:

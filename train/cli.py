@@ -158,10 +158,12 @@ def sweep_main(ctx: click.Context, features: str, sweep_dir: str, grid_file: str
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("sweep_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write the report [SWEEP_DIR].")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Fit LogisticRegression on each seed's labelled CLS vectors of the sweep's store and show it.")
 @exit_on_user_error
-def report_main(sweep_dir: str, out_dir: str | None) -> None:
+def report_main(sweep_dir: str, out_dir: str | None, baseline: bool) -> None:
     """tt-report: figure_<dataset>.png (Figures 2-4), all_<dataset>.png (Appendix C), summary.md, results.csv."""
     from twinturbo.train.report import make_report
 
-    for path in make_report(sweep_dir, out_dir):
+    for path in make_report(sweep_dir, out_dir, baseline):
         click.echo(f"wrote {path}")

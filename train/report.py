@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.store import open_store
 from twinturbo.train.sweep import RESULTS_FILE, SETUPS, format_weight, read_rows
 
 # One colour per label budget, in budget order (colour-blind safe pairs from matplotlib's tab10).
@@ -89,8 +90,13 @@ def _axis_floor(values: list[float]) -> float:
     return max(0.0, 5.0 * math.floor((low - 3.0) / 5.0))
 
 
-def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path) -> None:
-    """Figures 2-4: x = setups, one bar per label budget, bar = best seed of the best lambdas, line = seed range."""
+def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path,
+              baselines: dict[int, dict[int, float]] | None = None) -> None:
+    """Figures 2-4: x = setups, one bar per label budget, bar = best seed of the best lambdas, line = seed range.
+
+    `baselines` (label budget -> seed -> accuracy %) draws the LogisticRegression baseline's seed mean as a dashed
+    line in the budget's colour.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +120,13 @@ def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path
             text = f"{combo.best:.1f}" + (f"\n{combo.lambda_text}" if combo.lambda_text else "")
             ax.annotate(text, (x, combo.best), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                         fontsize=7)
-    all_values = [c.worst for c in best.values()]
+    for b_index, budget in enumerate(budgets):
+        seeds = (baselines or {}).get(budget)
+        if seeds:
+            mean = sum(seeds.values()) / len(seeds)
+            ax.axhline(mean, color=BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)], linestyle="--", linewidth=1.2,
+                       label=f"LogReg on {budget} labelled CLS: {mean:.1f} (seed mean)")
+    all_values = [c.worst for c in best.values()] + [a for seeds in (baselines or {}).values() for a in seeds.values()]
     ax.set_ylim(_axis_floor(all_values), min(100.0, max(c.best for c in best.values()) + 8.0) + 4.0)
     ax.set_xticks(range(len(setups)), [SETUPS[s].short_label if s in SETUPS else str(s) for s in setups], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
@@ -122,7 +134,7 @@ def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path
                  "bar = best seed, black line = range over seeds", fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(loc="upper left", fontsize=9, ncol=len(budgets))
+    ax.legend(loc="upper left", fontsize=8, ncol=len(budgets))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -176,11 +188,13 @@ def plot_all(combos: list[Combination], dataset: str, backbone: str, path: Path)
     plt.close(fig)
 
 
-def summary_markdown(by_dataset: dict[tuple[str, str], list[Combination]]) -> str:
+def summary_markdown(by_dataset: dict[tuple[str, str], list[Combination]],
+                     baselines: dict[tuple[str, str], dict[int, dict[int, float]] | str] | None = None) -> str:
     """One table per dataset: setup x label budget, best lambdas, best/mean/min accuracy over that combination's
-    seeds."""
+    seeds; then the LogisticRegression baseline on the same labelled subsets (or why it is missing)."""
     lines = []
     for (dataset, backbone), combos in sorted(by_dataset.items()):
+        baseline = (baselines or {}).get((dataset, backbone))
         best = best_combinations(combos)
         lines += [f"### {dataset} ({backbone})", "",
                   "| setup | labels | λ_C | λ_L | best % | mean % | min % | seeds |",
@@ -190,7 +204,42 @@ def summary_markdown(by_dataset: dict[tuple[str, str], list[Combination]]) -> st
             lines.append(f"| {setup}: {name} | {budget} | {format_weight(combo.critic)} | {format_weight(combo.latent)} | "
                          f"{combo.best:.2f} | {combo.mean:.2f} | {combo.worst:.2f} | {len(combo.accuracies)} |")
         lines.append("")
+        if isinstance(baseline, str):
+            lines += [f"Baseline not computed: {baseline}", ""]
+        elif baseline:
+            lines += ["Baseline: scikit-learn LogisticRegression on the CLS vectors of each seed's labelled subset.", "",
+                      "| labels | best % | mean % | min % | seeds |", "|---:|---:|---:|---:|---:|"]
+            for budget, seeds in sorted(baseline.items()):
+                values = list(seeds.values())
+                lines.append(f"| {budget} | {max(values):.2f} | {sum(values) / len(values):.2f} | {min(values):.2f} | "
+                             f"{len(values)} |")
+            lines.append("")
     return "\n".join(lines)
+
+
+def baselines_of(rows: list[dict]) -> dict[tuple[str, str], dict[int, dict[int, float]] | str]:
+    """(dataset, backbone) -> label budget -> seed -> LogisticRegression accuracy % on the rows' own store, or the
+    reason it could not be computed (store moved or changed since the sweep)."""
+    from twinturbo.train.baseline import logistic_baseline
+
+    wanted: dict[tuple[str, str], dict] = defaultdict(lambda: {"store": None, "budgets": defaultdict(set)})
+    for row in rows:
+        entry = wanted[_row_key(row)]
+        entry["store"] = row.get("store") or {}
+        entry["budgets"][int(row["config"]["labels"])].add(int(row["config"]["seed"]))
+    out: dict[tuple[str, str], dict[int, dict[int, float]] | str] = {}
+    for key, entry in wanted.items():
+        path, fingerprint = entry["store"].get("path"), entry["store"].get("fingerprint")
+        try:
+            with open_store(path) as store:
+                if store.identity()["fingerprint"] != fingerprint:
+                    out[key] = f"the store at {path} changed since the sweep"
+                    continue
+            out[key] = {budget: {seed: 100.0 * acc for seed, acc in logistic_baseline(path, budget, sorted(seeds)).items()}
+                        for budget, seeds in sorted(entry["budgets"].items())}
+        except TwinTurboError as err:
+            out[key] = str(err)
+    return out
 
 
 CSV_COLUMNS = ("run_id", "dataset", "backbone", "store_fingerprint", "setup", "loss", "rescale", "critic_weight",
@@ -218,8 +267,11 @@ def _file_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write figure_<dataset>.png, all_<dataset>.png, summary.md and results.csv; return their paths."""
+def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None, baseline: bool = True) -> list[Path]:
+    """Write figure_<dataset>.png, all_<dataset>.png, summary.md and results.csv; return their paths.
+
+    With `baseline`, the LogisticRegression baseline is fitted on the sweep's store (when it is still there and
+    unchanged) and shown in the figure and the summary."""
     sweep_dir = Path(sweep_dir)
     results = sweep_dir / RESULTS_FILE
     if not results.exists():
@@ -233,16 +285,18 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> lis
         raise TwinTurboError(f"{results}: a row lacks {err} (not written by tt-sweep?)") from None
     out = Path(out_dir) if out_dir is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
+    baselines = baselines_of(rows) if baseline else {}
     written = []
     several_backbones = len({b for _, b in by_dataset}) < len(by_dataset)
     for (dataset, backbone), combos in sorted(by_dataset.items()):
         stem = _file_name(f"{dataset}_{backbone}" if several_backbones else dataset)
-        for prefix, plot in (("figure", plot_best), ("all", plot_all)):
-            path = out / f"{prefix}_{stem}.png"
-            plot(combos, dataset, backbone, path)
-            written.append(path)
+        figure, everything = out / f"figure_{stem}.png", out / f"all_{stem}.png"
+        found = baselines.get((dataset, backbone))
+        plot_best(combos, dataset, backbone, figure, found if isinstance(found, dict) else None)
+        plot_all(combos, dataset, backbone, everything)
+        written += [figure, everything]
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(by_dataset))
+    summary.write_text(summary_markdown(by_dataset, baselines))
     csv_path = out / "results.csv"
     write_csv(rows, csv_path)
     return written + [summary, csv_path]

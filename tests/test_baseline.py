@@ -1,0 +1,44 @@
+"""The LogisticRegression baseline of tt-report: same labelled subset as the runs, accuracy of a plain sklearn fit."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from test_loop import make_synthetic_store, quick_config
+from twinturbo.common.store import open_store
+from twinturbo.train.baseline import logistic_baseline, run_labelled_subset
+from twinturbo.train.data import load_split
+from twinturbo.train.loop import train
+from twinturbo.train.report import make_report
+
+
+def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path):
+    path = make_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=0.4)
+    with open_store(path) as store:
+        train_split = load_split(store, "train", torch.device("cpu"))
+        test_split = load_split(store, "test", torch.device("cpu"))
+        identity = store.identity()
+    run = train(quick_config(labels=30, epochs=1, seed=1337), train_split, test_split, 10, torch.device("cpu"),
+                progress=False)
+    subset = run_labelled_subset(train_split.labels.numpy(), 30, 10, 1337)
+    assert sorted(subset.tolist()) == sorted(run.metrics["labelled_indices"])
+
+    x_train, y_train = train_split.cls.float().numpy(), train_split.labels.numpy()
+    x_test, y_test = test_split.cls.float().numpy(), test_split.labels.numpy()
+    independent = LogisticRegression(max_iter=5000).fit(x_train[run.metrics["labelled_indices"]],
+                                                         y_train[run.metrics["labelled_indices"]])
+    expected = float(np.mean(independent.predict(x_test) == y_test))
+    assert logistic_baseline(str(path), 30, [1337]) == {1337: expected}
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    row = {"run_id": "r1", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
+           "config": {"loss": "cat_cross", "rescale": "softmax", "critic_weight": 0.0, "latent_weight": 0.0,
+                      "labels": 30, "seed": 1337}}
+    (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
+    make_report(sweep)
+    summary = (sweep / "summary.md").read_text()
+    assert f"| 30 | {100 * expected:.2f} | {100 * expected:.2f} | {100 * expected:.2f} | 1 |" in summary
