@@ -9,14 +9,15 @@ import numpy as np
 import torch
 
 from twinturbo.common.store import open_store
-from twinturbo.train.config import derived_seed
-from twinturbo.train.sampling import labelled_subset
+from twinturbo.train.config import TrainConfig
+from twinturbo.train.sampling import start_run_draws
 
 
 def run_labelled_subset(train_labels: np.ndarray, budget: int, num_classes: int, seed: int) -> np.ndarray:
     """Indices of the labelled subset a run with this seed and label budget trains on."""
-    generator = torch.Generator().manual_seed(derived_seed(seed, "data"))
-    return labelled_subset(torch.as_tensor(train_labels), budget, num_classes, generator).numpy()
+    draws = start_run_draws(TrainConfig(labels=budget, seed=seed), torch.as_tensor(train_labels), num_classes,
+                            torch.device("cpu"))
+    return draws.subset.numpy()
 
 
 def logistic_baseline(features: str, budget: int, seeds: list[int]) -> dict[int, float]:

@@ -30,8 +30,7 @@ from twinturbo.train.data import SplitTensors
 from twinturbo.train.loop import LOSS_NAMES, SYNC_EVERY, active_terms, autocast, lr_factor
 from twinturbo.train.losses import critic, critic_nonsaturating, get_task_loss, latent_infonce, log_rescale
 from twinturbo.train.model import TwinTurboHead, build_head, draw_dropout_mask
-from twinturbo.train.sampling import (PartnerTable, class_prior, draw_partners, draw_prior_onehot, epoch_plan,
-                                      labelled_subset)
+from twinturbo.train.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
 
 # Fields that may differ between fused runs; all other TrainConfig fields must be equal (they shape the data stream,
 # the schedule or the parameter shapes).
@@ -237,13 +236,9 @@ def train_fused(configs: list[TrainConfig], train_split: SplitTensors, test_spli
                                   fused=fused_kernels)
     disc_opt = torch.optim.AdamW(stack.discriminator_parameters(), lr=first.lr, weight_decay=first.weight_decay,
                                  fused=fused_kernels)
-    data_gen = torch.Generator().manual_seed(derived_seed(first.seed, "data"))
-    dropout_gen = torch.Generator(device=device).manual_seed(derived_seed(first.seed, "dropout"))
 
-    train_labels = train_split.labels.cpu()
-    subset = labelled_subset(train_labels, first.labels, num_classes, data_gen)
-    partners = PartnerTable(subset, train_labels)
-    prior = class_prior(first.prior, train_labels[subset], num_classes)
+    draws = start_run_draws(first, train_split.labels, num_classes, device)
+    data_gen, dropout_gen, subset, partners, prior = draws.data, draws.dropout, draws.subset, draws.partners, draws.prior
     steps_per_epoch = -(-len(train_split) // first.batch_size)
     any_critic, any_latent = any(c.critic_weight > 0 for c in configs), any(c.latent_weight > 0 for c in configs)
     # The discriminator's schedule only exists where it steps (loop.train's never-stepped one changes nothing).

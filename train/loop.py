@@ -35,8 +35,7 @@ from twinturbo.common.store import open_store
 from twinturbo.train.data import SplitTensors, load_split, num_classes_of
 from twinturbo.train.losses import critic, critic_nonsaturating, get_task_loss, latent_infonce, log_rescale
 from twinturbo.train.model import TwinTurboHead, build_head, draw_dropout_mask
-from twinturbo.train.sampling import (PartnerTable, class_prior, draw_partners, draw_prior_onehot, epoch_plan,
-                                      labelled_subset)
+from twinturbo.train.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
 
 LOSS_NAMES = ("task", "critic", "latent", "total", "disc")
 SYNC_EVERY = 10  # steps between host syncs: the NaN check and the progress bar read losses this often
@@ -175,13 +174,9 @@ def train(config: TrainConfig, train_split: SplitTensors, test_split: SplitTenso
     head = build_head(train_split.cls.shape[1], train_split.patches.shape[2], num_classes, config.proj_dim,
                       config.pred_dim, config.disc_dim, init_seed=derived_seed(config.seed, "init")).to(device)
     model_opt, disc_opt, schedules = make_optimisers(head, config, device)
-    data_gen = torch.Generator().manual_seed(derived_seed(config.seed, "data"))
-    dropout_gen = torch.Generator(device=device).manual_seed(derived_seed(config.seed, "dropout"))
 
-    train_labels = train_split.labels.cpu()
-    subset = labelled_subset(train_labels, config.labels, num_classes, data_gen)
-    partners = PartnerTable(subset, train_labels)
-    prior = class_prior(config.prior, train_labels[subset], num_classes)
+    draws = start_run_draws(config, train_split.labels, num_classes, device)
+    data_gen, dropout_gen, subset, partners, prior = draws.data, draws.dropout, draws.subset, draws.partners, draws.prior
     steps_per_epoch = -(-len(train_split) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.train.config import TrainConfig, derived_seed
 
 
 def labelled_subset(labels: torch.Tensor, budget: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -108,3 +109,25 @@ def draw_prior_onehot(prior: torch.Tensor, n: int, generator: torch.Generator) -
     """n one-hot vectors y ~ p(y), float32 [n, C]: the discriminator's real samples."""
     classes = torch.multinomial(prior, n, replacement=True, generator=generator)
     return torch.nn.functional.one_hot(classes, num_classes=len(prior)).float()
+
+
+@dataclass
+class RunDraws:
+    """A run's random streams and its once-per-run draws, shared by every run with the same seed and label budget."""
+
+    data: torch.Generator  # CPU: subset, epoch plans, partners, prior draws (the order above)
+    dropout: torch.Generator  # on the training device: the projector's keep-masks
+    subset: torch.Tensor
+    partners: PartnerTable
+    prior: torch.Tensor
+
+
+def start_run_draws(config: TrainConfig, train_labels: torch.Tensor, num_classes: int,
+                    device: torch.device) -> RunDraws:
+    """Seed both streams from the run's seed and make its first draw (the labelled subset, step 1 above)."""
+    data = torch.Generator().manual_seed(derived_seed(config.seed, "data"))
+    dropout = torch.Generator(device=device).manual_seed(derived_seed(config.seed, "dropout"))
+    train_labels = train_labels.cpu()
+    subset = labelled_subset(train_labels, config.labels, num_classes, data)
+    return RunDraws(data, dropout, subset, PartnerTable(subset, train_labels),
+                    class_prior(config.prior, train_labels[subset], num_classes))
