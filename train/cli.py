@@ -165,5 +165,7 @@ def report_main(sweep_dir: str, out_dir: str | None, baseline: bool) -> None:
     """tt-report: figure_<dataset>.png (Figures 2-4), all_<dataset>.png (Appendix C), summary.md, results.csv."""
     from twinturbo.train.report import make_report
 
-    for path in make_report(sweep_dir, out_dir, baseline):
+    written = make_report(sweep_dir, out_dir, baseline)
+    click.echo(next(p for p in written if p.name == "summary.md").read_text())
+    for path in written:
         click.echo(f"wrote {path}")
