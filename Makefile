@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q
 
 # Demo widths and schedule: measured on digits/effnet-lite0 at 64 px (bench/digits_eval.py, README "Results on digits").
-DEMO_TRAIN_FLAGS := --labels 100 --proj-dim 2048 --pred-dim 1024 --disc-dim 128 --epochs 5 --batch-size 64 \
+DEMO_TRAIN_FLAGS := --labels 100 --proj-dim 2048 --pred-dim 1024 --disc-dim 128 --epochs 4 --batch-size 64 \
 	--lr 1e-4 --warmup 10 --device cpu
 
 demo: setup
