@@ -16,22 +16,19 @@ with plain zarr/h5py; this module only adds resume bookkeeping, identity checks 
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import math
-import mmap
 import os
 import shutil
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 
 from .errors import TwinTurboError
+from .raw_chunks import (RawLayout, Segments, check_out, check_range, chunk_spans,
+                         dequantise_into, hdf5_raw_layout, map_rows, read_rows, zarr_raw_layout)
 
 FORMAT_VERSION = 1
 FORMATS = ("zarr", "hdf5")
@@ -102,191 +99,6 @@ def _canonical(value) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Raw chunk reads. An uncompressed chunk, zarr v3 `bytes` codec or HDF5 without filters, *is* the array's bytes in C
-# order, and chunks run along N only, so samples [a, b) of one chunk are one contiguous byte range of one file.
-# Copying that range out of a read-only mapping runs at memcpy speed; zarr's `arr[a:b]` reaches ~0.3x of it and
-# h5py's ~0.4x (DESIGN.md, measured). Anything that is not plain bytes reads through zarr/h5py instead.
-# ---------------------------------------------------------------------------------------------------------------------
-
-_RAW_DTYPES = {
-    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64",
-}
-
-
-@dataclass(frozen=True)
-class _RawLayout:
-    """An uncompressed array chunked along N only: chunk k holds rows [k*chunk_rows, (k+1)*chunk_rows) as raw bytes."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    chunk_rows: int
-    fill_value: object
-
-    @functools.cached_property
-    def row_bytes(self) -> int:
-        return math.prod(self.shape[1:]) * self.dtype.itemsize
-
-    @property
-    def chunk_bytes(self) -> int:
-        return self.chunk_rows * self.row_bytes
-
-
-def _plain_fill(value) -> bool:
-    return isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating))
-
-
-def _zarr_raw_layout(meta: dict) -> _RawLayout | None:
-    """The layout of a zarr v3 array whose chunk files are its raw bytes, read from its zarr.json; None otherwise.
-
-    Plain means: a regular grid chunked along N only, default chunk keys, the `bytes` codec alone (little endian on
-    a little-endian machine), no storage transformer, a numeric fill value. Compressors, sharding, transposes and
-    v2 keys all fail the test and read through zarr.
-    """
-    try:
-        if meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or meta.get("storage_transformers"):
-            return None
-        shape = tuple(int(s) for s in meta["shape"])
-        grid, keys, codecs = meta["chunk_grid"], meta["chunk_key_encoding"], meta["codecs"]
-        chunk_shape = tuple(int(s) for s in grid["configuration"]["chunk_shape"])
-        if grid.get("name") != "regular" or not shape or chunk_shape[1:] != shape[1:] or chunk_shape[0] < 1:
-            return None
-        if keys.get("name") != "default" or keys.get("configuration", {}).get("separator", "/") != "/":
-            return None
-        if len(codecs) != 1 or codecs[0].get("name") != "bytes" or meta["data_type"] not in _RAW_DTYPES:
-            return None
-        dtype = np.dtype(meta["data_type"])
-        endian = (codecs[0].get("configuration") or {}).get("endian")
-        if dtype.itemsize > 1 and (endian != "little" or sys.byteorder != "little"):
-            return None
-        if not _plain_fill(meta.get("fill_value")):
-            return None
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return None
-    return _RawLayout(shape, dtype, chunk_shape[0], meta["fill_value"])
-
-
-def _hdf5_raw_layout(dataset) -> tuple[_RawLayout, dict[int, int]] | None:
-    """Layout and file offset of each written chunk of an HDF5 dataset stored as plain bytes; None otherwise.
-
-    Chunked (along N only) or contiguous, no filters, no external files, native little-endian numbers, no userblock
-    (so HDF5 addresses are file offsets). A chunk HDF5 never allocated is absent from the offsets: it reads as the
-    fill value.
-    """
-    import h5py
-
-    dtype = dataset.dtype
-    if (dataset.file.userblock_size or not dataset.shape or dtype.kind not in "biuf" or not dtype.isnative
-            or sys.byteorder != "little"):
-        return None
-    plist = dataset.id.get_create_plist()
-    if plist.get_nfilters() != 0:
-        return None
-    shape = tuple(int(s) for s in dataset.shape)
-    fill = np.asarray(dataset.fillvalue).item()
-    kind = plist.get_layout()
-    if kind == h5py.h5d.CONTIGUOUS:
-        layout = _RawLayout(shape, np.dtype(dtype), max(shape[0], 1), fill)
-        if plist.get_external_count() != 0:
-            return None
-        offset = dataset.id.get_offset()
-        if offset is None:
-            return layout, {}
-        if dataset.id.get_storage_size() != shape[0] * layout.row_bytes:
-            return None
-        return layout, {0: int(offset)}
-    if kind != h5py.h5d.CHUNKED or tuple(dataset.chunks[1:]) != shape[1:]:
-        return None
-    layout = _RawLayout(shape, np.dtype(dtype), int(dataset.chunks[0]), fill)
-    infos = []
-    if hasattr(dataset.id, "chunk_iter"):
-        dataset.id.chunk_iter(infos.append)
-    else:
-        infos = [dataset.id.get_chunk_info(i) for i in range(dataset.id.get_num_chunks())]
-    offsets = {}
-    for info in infos:
-        if info.filter_mask != 0 or info.size != layout.chunk_bytes or info.byte_offset is None:
-            return None
-        offsets[info.chunk_offset[0] // layout.chunk_rows] = int(info.byte_offset)
-    return layout, offsets
-
-
-def _map_rows(fd: int, offset: int, layout: _RawLayout, rows: int) -> np.ndarray:
-    """`rows` samples of `layout` stored at byte `offset` of `fd`, as a read-only view of a mapping (no copy).
-
-    The mapping lives as long as the view; copying from it is a plain memcpy out of the page cache, about twice as
-    fast as read()/pread() into the same buffer on these machines. MAP_POPULATE maps all its pages in one call
-    instead of one page fault per 64 KiB or so, which costs most when other processes load the CPU.
-    """
-    nbytes = rows * layout.row_bytes
-    if nbytes == 0:
-        return np.zeros((rows,) + layout.shape[1:], dtype=layout.dtype)
-    aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mapping = mmap.mmap(fd, nbytes + offset - aligned, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                        prot=mmap.PROT_READ, offset=aligned)
-    flat = np.frombuffer(mapping, dtype=layout.dtype, count=nbytes // layout.dtype.itemsize, offset=offset - aligned)
-    return flat.reshape((rows,) + layout.shape[1:])
-
-
-def _chunk_spans(chunk_rows: int, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
-    """(chunk index, first row, end row) of every chunk overlapping [start, stop), in order."""
-    for k in range(start // chunk_rows, (stop + chunk_rows - 1) // chunk_rows):
-        yield k, max(start, k * chunk_rows), min(stop, (k + 1) * chunk_rows)
-
-
-class _Segments(NamedTuple):
-    """Rows [start, stop) of one array as consecutive (first row, end row, rows) pieces, one per chunk on the fast
-    path: `rows` is a read-only view of the stored bytes (valid until dropped), or None for a chunk never written,
-    which reads as `fill_value`. On the library path there is one piece, read by zarr/h5py."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fill_value: object
-    pieces: Iterator[tuple[int, int, np.ndarray | None]]
-
-
-def _read_rows(segments: _Segments, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
-    """Copy the pieces into `out` (allocated when None); the one copy a read makes."""
-    shape = (stop - start,) + tuple(segments.shape[1:])
-    if out is None:
-        out = np.empty(shape, dtype=segments.dtype)
-    else:
-        _check_out(out, shape, segments.dtype, "read")
-    for lo, hi, rows in segments.pieces:
-        if rows is None:
-            out[lo - start:hi - start] = segments.fill_value
-        else:
-            np.copyto(out[lo - start:hi - start], rows, casting="no")
-    return out
-
-
-def _dequantise_into(q: np.ndarray | None, scales: np.ndarray, out: np.ndarray, fill_value=0) -> None:
-    """out = q * scale in float16, rounded once from the exact product: bit-equal to
-    `dequantise_int8(q, scales).astype(float16)`. torch does it ~10x faster than numpy, whose float32 -> float16
-    cast is scalar; q is a read-only view of the store, which torch only reads."""
-    import torch
-
-    if q is None:
-        q = np.full(out.shape, fill_value, dtype=np.int8)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        torch.mul(torch.from_numpy(q), torch.from_numpy(np.ascontiguousarray(scales))[..., None],
-                  out=torch.from_numpy(out))
-
-
-def _check_range(start: int, stop: int, n: int) -> None:
-    if not 0 <= start <= stop <= n:
-        raise IndexError(f"sample range [{start}, {stop}) is outside [0, {n})")
-
-
-def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
-    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(
-            f"{what} output must be a writeable C-contiguous {np.dtype(dtype).name} array of shape {shape}, "
-            f"got {out.dtype.name} {out.shape}"
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Backends: the minimum each format must do. Both read/write plain numpy arrays by name under a split group.
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -295,7 +107,7 @@ class _ZarrBackend:
         import zarr
 
         self.path = path
-        self._raw_layouts: dict[tuple[str, str], tuple[tuple, _RawLayout | None]] = {}
+        self._raw_layouts: dict[tuple[str, str], tuple[tuple, RawLayout | None]] = {}
         self._write_arrays: dict[tuple[str, str], object] = {}
         try:
             self.root = zarr.open_group(str(path), mode=mode)
@@ -340,9 +152,9 @@ class _ZarrBackend:
 
     def read(self, split: str, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop) of one array, into `out` when given: chunk files copied directly where plain."""
-        return _read_rows(self.segments(split, name, start, stop), start, stop, out)
+        return read_rows(self.segments(split, name, start, stop), start, stop, out)
 
-    def _raw_layout(self, split: str, name: str) -> _RawLayout | None:
+    def _raw_layout(self, split: str, name: str) -> RawLayout | None:
         """The array's plain layout from its zarr.json, cached until that file changes (a split written anew)."""
         meta_path = self.path / split / name / "zarr.json"
         try:
@@ -357,22 +169,22 @@ class _ZarrBackend:
             meta = json.loads(meta_path.read_bytes())
         except (OSError, ValueError):
             meta = None
-        layout = _zarr_raw_layout(meta) if isinstance(meta, dict) else None
+        layout = zarr_raw_layout(meta) if isinstance(meta, dict) else None
         self._raw_layouts[(split, name)] = (stamp, layout)
         return layout
 
-    def segments(self, split: str, name: str, start: int, stop: int) -> "_Segments":
-        """Rows [start, stop) chunk by chunk, as views of the chunk files when plain (see `_Segments`)."""
+    def segments(self, split: str, name: str, start: int, stop: int) -> "Segments":
+        """Rows [start, stop) chunk by chunk, as views of the chunk files when plain (see `Segments`)."""
         layout = self._raw_layout(split, name)
         if layout is None:
             array = self.array(split, name)
-            return _Segments(tuple(array.shape), np.dtype(array.dtype), array.fill_value,
+            return Segments(tuple(array.shape), np.dtype(array.dtype), array.fill_value,
                              iter([(start, stop, array[start:stop])] if stop > start else []))
         chunk_dir = os.path.join(self.path, split, name, "c", "")
         trailing = "/0" * (len(layout.shape) - 1)
 
         def chunks() -> Iterator[tuple[int, int, np.ndarray | None]]:
-            for k, lo, hi in _chunk_spans(layout.chunk_rows, start, stop):
+            for k, lo, hi in chunk_spans(layout.chunk_rows, start, stop):
                 try:
                     fd = os.open(f"{chunk_dir}{k}{trailing}", os.O_RDONLY)
                 except FileNotFoundError:
@@ -380,14 +192,14 @@ class _ZarrBackend:
                     continue
                 try:
                     if os.fstat(fd).st_size == layout.chunk_bytes:
-                        rows = _map_rows(fd, (lo - k * layout.chunk_rows) * layout.row_bytes, layout, hi - lo)
+                        rows = map_rows(fd, (lo - k * layout.chunk_rows) * layout.row_bytes, layout, hi - lo)
                     else:
                         rows = self.array(split, name)[lo:hi]
                 finally:
                     os.close(fd)
                 yield lo, hi, rows
 
-        return _Segments(layout.shape, layout.dtype, layout.fill_value, chunks())
+        return Segments(layout.shape, layout.dtype, layout.fill_value, chunks())
 
     def flush(self) -> None:
         pass  # every zarr write is already a finished chunk file
@@ -401,7 +213,7 @@ class _Hdf5Backend:
         import h5py
 
         self.path = path
-        self._raw_layouts: dict[tuple[str, str], tuple[_RawLayout, dict[int, int]] | None] = {}
+        self._raw_layouts: dict[tuple[str, str], tuple[RawLayout, dict[int, int]] | None] = {}
         h5_mode = {"r": "r", "r+": "r+", "w": "w", "a": "a"}[mode]
         try:
             self.file = h5py.File(path, h5_mode)
@@ -461,38 +273,38 @@ class _Hdf5Backend:
 
     def read(self, split: str, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop) of one dataset, into `out` when given: chunk bytes copied directly where plain."""
-        return _read_rows(self.segments(split, name, start, stop), start, stop, out)
+        return read_rows(self.segments(split, name, start, stop), start, stop, out)
 
-    def segments(self, split: str, name: str, start: int, stop: int) -> "_Segments":
-        """Rows [start, stop) chunk by chunk, as views of the file's chunk bytes when plain (see `_Segments`)."""
+    def segments(self, split: str, name: str, start: int, stop: int) -> "Segments":
+        """Rows [start, stop) chunk by chunk, as views of the file's chunk bytes when plain (see `Segments`)."""
         dataset = self.file[split][name]
         # Only a read-only file: one opened for writing may hold chunks in HDF5's cache that are not on disk yet,
         # and its chunk offsets change as chunks are allocated.
         key = (split, name)
         if self.file.mode == "r" and key not in self._raw_layouts:
-            self._raw_layouts[key] = _hdf5_raw_layout(dataset)
+            self._raw_layouts[key] = hdf5_raw_layout(dataset)
         raw = self._raw_layouts.get(key) if self.file.mode == "r" else None
         if raw is None:
             rows = np.empty((stop - start,) + dataset.shape[1:], dtype=dataset.dtype)
             if stop > start:
                 dataset.read_direct(rows, source_sel=np.s_[start:stop])
-            return _Segments(dataset.shape, dataset.dtype, dataset.fillvalue, iter([(start, stop, rows)]))
+            return Segments(dataset.shape, dataset.dtype, dataset.fillvalue, iter([(start, stop, rows)]))
         layout, offsets = raw
 
         def chunks() -> Iterator[tuple[int, int, np.ndarray | None]]:
             fd = os.open(self.path, os.O_RDONLY)
             try:
-                for k, lo, hi in _chunk_spans(layout.chunk_rows, start, stop):
+                for k, lo, hi in chunk_spans(layout.chunk_rows, start, stop):
                     base = offsets.get(k)
                     if base is None:
                         yield lo, hi, None  # never allocated: HDF5 reads it as the fill value
                     else:
-                        yield lo, hi, _map_rows(fd, base + (lo - k * layout.chunk_rows) * layout.row_bytes, layout,
+                        yield lo, hi, map_rows(fd, base + (lo - k * layout.chunk_rows) * layout.row_bytes, layout,
                                                 hi - lo)
             finally:
                 os.close(fd)
 
-        return _Segments(layout.shape, layout.dtype, layout.fill_value, chunks())
+        return Segments(layout.shape, layout.dtype, layout.fill_value, chunks())
 
     def flush(self) -> None:
         self.file.flush()
@@ -544,23 +356,23 @@ class SplitReader:
 
     def read_cls(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Summary tokens of samples [start, stop) as float16 [n, Dc], written into `out` when given."""
-        _check_range(start, stop, self.n)
+        check_range(start, stop, self.n)
         return self._backend.read(self.name, "cls", start, stop, out)
 
     def read_patches(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Patch tokens of samples [start, stop) as float16 [n, T, Dp] (int8 stores dequantised), into `out`."""
-        _check_range(start, stop, self.n)
+        check_range(start, stop, self.n)
         if self.patch_dtype != "int8":
             return self._backend.read(self.name, "patches", start, stop, out)
         shape = (stop - start, self.num_patches, self.patch_dim)
         if out is None:
             out = np.empty(shape, dtype=np.float16)
         else:
-            _check_out(out, shape, np.dtype(np.float16), "patches")
+            check_out(out, shape, np.dtype(np.float16), "patches")
         scales = self._backend.read(self.name, "patch_scales", start, stop)
         segments = self._backend.segments(self.name, "patches", start, stop)
         for lo, hi, q in segments.pieces:
-            _dequantise_into(q, scales[lo - start:hi - start], out[lo - start:hi - start], segments.fill_value)
+            dequantise_into(q, scales[lo - start:hi - start], out[lo - start:hi - start], segments.fill_value)
         return out
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ import pytest
 import zarr
 
 from twinturbo.common import store as store_mod
+from twinturbo.common import raw_chunks
 from twinturbo.common.store import SplitLayout, create_store, open_store
 
 N, CHUNK, DC, T, DP = 70, 16, 5, 3, 4  # 5 chunks, the last one partial (6 of 16 samples)
@@ -181,7 +182,7 @@ def test_zarr_fallback_reads_arrays_that_are_not_plain_bytes(tmp_path, options):
     path = _make_store(tmp_path / "s")
     values = _rewrite_zarr_array(path, "patches", **options)
     meta = json.loads((path / "train" / "patches" / "zarr.json").read_text())
-    assert store_mod._zarr_raw_layout(meta) is None
+    assert raw_chunks.zarr_raw_layout(meta) is None
     with open_store(path) as store:
         split = store.split("train")
         for start, stop in RANGES:
@@ -199,7 +200,7 @@ def test_hdf5_layouts_other_than_plain_chunks(tmp_path, layout):
         f["train"].create_dataset("patches", data=values, **options)
     with open_store(path) as store:
         dataset = store._backend.file["train"]["patches"]
-        assert (store_mod._hdf5_raw_layout(dataset) is None) == (layout == "gzip")
+        assert (raw_chunks.hdf5_raw_layout(dataset) is None) == (layout == "gzip")
         split = store.split("train")
         for start, stop in RANGES:
             _assert_same(split.read_patches(start, stop), values[start:stop])
@@ -226,7 +227,7 @@ PLAIN_META = {
     ("zarr_format", 2),
 ], ids=lambda c: c[0] if not isinstance(c, tuple) else None)
 def test_zarr_metadata_that_is_not_plain_bytes_is_refused(change):
-    assert store_mod._zarr_raw_layout(PLAIN_META) is not None
+    assert raw_chunks.zarr_raw_layout(PLAIN_META) is not None
     meta = copy.deepcopy(PLAIN_META)
     meta[change[0]] = change[1]
-    assert store_mod._zarr_raw_layout(meta) is None
+    assert raw_chunks.zarr_raw_layout(meta) is None
