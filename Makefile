@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test clean-demo fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,16 @@ demo: setup
 
 clean-demo:
 	rm -rf demo
+
+# Fashion-MNIST offline, without root: Debian's package dataset-fashion-mnist holds the publisher's files
+# (recompressed; same uncompressed bytes). Idempotent: the stamp is written only after every file is in place.
+FASHION_MNIST_STAMP := data/fashion-mnist/.from-debian
+fashion-mnist: $(FASHION_MNIST_STAMP)
+
+$(FASHION_MNIST_STAMP):
+	rm -rf data/.debian && mkdir -p data/.debian data/fashion-mnist
+	cd data/.debian && apt-get download dataset-fashion-mnist
+	dpkg-deb -x data/.debian/dataset-fashion-mnist_*.deb data/.debian/root
+	cp data/.debian/root/usr/share/datasets/fashion-mnist/*-ubyte.gz data/fashion-mnist/
+	rm -rf data/.debian
+	touch $@

@@ -164,13 +164,13 @@ def main() -> None:
         l_cls, l_patches, l_labels = resident.batch(index_of(i, 0), device)
         s_cls, s_patches, _ = resident.batch(index_of(i, 1), device)
         u_cls, u_patches, _ = resident.batch(index_of(i, 2), device)
-        step(StepBatch(l_cls, l_patches, l_labels, u_cls, u_patches, s_cls, s_patches, real))
+        step(StepBatch.from_tensors(l_cls, l_patches, l_labels, u_cls, u_patches, s_cls, s_patches, real))
 
     def backbone_step(i: int) -> None:
         l_cls, l_patches = tokens_of(images[index_of(i, 0)])
         s_cls, s_patches = tokens_of(images[index_of(i, 1)]) if config.latent_weight > 0 else (None, None)
         u_cls, u_patches = tokens_of(images[index_of(i, 2)]) if config.critic_weight > 0 else (l_cls, l_patches)
-        step(StepBatch(l_cls, l_patches, labels[index_of(i, 0)].to(device), u_cls, u_patches, s_cls, s_patches,
+        step(StepBatch.from_tensors(l_cls, l_patches, labels[index_of(i, 0)].to(device), u_cls, u_patches, s_cls, s_patches,
                        real))
 
     cached = timed(cached_step, args.steps, args.warmup_steps, device)

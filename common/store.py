@@ -445,8 +445,13 @@ class FeatureStore:
         return list(self.attrs.get("class_names", []))
 
     def identity(self) -> dict:
-        """What a run needs to record to know later which features it trained on."""
-        key = {k: self.attrs.get(k) for k in IDENTITY_KEYS + ("created", "source_checksums")}
+        """What a run needs to record to know later which features it trained on.
+
+        The fingerprint hashes the extraction's recipe (source file checksums, backbone, weights, resolution, dtype,
+        layout), not its creation time: the same extraction redone on another machine has the same fingerprint, so a
+        committed sweep resumes there (its run ids contain the fingerprint).
+        """
+        key = {k: self.attrs.get(k) for k in IDENTITY_KEYS + ("source_checksums",)}
         return {
             "path": str(self.path.resolve()),
             "dataset": self.attrs.get("dataset"),

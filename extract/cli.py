@@ -9,11 +9,11 @@ import click
 
 from twinturbo.common.errors import TwinTurboError
 
-BACKBONE_HELP = "effnet-lite0 | timm:<model> | radio (RADIOv2.5-B via torch.hub)"
+BACKBONE_HELP = "effnet-lite0 | effnet-lite0:320 | timm:<model> | radio (RADIOv2.5-B via torch.hub)"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--dataset", help="mnist | cifar10 | svhn | digits | folder:PATH")
+@click.option("--dataset", help="mnist | fashion-mnist | cifar10 | svhn | digits | folder:PATH")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory receiving the store <out>/<dataset>[.h5].")
 @click.option("--backbone", default="radio", show_default=True, help=BACKBONE_HELP)
 @click.option("--resolution", type=int, default=None, help="Input side in pixels [default: the backbone's].")
@@ -26,7 +26,7 @@ BACKBONE_HELP = "effnet-lite0 | timm:<model> | radio (RADIOv2.5-B via torch.hub)
 @click.option("--limit", type=int, default=None, help="Only the first N samples of each split.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
               help="Where the raw dataset files are.")
-@click.option("--download", is_flag=True, help="Fetch missing MNIST/CIFAR-10/SVHN files (checksum-verified).")
+@click.option("--download", is_flag=True, help="Fetch missing MNIST/Fashion-MNIST/CIFAR-10/SVHN files (checksum-verified).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local weights file for timm:<model>.")
 @click.option("--radio-checkpoint", type=click.Path(path_type=Path), default=None, help="Local RADIO checkpoint (.pth.tar).")
 @click.option("--hub-dir", type=click.Path(path_type=Path), default=None, help="Local copy of the NVlabs/RADIO hub repo.")

@@ -7,10 +7,13 @@ files their publishers distribute, under `data_root` (default `data/`):
                    t10k-labels-idx1-ubyte.gz   (each also accepted uncompressed, without `.gz`)
     data/cifar10/  cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}  or  cifar-10-python.tar.gz
     data/svhn/     train_32x32.mat  test_32x32.mat
+    data/fashion-mnist/  the MNIST file names, same IDX format (also read from /usr/share/datasets/fashion-mnist/,
+                   where Debian's package `dataset-fashion-mnist` installs them)
 
 plus `digits` (scikit-learn's bundled 8x8 digits, no file needed) and `folder:PATH` (PATH/train/<class>/*.png ...).
 Every reader checks what it reads and turns a missing, truncated or foreign file into one `TwinTurboError` line
-naming the file. `download_dataset` fetches the official files and verifies their MD5 (torchvision's values).
+naming the file. `download_dataset` fetches the official files and verifies their MD5 (torchvision's values; for
+Fashion-MNIST those of its publisher's README).
 """
 from __future__ import annotations
 
@@ -34,11 +37,14 @@ from tqdm.auto import tqdm
 
 from twinturbo.common.errors import TwinTurboError
 
-DATASET_NAMES = ("mnist", "cifar10", "svhn", "digits")
+DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "svhn", "digits")
 FOLDER_PREFIX = "folder:"
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DIGIT_CLASSES = [str(d) for d in range(10)]
+# The label names of zalandoresearch/fashion-mnist's README, in label order 0..9.
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -49,6 +55,8 @@ CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 CIFAR10_META = "batches.meta"
 SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+# Where Debian's package `dataset-fashion-mnist` puts the publisher's files (recompressed, same uncompressed bytes).
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 # IDX header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions (LeCun's MNIST page).
 IDX_UBYTE = 0x08
@@ -141,7 +149,9 @@ def load_split(dataset: str, split: str, data_root: Path | str = "data", downloa
         download_dataset(dataset, root, splits=(split,))
     if folder is not None:
         return _load_folder(dataset, _resolve_folder(folder, root), split)
-    loader = {"mnist": _load_mnist, "cifar10": _load_cifar10, "svhn": _load_svhn, "digits": _load_digits}[dataset]
+    if dataset in IDX_CLASSES:
+        return _load_idx_dataset(dataset, split, root)
+    loader = {"cifar10": _load_cifar10, "svhn": _load_svhn, "digits": _load_digits}[dataset]
     return loader(split, root)
 
 
@@ -158,61 +168,75 @@ def _parse_dataset(dataset: str) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# MNIST: IDX files
+# MNIST and Fashion-MNIST: IDX files
+
+IDX_CLASSES = {"mnist": DIGIT_CLASSES, "fashion-mnist": FASHION_CLASSES}
 
 
-def _load_mnist(split: str, root: Path) -> DatasetSplit:
+def _load_idx_dataset(dataset: str, split: str, root: Path) -> DatasetSplit:
+    """MNIST or Fashion-MNIST (same IDX files and names, section 4.1 / Xiao et al. 2017): 28x28 grey, labels 0..9."""
     image_name, label_name = MNIST_FILES[split]
-    image_path, label_path = _mnist_file(root, image_name), _mnist_file(root, label_name)
-    images, image_hash = _read_idx(image_path, ndim=3)
-    labels, label_hash = _read_idx(label_path, ndim=1)
+    image_path, label_path = _idx_file(dataset, root, image_name), _idx_file(dataset, root, label_name)
+    images, image_hash = _read_idx(image_path, ndim=3, dataset=dataset)
+    labels, label_hash = _read_idx(label_path, ndim=1, dataset=dataset)
     if len(images) != len(labels):
         raise TwinTurboError(
-            f"mnist: {image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels"
+            f"{dataset}: {image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels"
         )
     if labels.size and labels.max() > 9:
-        raise TwinTurboError(f"mnist: {label_path} holds label {labels.max()}, expected digits 0..9")
+        raise TwinTurboError(f"{dataset}: {label_path} holds label {labels.max()}, expected classes 0..9")
+    # Keyed by the uncompressed name, hashed over the uncompressed bytes: the publisher's .gz, Debian's recompressed
+    # .gz and a gunzipped copy are the same data and give the same store fingerprint.
     return DatasetSplit(
-        dataset="mnist", split=split, labels=labels.astype(np.int64), class_names=list(DIGIT_CLASSES),
-        source_files={image_path.name: image_hash, label_path.name: label_hash}, images=images[..., None],
+        dataset=dataset, split=split, labels=labels.astype(np.int64), class_names=list(IDX_CLASSES[dataset]),
+        source_files={image_name[:-3]: image_hash, label_name[:-3]: label_hash}, images=images[..., None],
     )
 
 
-def _mnist_file(root: Path, name: str) -> Path:
-    compressed = root / "mnist" / name
-    plain = compressed.with_suffix("")
-    for path in (compressed, plain):
-        if path.is_file():
-            return path
-    raise TwinTurboError(f"mnist: expected {compressed} (or {plain.name} uncompressed; or pass --download)")
+def _idx_file(dataset: str, root: Path, name: str) -> Path:
+    """`root/<dataset>/<name>` (.gz or uncompressed); for Fashion-MNIST also Debian's system-wide copy."""
+    folders = [root / dataset] + ([FASHION_MNIST_SYSTEM_DIR] if dataset == "fashion-mnist" else [])
+    for folder in folders:
+        compressed = folder / name
+        for path in (compressed, compressed.with_suffix("")):
+            if path.is_file():
+                return path
+    expected = root / dataset / name
+    if dataset == "fashion-mnist":
+        raise TwinTurboError(
+            f"fashion-mnist: expected {expected} (or uncompressed, or in {FASHION_MNIST_SYSTEM_DIR}/); get the files "
+            f"with --download, or offline from Debian's package dataset-fashion-mnist: `make fashion-mnist` (no root, "
+            f"into data/fashion-mnist/) or `apt-get install dataset-fashion-mnist`"
+        )
+    raise TwinTurboError(f"mnist: expected {expected} (or {expected.with_suffix('').name} uncompressed; or pass --download)")
 
 
-def _read_idx(path: Path, ndim: int) -> tuple[np.ndarray, str]:
-    """An IDX file of unsigned bytes with `ndim` dimensions (the MNIST format) and the sha256 of the raw file."""
+def _read_idx(path: Path, ndim: int, dataset: str) -> tuple[np.ndarray, str]:
+    """An IDX file of unsigned bytes with `ndim` dimensions (the MNIST format) and the sha256 of its uncompressed
+    bytes."""
     raw = path.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise TwinTurboError(f"mnist: {path} is not a complete gzip file ({_one_line(err)})") from None
+            raise TwinTurboError(f"{dataset}: {path} is not a complete gzip file ({_one_line(err)})") from None
     magic = 0x0800 + ndim
     if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != IDX_UBYTE or raw[3] != ndim:
         found = int.from_bytes(raw[:4].ljust(4, b"\0"), "big")
         raise TwinTurboError(
-            f"mnist: {path} is not an IDX file of {ndim}-d unsigned bytes "
+            f"{dataset}: {path} is not an IDX file of {ndim}-d unsigned bytes "
             f"(magic number 0x{found:08x}, expected 0x{magic:08x})"
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise TwinTurboError(f"mnist: {path} is truncated inside its IDX header")
+        raise TwinTurboError(f"{dataset}: {path} is truncated inside its IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(raw) != expected:
         raise TwinTurboError(
-            f"mnist: {path} has {len(raw)} bytes of data, its IDX header {tuple(dims)} says {expected} (truncated?)"
+            f"{dataset}: {path} has {len(raw)} bytes of data, its IDX header {tuple(dims)} says {expected} (truncated?)"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims), digest
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims), hashlib.sha256(raw).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -473,6 +497,16 @@ DOWNLOADS: dict[str, tuple[Download, ...]] = {
             ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", "train"),
             ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", "test"),
             ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", "test"),
+        )
+    ),
+    # URLs and MD5s of the .gz files as given in zalandoresearch/fashion-mnist's README.
+    "fashion-mnist": tuple(
+        Download(name, ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" + name,), md5, (split,))
+        for name, md5, split in (
+            ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train"),
+            ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe", "train"),
+            ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79", "test"),
+            ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310", "test"),
         )
     ),
     "cifar10": (

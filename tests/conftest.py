@@ -5,6 +5,7 @@ the folder to pass as `folder:PATH`) and the exact arrays a reader must return f
 fixture returns just that directory. Sizes: 40 train / 20 test images (image folder: 9 train / 4 test).
 
     mnist_raw, mnist_root                 data_root/mnist/*-idx?-ubyte.gz              28x28x1, labels 0..9
+    fashion_mnist_raw                     data_root/fashion-mnist/ (same files)        28x28x1, 10 clothing names
     cifar10_raw, cifar10_root             data_root/cifar10/cifar-10-batches-py/...    32x32x3, 10 CIFAR names
     cifar10_tar_raw, cifar10_tar_root     data_root/cifar10/cifar-10-python.tar.gz     same layout, archive only
     svhn_raw, svhn_root                   data_root/svhn/{train,test}_32x32.mat        32x32x3, file labels 1..10
@@ -100,15 +101,21 @@ def _random_split(rng: np.random.Generator, n: int, shape: tuple[int, ...], clas
     return images, labels
 
 
-def make_mnist(root: Path, n_train: int = 40, n_test: int = 20) -> RawDataset:
-    rng = np.random.default_rng(0)
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]  # typed from zalandoresearch/fashion-mnist's README, not imported from the reader
+
+
+def make_mnist(root: Path, n_train: int = 40, n_test: int = 20, folder: str = "mnist") -> RawDataset:
+    """MNIST's four IDX files under root/<folder>/ (Fashion-MNIST uses the same names and format)."""
+    rng = np.random.default_rng(0 if folder == "mnist" else 7)
     images, labels = {}, {}
-    (root / "mnist").mkdir(parents=True, exist_ok=True)
+    (root / folder).mkdir(parents=True, exist_ok=True)
     for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
         images[split], labels[split] = _random_split(rng, n, (28, 28, 1))
-        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte.gz", images[split][..., 0])
-        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", labels[split].astype(np.uint8))
-    return RawDataset(root, images, labels, [str(d) for d in range(10)])
+        write_idx(root / folder / f"{prefix}-images-idx3-ubyte.gz", images[split][..., 0])
+        write_idx(root / folder / f"{prefix}-labels-idx1-ubyte.gz", labels[split].astype(np.uint8))
+    classes = [str(d) for d in range(10)] if folder == "mnist" else FASHION_CLASSES
+    return RawDataset(root, images, labels, classes)
 
 
 def make_cifar10(root: Path, archive: bool = False) -> RawDataset:
@@ -190,6 +197,11 @@ def mnist_raw(tmp_path_factory) -> RawDataset:
 @pytest.fixture
 def mnist_root(mnist_raw) -> Path:
     return mnist_raw.root
+
+
+@pytest.fixture
+def fashion_mnist_raw(tmp_path_factory) -> RawDataset:
+    return make_mnist(tmp_path_factory.mktemp("data"), folder="fashion-mnist")
 
 
 @pytest.fixture

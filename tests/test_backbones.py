@@ -71,6 +71,22 @@ def test_effnet_shapes_and_cls_is_mean_of_cells(effnet224):
     assert not small.model.training
 
 
+def test_effnet_320_takes_patches_from_the_input_of_conv_head():
+    wide = build_backbone("effnet-lite0", BackboneOptions(resolution=64))
+    narrow = build_backbone("effnet-lite0:320", BackboneOptions(resolution=64))
+    assert (narrow.name, narrow.num_patches, narrow.patch_dim, narrow.cls_dim) == ("effnet-lite0:320", 4, 320, 1280)
+    assert narrow.weights_id == wide.weights_id
+    seen = {}
+    hook = narrow.model.conv_head.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    x = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        cls, patches = narrow(x)
+        wide_cls, _ = wide(x)
+    hook.remove()
+    torch.testing.assert_close(patches, seen["x"].flatten(2).transpose(1, 2))  # the 320-channel stage's cells
+    torch.testing.assert_close(cls, wide_cls)  # cls unchanged: the mean of the 1280-channel cells
+
+
 def test_effnet_mapping_fails_loudly_on_tampered_weights():
     import timm
 

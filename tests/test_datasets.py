@@ -60,15 +60,19 @@ def test_mnist_round_trip(mnist_raw, name):
     assert split.image_shape == (28, 28, 1)
     prefix = "train" if name == "train" else "t10k"
     files = [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
-    assert split.source_files == {f: sha256(mnist_raw.root / "mnist" / f) for f in files}
+    # the sha256 of the uncompressed IDX bytes, under the uncompressed name
+    assert split.source_files == {f[:-3]: hashlib.sha256(gzip.decompress((mnist_raw.root / "mnist" / f).read_bytes()))
+                                  .hexdigest() for f in files}
 
 
-def test_mnist_reads_uncompressed_files(mnist_raw):
+def test_mnist_reads_uncompressed_files_with_the_same_checksums(mnist_raw):
+    compressed = load_split("mnist", "test", mnist_raw.root).source_files
     for gz in (mnist_raw.root / "mnist").glob("*.gz"):
         gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
         gz.unlink()
     split = load_split("mnist", "test", mnist_raw.root)
     assert_round_trip(split, mnist_raw, "test")
+    assert split.source_files == compressed  # same data, same store fingerprint, however it was packed
     assert set(split.source_files) == {"t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}
 
 
@@ -415,3 +419,107 @@ def test_download_of_a_dataset_without_official_files():
         download_dataset("digits", "data")
     with pytest.raises(TwinTurboError, match="unknown dataset"):
         download_dataset("imagenet", "data")
+
+
+# ---- Fashion-MNIST -------------------------------------------------------------------------------------------------
+
+# sha256 of the publisher's uncompressed files (Debian's .gz are recompressed, their content is these bytes).
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+@pytest.mark.parametrize("name", ["train", "test"])
+def test_fashion_mnist_round_trip_with_its_class_names(fashion_mnist_raw, name, monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    split = load_split("fashion-mnist", name, fashion_mnist_raw.root)
+    assert_round_trip(split, fashion_mnist_raw, name)
+    assert split.class_names[0] == "T-shirt/top" and split.class_names[9] == "Ankle boot"
+    assert split.dataset == "fashion-mnist" and store_name("fashion-mnist") == "fashion-mnist"
+
+
+def test_fashion_mnist_falls_back_to_debians_system_folder(fashion_mnist_raw, tmp_path, monkeypatch):
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    shutil.copytree(fashion_mnist_raw.root / "fashion-mnist", system)
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", system)
+    split = load_split("fashion-mnist", "test", tmp_path / "empty-data-root")
+    assert_round_trip(split, fashion_mnist_raw, "test")
+    assert split.source_files == {f[:-3]: hashlib.sha256(gzip.decompress((system / f).read_bytes())).hexdigest()
+                                  for f in datasets.MNIST_FILES["test"]}
+
+
+def test_fashion_mnist_missing_names_both_places_and_both_ways(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    message = user_error(str(tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz"), "fashion-mnist", "train",
+                         tmp_path)
+    assert str(tmp_path / "system") in message
+    assert "--download" in message and "make fashion-mnist" in message and "apt-get install dataset-fashion-mnist" \
+        in message
+
+
+def test_fashion_mnist_corrupt_file_names_its_dataset(fashion_mnist_raw, monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    path = fashion_mnist_raw.root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:20])
+    user_error(f"fashion-mnist: {path} is not a complete gzip file", "fashion-mnist", "test", fashion_mnist_raw.root)
+
+
+def test_fashion_mnist_download_table_is_the_publishers():
+    table = {item.filename: (item.urls, item.md5) for item in datasets.DOWNLOADS["fashion-mnist"]}
+    base = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    assert table == {
+        "train-images-idx3-ubyte.gz": ((base + "train-images-idx3-ubyte.gz",), "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        "train-labels-idx1-ubyte.gz": ((base + "train-labels-idx1-ubyte.gz",), "25c81989df183df01b3e8a0aad5dffbe"),
+        "t10k-images-idx3-ubyte.gz": ((base + "t10k-images-idx3-ubyte.gz",), "bef4ecab320f06d8554ea6380940ec79"),
+        "t10k-labels-idx1-ubyte.gz": ((base + "t10k-labels-idx1-ubyte.gz",), "bb300cfdad3c16e7a12a480ee83cd310"),
+    }
+
+
+def point_at_server(monkeypatch, dataset: str, source: Path, base: str, md5_for=md5) -> None:
+    table = tuple(Download(item.filename, (base + item.filename,), md5_for(source / item.filename), item.splits)
+                  for item in datasets.DOWNLOADS[dataset])
+    monkeypatch.setitem(datasets.DOWNLOADS, dataset, table)
+
+
+def test_fashion_mnist_download_over_http_checks_md5(fashion_mnist_raw, served, tmp_path, monkeypatch):
+    directory, base = served
+    source = fashion_mnist_raw.root / "fashion-mnist"
+    for file in source.iterdir():
+        shutil.copy(file, directory / file.name)
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    root = tmp_path / "fresh"
+    point_at_server(monkeypatch, "fashion-mnist", source, base, md5_for=lambda path: "f" * 32)
+    with pytest.raises(TwinTurboError, match="checksum mismatch"):
+        load_split("fashion-mnist", "train", root, download=True)
+    assert list((root / "fashion-mnist").iterdir()) == []  # no file, no .part
+    point_at_server(monkeypatch, "fashion-mnist", source, base)
+    split = load_split("fashion-mnist", "train", root, download=True)
+    assert_round_trip(split, fashion_mnist_raw, "train")
+    assert sorted(p.name for p in (root / "fashion-mnist").iterdir()) == ["train-images-idx3-ubyte.gz",
+                                                                           "train-labels-idx1-ubyte.gz"]
+
+
+def real_fashion_mnist_folder() -> Path | None:
+    """Debian's files, where `make fashion-mnist` or `apt-get install dataset-fashion-mnist` put them."""
+    for folder in (Path(__file__).parents[1] / "data" / "fashion-mnist", datasets.FASHION_MNIST_SYSTEM_DIR):
+        if all((folder / name).is_file() for names in datasets.MNIST_FILES.values() for name in names):
+            return folder
+    return None
+
+
+@pytest.mark.skipif(real_fashion_mnist_folder() is None,
+                    reason="Fashion-MNIST not installed (make fashion-mnist, as `make test` does)")
+def test_real_fashion_mnist_files_are_the_publishers_bytes():
+    folder = real_fashion_mnist_folder()
+    for names in datasets.MNIST_FILES.values():
+        for name in names:
+            content = gzip.decompress((folder / name).read_bytes())
+            assert hashlib.sha256(content).hexdigest() == FASHION_MNIST_SHA256[name[:-3]], name
+    split = load_split("fashion-mnist", "train", folder.parent)
+    assert len(split) == 60000 and np.bincount(split.labels).tolist() == [6000] * 10
+    assert split.source_files == {name: FASHION_MNIST_SHA256[name] for name in FASHION_MNIST_SHA256
+                                  if name.startswith("train")}
+    assert split.image_shape == (28, 28, 1)

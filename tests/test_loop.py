@@ -120,7 +120,7 @@ def test_zero_weight_terms_are_not_computed(splits, monkeypatch):
     head = build_head(24, 16, CLASSES, **SMALL)
     index = torch.arange(8)
     cls, patches, labels = train_split.batch(index, torch.device("cpu"))
-    batch = StepBatch(cls, patches, labels, cls, patches)
+    batch = StepBatch.from_tensors(cls, patches, labels, cls, patches)
     mask = draw_dropout_mask((24, 64), 0.3, torch.Generator().manual_seed(0))
     losses, fake = model_losses(head, batch, mask, quick_config())
     assert fake is None and float(losses["critic"]) == 0 and float(losses["latent"]) == 0
@@ -140,8 +140,8 @@ def test_model_losses_follow_eq22(splits):
     real = torch.eye(CLASSES)[torch.arange(8) % CLASSES]
     mask = draw_dropout_mask((24, 64), 0.3, torch.Generator().manual_seed(1))
     config = quick_config(loss="bin_cross", rescale="sigmoid", critic_weight=0.3, latent_weight=0.7)
-    losses, fake = model_losses(head, StepBatch(cls, patches, labels, un_cls, un_patches, star_cls, star_patches,
-                                                real), mask, config)
+    losses, fake = model_losses(head, StepBatch.from_tensors(cls, patches, labels, un_cls, un_patches, star_cls,
+                                                             star_patches, real), mask, config)
     z, logits = head(cls, patches, mask[:8])
     z_star, _ = head(star_cls, star_patches, mask[8:16])
     _, un_logits = head(un_cls, un_patches, mask[16:])
@@ -203,3 +203,39 @@ def test_nan_stops_the_run_with_the_first_bad_step(splits, monkeypatch):
     monkeypatch.setattr(loop, "model_losses", nan_at_step_13)
     with pytest.raises(TwinTurboError, match=r"not finite at step 13 "):
         train(quick_config(), train_split, test_split, CLASSES, torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("setup", [dict(), dict(critic_weight=0.5), dict(critic_weight=0.5, latent_weight=0.5,
+                                                                          loss="bin_cross", rescale="sigmoid")])
+def test_each_distinct_sample_is_mixed_once_and_the_step_is_unchanged(splits, setup):
+    """A step whose labelled rows repeat 10 samples and whose x* come from the same 10 (as with 100 labels at batch
+    512) gives the plain step's losses and gradients, while the head sees each distinct sample once."""
+    train_split, _ = splits
+    device = torch.device("cpu")
+    generator = torch.Generator().manual_seed(3)
+    labelled_index = torch.arange(10).repeat(5)[torch.randperm(50, generator=generator)]
+    star_index = torch.arange(10).repeat(5)[torch.randperm(50, generator=generator)]
+    unlabelled_index = torch.randperm(len(train_split), generator=generator)[:50]
+    real = torch.eye(CLASSES)[torch.randint(0, CLASSES, (50,), generator=generator)]
+    mask = draw_dropout_mask((150, 64), 0.3, generator)
+    config = quick_config(**setup)
+
+    def step(batch: StepBatch) -> tuple[dict, dict]:
+        head = build_head(24, 16, CLASSES, **SMALL, init_seed=5)
+        losses, _ = model_losses(head, batch, mask, config)
+        losses["total"].backward()
+        return losses, {name: p.grad.clone() for name, p in head.named_parameters() if p.grad is not None}
+
+    parts = [train_split.batch(index, device) for index in (labelled_index, unlabelled_index, star_index)]
+    plain = StepBatch.from_tensors(parts[0][0], parts[0][1], parts[0][2], parts[1][0], parts[1][1], parts[2][0],
+                                   parts[2][1], real)
+    distinct = StepBatch.gather(train_split, device, labelled_index, unlabelled_index, star_index, real)
+    expected_distinct = len(torch.unique(torch.cat([labelled_index, unlabelled_index, star_index])))
+    assert len(distinct.cls) == expected_distinct < 150 and len(plain.cls) == 150
+    assert torch.equal(distinct.labels, parts[0][2])
+    (plain_losses, plain_grads), (losses, grads) = step(plain), step(distinct)
+    for name in ("task", "critic", "latent", "total"):
+        torch.testing.assert_close(losses[name], plain_losses[name], rtol=1e-5, atol=1e-6)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -185,3 +185,24 @@ def test_submitit_local_launcher_end_to_end(store, tmp_path):
     assert sorted((r["setup"], r["config"]["seed"]) for r in rows) == [(2, 1), (2, 2), (3, 1), (3, 2)]
     assert all(r["fused_runs"] == 2 for r in rows)
     assert len(list((sweep_dir / "submitit").glob("*/*_result.pkl"))) == 2  # one job per fused group
+
+
+def test_local_workers_train_every_run_once_and_match_a_single_thread_run(store, tmp_path, monkeypatch):
+    import torch
+
+    from twinturbo.train import launch
+
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)  # 2 workers of 1 thread each, on any machine
+    args = ["--setups", "1,2", "--critic-grid", "0.5", "--seeds", "1,2", "--fuse", "1"] + TINY_FLAGS
+    _sweep(["--features", str(store), "--out", str(tmp_path / "parallel"), "--workers", "2"] + args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _sweep(["--features", str(store), "--out", str(tmp_path / "serial")] + args)
+    finally:
+        torch.set_num_threads(threads)
+    parallel, serial = (read_rows(tmp_path / name / "results.jsonl") for name in ("parallel", "serial"))
+    assert len(parallel) == len({r["run_id"] for r in parallel}) == 4
+    assert {r["threads"] for r in parallel} == {1}
+    # same seed, same device, same thread count: the same accuracies, whichever process trained the run
+    assert ({r["run_id"]: r["test_accuracy"] for r in parallel} == {r["run_id"]: r["test_accuracy"] for r in serial})

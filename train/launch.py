@@ -7,12 +7,14 @@ only its unfinished group, and the next `tt-sweep` with the same command retrain
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm import tqdm
 
 from twinturbo.common.errors import TwinTurboError
@@ -53,6 +55,7 @@ def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, f
         "wall_time_s": float(metrics["wall_time_s"]),
         "fused_runs": fused_runs,
         "device": device,
+        "threads": torch.get_num_threads(),
         "store": store_identity,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -101,14 +104,46 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
     return done
 
 
-def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str) -> None:
+def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str, workers: int = 1) -> None:
+    """Train `groups` on this machine: in this process, or with `workers` > 1 in that many processes at once, each
+    with an equal share of the CPU threads (a run's result depends on its thread count, so it is recorded)."""
+    if workers < 1:
+        raise TwinTurboError(f"--workers {workers}: expected a number of processes >= 1")
     total = sum(len(g) for g in groups)
     with tqdm(total=total, desc="sweep", unit="run") as bar:
         def advance(rows: list[dict]) -> None:
             bar.update(len(rows))
             bar.set_postfix(last=f"{100 * max(r['test_accuracy'] for r in rows):.1f}%")
 
-        run_groups(features, sweep_dir, groups, device, on_group_done=advance)
+        if workers == 1 or len(groups) < 2:
+            run_groups(features, sweep_dir, groups, device, on_group_done=advance)
+            return
+        import multiprocessing
+        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker, initargs=(threads,)) as pool:
+            pending = {pool.submit(_worker_run_group, features, sweep_dir, group, device) for group in groups}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    rows = future.result()  # a worker's error is raised here
+                    if rows:
+                        advance(rows)
+
+
+def _start_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker_run_group(features: str, sweep_dir: str, group: list[RunSpec], device: str) -> list[dict]:
+    """One group in a worker process of `launch_local`; returns its rows (already appended to results.jsonl)."""
+    rows: list[dict] = []
+    run_groups(features, sweep_dir, [group], device, on_group_done=rows.extend, progress=False)
+    return rows
 
 
 def launch_submitit(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str,

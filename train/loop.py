@@ -43,16 +43,48 @@ SYNC_EVERY = 10  # steps between host syncs: the NaN check and the progress bar 
 
 @dataclass
 class StepBatch:
-    """The inputs of one step, float32 on the training device. `star_*` and `real` may be None when unused."""
+    """The inputs of one step on the training device: each distinct sample's tokens once (float32 `cls`, `patches`),
+    and per part of the step the rows that read them (`labelled_rows` with `labels`, `unlabelled_rows`, `star_rows`
+    for x*; the last two None when their term is off). `real` holds the critic's one-hot draws from p(y).
 
-    labelled_cls: torch.Tensor
-    labelled_patches: torch.Tensor
+    With 100 labels and batch 512 the labelled rows repeat each labelled sample ~5 times and x* is drawn from the
+    same samples, so a setup-7 step of 1536 rows has at most 612 distinct samples.
+    """
+
+    cls: torch.Tensor
+    patches: torch.Tensor
     labels: torch.Tensor
-    unlabelled_cls: torch.Tensor
-    unlabelled_patches: torch.Tensor
-    star_cls: torch.Tensor | None = None
-    star_patches: torch.Tensor | None = None
-    real: torch.Tensor | None = None  # one-hot draws from p(y): the critic's real samples
+    labelled_rows: torch.Tensor
+    unlabelled_rows: torch.Tensor | None = None
+    star_rows: torch.Tensor | None = None
+    real: torch.Tensor | None = None
+
+    @classmethod
+    def gather(cls, split: SplitTensors, device: torch.device, labelled_index: torch.Tensor,
+               unlabelled_index: torch.Tensor | None = None, star_index: torch.Tensor | None = None,
+               real: torch.Tensor | None = None) -> "StepBatch":
+        """Read the distinct samples of a step's index lists from `split` once each."""
+        parts = [index for index in (labelled_index, unlabelled_index, star_index) if index is not None]
+        distinct, rows = torch.unique(torch.cat(parts), return_inverse=True)
+        tokens_cls, tokens_patches, labels = split.batch(distinct, device)
+        rows = rows.to(device).split([len(index) for index in parts])
+        labelled_rows, rows = rows[0], list(rows[1:])
+        return cls(tokens_cls, tokens_patches, labels[labelled_rows], labelled_rows,
+                   rows.pop(0) if unlabelled_index is not None else None,
+                   rows.pop(0) if star_index is not None else None, real)
+
+    @classmethod
+    def from_tensors(cls, labelled_cls: torch.Tensor, labelled_patches: torch.Tensor, labels: torch.Tensor,
+                     unlabelled_cls: torch.Tensor, unlabelled_patches: torch.Tensor,
+                     star_cls: torch.Tensor | None = None, star_patches: torch.Tensor | None = None,
+                     real: torch.Tensor | None = None) -> "StepBatch":
+        """A batch from one tensor per part (every row its own sample; x* may be None)."""
+        token_cls = [labelled_cls, unlabelled_cls] + ([star_cls] if star_cls is not None else [])
+        token_patches = [labelled_patches, unlabelled_patches] + ([star_patches] if star_patches is not None else [])
+        starts = torch.cumsum(torch.tensor([0] + [len(t) for t in token_cls]), 0).tolist()
+        rows = [torch.arange(a, b, device=labels.device) for a, b in zip(starts[:-1], starts[1:])]
+        return cls(torch.cat(token_cls), torch.cat(token_patches), labels, rows[0], rows[1],
+                   rows[2] if star_cls is not None else None, real)
 
 
 def autocast(device: torch.device):
@@ -65,23 +97,22 @@ def model_losses(head: TwinTurboHead, batch: StepBatch, dropout_mask: torch.Tens
     """The model's terms of Eq. 22 for one step, and the detached sigma(f) of the unlabelled batch (None without
     critic). Returns ({task, critic, latent, total}, fake); a term with weight 0 is not computed and reads 0.
 
-    `dropout_mask` is [3B, P] (labelled, x*, unlabelled rows). The active inputs go through the head in one forward:
-    every op of the head acts per sample, so this equals separate forwards and costs one launch sequence.
+    `dropout_mask` is [3B, P] (labelled, x*, unlabelled rows). The active rows go through the head in one forward,
+    the token mixer and projector Linear once per distinct sample (TwinTurboHead.encode): every op of the head acts
+    per sample, so this equals separate forwards up to float summation order.
     Pure in the parameters: it touches the head only through module calls, for torch.func.functional_call.
     """
     size = len(batch.labels)
     use_critic, use_latent = config.critic_weight > 0, config.latent_weight > 0
-    parts_cls, parts_patches, parts_mask = [batch.labelled_cls], [batch.labelled_patches], [dropout_mask[:size]]
+    parts_rows, parts_mask = [batch.labelled_rows], [dropout_mask[:size]]
     if use_latent:
-        parts_cls.append(batch.star_cls)
-        parts_patches.append(batch.star_patches)
+        parts_rows.append(batch.star_rows)
         parts_mask.append(dropout_mask[size:2 * size])
     if use_critic:
-        parts_cls.append(batch.unlabelled_cls)
-        parts_patches.append(batch.unlabelled_patches)
-        parts_mask.append(dropout_mask[2 * size:2 * size + len(batch.unlabelled_cls)])
+        parts_rows.append(batch.unlabelled_rows)
+        parts_mask.append(dropout_mask[2 * size:2 * size + len(batch.unlabelled_rows)])
     with autocast(batch.labels.device):
-        z, logits = head(torch.cat(parts_cls), torch.cat(parts_patches), torch.cat(parts_mask))
+        z, logits = head(batch.cls, batch.patches, torch.cat(parts_mask), rows=torch.cat(parts_rows))
     z, logits = z.float(), logits.float()
 
     zero = torch.zeros((), device=logits.device)
@@ -93,7 +124,7 @@ def model_losses(head: TwinTurboHead, batch: StepBatch, dropout_mask: torch.Tens
         losses["latent"] = latent_infonce(z[:size], z[size:2 * size], config.temperature)
         total = total + config.latent_weight * losses["latent"]
     if use_critic:
-        fake = log_rescale(logits[-len(batch.unlabelled_cls):], config.rescale).exp()
+        fake = log_rescale(logits[-len(batch.unlabelled_rows):], config.rescale).exp()
         fake_logits = head.discriminator(fake)
         if config.critic_form == "nonsaturating":
             losses["critic"] = critic_nonsaturating(fake_logits)
@@ -191,13 +222,11 @@ def train(config: TrainConfig, train_split: SplitTensors, test_split: SplitTenso
             # 1. batch
             star_index = draw_partners(partners, labelled_index, data_gen)
             real = draw_prior_onehot(prior, len(unlabelled_index), data_gen).to(device)
-            labelled_cls, labelled_patches, labels = train_split.batch(labelled_index, device)
-            unlabelled_cls, unlabelled_patches, _ = train_split.batch(unlabelled_index, device)
-            batch = StepBatch(labelled_cls, labelled_patches, labels, unlabelled_cls, unlabelled_patches, real=real)
-            if config.latent_weight > 0:
-                batch.star_cls, batch.star_patches, _ = train_split.batch(star_index, device)
+            batch = StepBatch.gather(train_split, device, labelled_index,
+                                     unlabelled_index if config.critic_weight > 0 else None,
+                                     star_index if config.latent_weight > 0 else None, real)
             # 2. dropout masks
-            mask = draw_dropout_mask((3 * len(labels), config.proj_dim), config.dropout, dropout_gen, device)
+            mask = draw_dropout_mask((3 * len(batch.labels), config.proj_dim), config.dropout, dropout_gen, device)
             # 3. model step: Eq. 22
             losses, fake = model_losses(head, batch, mask, config)
             model_opt.zero_grad(set_to_none=True)

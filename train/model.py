@@ -46,15 +46,19 @@ class Projector(nn.Module):
     """Linear(Dc + Dp, 8000), LeakyReLU(0.01), Dropout(0.3) -> latent z (Table 3).
 
     `dropout_mask` is the already scaled keep-mask (0 or 1/(1-p), see `draw_dropout_mask`); None means no dropout
-    (evaluation).
+    (evaluation). `rows` (optional) picks the output rows from the inputs before dropout: input i is projected
+    once however many rows repeat it, and each row gets its own mask.
     """
 
     def __init__(self, in_dim: int = 2304 + 768, proj_dim: int = 8000):
         super().__init__()
         self.fc = nn.Linear(in_dim, proj_dim)
 
-    def forward(self, x: torch.Tensor, dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dropout_mask: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         z = F.leaky_relu(self.fc(x), negative_slope=0.01)
+        if rows is not None:
+            z = z[rows]  # the backward of indexing sums the gradients of a sample's copies
         return z if dropout_mask is None else z * dropout_mask.to(z.dtype)
 
 
@@ -103,16 +107,20 @@ class TwinTurboHead(nn.Module):
         self.predictor = Predictor(proj_dim, pred_dim, num_classes)
         self.discriminator = Discriminator(num_classes, disc_dim)
 
-    def encode(self, cls: torch.Tensor, patches: torch.Tensor,
-               dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """z = f_phi(x): mixed patches mean-pooled, concatenated with CLS, projected."""
-        pooled = self.mixer(patches).mean(dim=1)
-        return self.projector(torch.cat([cls, pooled], dim=-1), dropout_mask)
+    def encode(self, cls: torch.Tensor, patches: torch.Tensor, dropout_mask: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """z = f_phi(x): mixed patches mean-pooled, concatenated with CLS, projected.
 
-    def forward(self, cls: torch.Tensor, patches: torch.Tensor,
-                dropout_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z, logits f) for a batch of cached tokens."""
-        z = self.encode(cls, patches, dropout_mask)
+        With `rows` [R], cls/patches hold distinct samples and row r of z is sample rows[r] with mask row r: the token
+        mixer and the projector's Linear (most of the head's FLOPs) run once per distinct sample, not once per row.
+        """
+        pooled = self.mixer(patches).mean(dim=1)
+        return self.projector(torch.cat([cls, pooled], dim=-1), dropout_mask, rows)
+
+    def forward(self, cls: torch.Tensor, patches: torch.Tensor, dropout_mask: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, logits f) for a batch of cached tokens (for `rows`, see `encode`)."""
+        z = self.encode(cls, patches, dropout_mask, rows)
         return z, self.predictor(z)
 
     def model_parameters(self) -> list[nn.Parameter]:
