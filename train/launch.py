@@ -50,6 +50,7 @@ def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, f
         "test_accuracy": float(metrics["test_accuracy"]),
         "epoch_accuracies": [float(e["test_accuracy"]) for e in metrics["epochs"]],
         "epoch_losses": [e["mean_losses"] for e in metrics["epochs"]],
+        "epoch_diagnostics": [e.get("diagnostics", {}) for e in metrics["epochs"]],
         "steps": metrics["steps"],
         "nonfinite_step": metrics.get("nonfinite_step"),
         "wall_time_s": float(metrics["wall_time_s"]),

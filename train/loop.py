@@ -13,6 +13,10 @@ Order of one step t (the fused sweep replays exactly this; all draws are made ev
                   d_loss = discriminator_loss(D, real, fake) = -Eq.20;  disc_opt.zero_grad; d_loss.backward(); step
     5. schedule   both LambdaLR schedulers step (linear warm-up, Appendix B)
 
+Every step also records train/diagnostics.py's figures (D's accuracy on real and fake, the entropy and marginal of
+the unlabelled predictions; every GRADIENT_EVERY steps each term's gradient norm at the projector), averaged per
+epoch into the metrics: they say whether a semi-supervised term still has anything to say.
+
 Randomness: three generators seeded from `derived_seed(seed, stream)`: `init` (the head's construction, on the CPU),
 `data` (CPU: labelled subset, per-epoch permutations, partners, prior draws, in the order of sampling.py) and
 `dropout` (on the training device). Nothing reads the global RNG. Two AdamW optimisers (model = mixer + projector +
@@ -21,6 +25,7 @@ predictor; discriminator), same schedule, no gradient clipping.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.config import TrainConfig, derived_seed
 from twinturbo.common.store import open_store
 from twinturbo.train.data import SplitTensors, load_split, num_classes_of
+from twinturbo.train.diagnostics import GRADIENT_EVERY, critic_figures, epoch_means, term_gradient_norms
 from twinturbo.train.losses import critic, critic_nonsaturating, get_task_loss, latent_infonce, log_rescale
 from twinturbo.train.model import TwinTurboHead, build_head, draw_dropout_mask
 from twinturbo.train.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
@@ -212,11 +218,14 @@ def train(config: TrainConfig, train_split: SplitTensors, test_split: SplitTenso
     total_steps = steps_per_epoch * config.epochs
 
     history, step = [], 0
+    term_weights = {"task": 1.0, "critic": config.critic_weight, "latent": config.latent_weight}
+    nan_figures, nan_gradients = torch.full((4,), math.nan, device=device), torch.full((3,), math.nan, device=device)
     start_time = time.perf_counter()
     bar = tqdm(total=total_steps, desc="tt-train", unit="step", disable=not progress, dynamic_ncols=True)
     for epoch in range(config.epochs):
         plan = epoch_plan(len(train_split), subset, config.batch_size, data_gen)
         window, window_start, epoch_sums = [], step + 1, torch.zeros(len(LOSS_NAMES), dtype=torch.float64)
+        diagnostics: list[torch.Tensor] = []
         for unlabelled_index, labelled_index in zip(plan.unlabelled, plan.labelled):
             step += 1
             # 1. batch
@@ -229,16 +238,22 @@ def train(config: TrainConfig, train_split: SplitTensors, test_split: SplitTenso
             mask = draw_dropout_mask((3 * len(batch.labels), config.proj_dim), config.dropout, dropout_gen, device)
             # 3. model step: Eq. 22
             losses, fake = model_losses(head, batch, mask, config)
+            gradient_norms = nan_gradients
+            if step % GRADIENT_EVERY == 0:
+                gradient_norms = term_gradient_norms(losses, term_weights, head.projector.fc.weight)
             model_opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             model_opt.step()
             # 4. critic step: D ascends Eq. 20 on the same real draws and the pre-update model's predictions
-            disc_value = torch.zeros((), device=device)
+            disc_value, figures = torch.zeros((), device=device), nan_figures
             if fake is not None:
                 disc_opt.zero_grad(set_to_none=True)  # drops what the model's backward left on D
-                disc_value = discriminator_loss(head.discriminator, real, fake)
+                real_logits, fake_logits = head.discriminator(real), head.discriminator(fake)
+                disc_value = -critic(real_logits, fake_logits)  # = discriminator_loss(D, real, fake)
                 disc_value.backward()
                 disc_opt.step()
+                figures = critic_figures(real_logits.detach(), fake_logits.detach(), fake, prior)
+            diagnostics.append(torch.cat([figures, gradient_norms]))
             # 5. schedule (the discriminator's only advances when it trains, i.e. for every step or never)
             schedules[0].step()
             if fake is not None:
@@ -257,7 +272,8 @@ def train(config: TrainConfig, train_split: SplitTensors, test_split: SplitTenso
         accuracy = evaluate(head, test_split, device, config.eval_batch_size)
         means = epoch_sums / len(plan)
         history.append({"epoch": epoch + 1, "test_accuracy": accuracy,
-                        "mean_losses": {n: float(v) for n, v in zip(LOSS_NAMES, means) if n in active_terms(config)}})
+                        "mean_losses": {n: float(v) for n, v in zip(LOSS_NAMES, means) if n in active_terms(config)},
+                        "diagnostics": epoch_means(diagnostics)})
         if progress:
             bar.write(f"epoch {epoch + 1}/{config.epochs}: test accuracy {accuracy:.4f}  "
                       + "  ".join(f"{n} {v:.4f}" for n, v in history[-1]["mean_losses"].items()))

@@ -1,0 +1,68 @@
+"""Training diagnostics: D's accuracies, the unlabelled predictions' entropy and marginal, per-term gradient norms."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from twinturbo.train.diagnostics import DIAGNOSTIC_NAMES, critic_figures, epoch_means, term_gradient_norms
+from twinturbo.train.loop import StepBatch, model_losses, train
+from twinturbo.train.model import build_head, draw_dropout_mask
+from test_loop import CLASSES, SMALL, quick_config, splits, store_path  # noqa: F401  (module-scoped fixtures)
+
+
+def test_critic_figures_match_a_numpy_computation():
+    generator = torch.Generator().manual_seed(0)
+    real_logits, fake_logits = torch.randn(20, generator=generator), torch.randn(20, generator=generator)
+    fake = torch.rand(20, 4, generator=generator)  # sigmoid-like: rows need not sum to 1
+    prior = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    got = critic_figures(real_logits, fake_logits, fake, prior).numpy()
+    p = fake.numpy() / fake.numpy().sum(axis=1, keepdims=True)
+    expected = [np.mean(real_logits.numpy() > 0), np.mean(fake_logits.numpy() < 0),
+                np.mean(-(p * np.log(p)).sum(axis=1)), 0.5 * np.abs(p.mean(axis=0) - prior.numpy()).sum()]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_gradient_norms_equal_separate_backward_passes(splits):
+    train_split, _ = splits
+    cls, patches, labels = train_split.batch(torch.arange(16), torch.device("cpu"))
+    real = torch.eye(CLASSES)[torch.arange(16) % CLASSES]
+    mask = draw_dropout_mask((48, 64), 0.3, torch.Generator().manual_seed(1))
+    config = quick_config(critic_weight=0.3, latent_weight=0.7)
+    batch = StepBatch.from_tensors(cls, patches, labels, cls.flip(0), patches.flip(0), cls, patches, real)
+    head = build_head(24, 16, CLASSES, **SMALL, init_seed=2)
+    losses, _ = model_losses(head, batch, mask, config)
+    weights = {"task": 1.0, "critic": 0.3, "latent": 0.7}
+    norms = term_gradient_norms(losses, weights, head.projector.fc.weight)
+    for index, name in enumerate(("task", "critic", "latent")):
+        head.zero_grad()
+        (weights[name] * losses[name]).backward(retain_graph=True)
+        assert math.isclose(float(norms[index]), float(head.projector.fc.weight.grad.norm()), rel_tol=1e-5)
+    setup1 = term_gradient_norms(losses, {"task": 1.0, "critic": 0.0, "latent": 0.0}, head.projector.fc.weight)
+    assert not math.isnan(float(setup1[0])) and torch.isnan(setup1[1:]).all()
+
+
+def test_epoch_means_skip_unmeasured_steps():
+    rows = [torch.tensor([1.0, 0.5, 2.0, 0.1, 3.0, math.nan, math.nan]),
+            torch.tensor([0.0, 0.5, 1.0, 0.3, math.nan, math.nan, math.nan])]
+    means = epoch_means(rows)
+    assert means == pytest.approx({"d_real_acc": 0.5, "d_fake_acc": 0.5, "unlabelled_entropy": 1.5,
+                                   "marginal_tv": 0.2, "grad_task": 3.0})
+
+
+def test_a_run_records_diagnostics_per_epoch_without_changing_its_result(splits, monkeypatch):
+    train_split, test_split = splits
+    config = quick_config(epochs=2, critic_weight=0.5)
+    metrics = train(config, train_split, test_split, CLASSES, torch.device("cpu"), progress=False).metrics
+    diagnostics = metrics["epochs"][-1]["diagnostics"]
+    assert set(diagnostics) == set(DIAGNOSTIC_NAMES) - {"grad_latent"}
+    assert 0 <= diagnostics["d_real_acc"] <= 1 and 0 <= diagnostics["unlabelled_entropy"] <= math.log(CLASSES)
+    assert diagnostics["grad_critic"] > 0
+    import twinturbo.train.loop as loop
+
+    monkeypatch.setattr(loop, "GRADIENT_EVERY", 10**9)  # no gradient measurement at all: the same run
+    again = train(config, train_split, test_split, CLASSES, torch.device("cpu"), progress=False).metrics
+    assert again["test_accuracy"] == metrics["test_accuracy"]
+    assert [e["mean_losses"] for e in again["epochs"]] == [e["mean_losses"] for e in metrics["epochs"]]
