@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean-demo fashion-mnist
+.PHONY: setup demo test clean-demo fashion-mnist study-fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,15 @@ $(FASHION_MNIST_STAMP):
 	cp data/.debian/root/usr/share/datasets/fashion-mnist/*-ubyte.gz data/fashion-mnist/
 	rm -rf data/.debian
 	touch $@
+
+# The Fashion-MNIST study of docs/results/fashion-mnist/ (README "Results"): the paper's ablation at its step count
+# (5 epochs over 60k, batch 512, AdamW 5e-5, 150 warm-up steps) on effnet-lite0:320 tokens at 64 px, head widths
+# 1024/256/128, two CPU workers. Resumable: rerun to continue; results.jsonl files are committed as they grow.
+STUDY := docs/results/fashion-mnist
+STUDY_FLAGS := --features features/fashion-mnist --proj-dim 1024 --pred-dim 256 --disc-dim 128 --device cpu --workers 2
+
+study-fashion-mnist: setup fashion-mnist
+	$(BIN)/tt-extract --dataset fashion-mnist --backbone effnet-lite0:320 --resolution 64 --out features
+	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/sweep-n100 --labels 100
+	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/sweep-n1000 --labels 1000 --critic-grid 0.1,1 --latent-grid 0.1,1
+	$(BIN)/tt-report $(STUDY)/sweep-n100 $(STUDY)/sweep-n1000 --features features/fashion-mnist --out $(STUDY)

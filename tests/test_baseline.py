@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 
 from test_loop import make_synthetic_store, quick_config
 from twinturbo.common.store import open_store
-from twinturbo.train.baseline import logistic_baseline, run_labelled_subset
+from twinturbo.train.baseline import logistic_baseline, run_labelled_subset, spreading_baseline
 from twinturbo.train.data import load_split
 from twinturbo.train.loop import train
 from twinturbo.train.report import make_report
@@ -42,3 +42,32 @@ def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path):
     make_report(sweep)
     summary = (sweep / "summary.md").read_text()
     assert f"| 30 | {100 * expected:.2f} | {100 * expected:.2f} | {100 * expected:.2f} | 1 |" in summary
+    spreading = spreading_baseline(str(path), 30, [1337])[1337]
+    assert "Baseline: scikit-learn LabelSpreading" in summary
+    assert f"| 30 | {100 * spreading:.2f} | {100 * spreading:.2f} | {100 * spreading:.2f} | 1 |" in summary
+    # the paired table: setup 1 at 50% on seed 1337, each baseline paired with it on that seed
+    assert f"| LogisticRegression | 30 | | | {100 * expected:.2f} | {100 * expected:.2f}-{100 * expected:.2f} | " \
+           f"{100 * expected - 50:+.2f} ({100 * expected - 50:+.2f}..{100 * expected - 50:+.2f}) | 1 |" in summary
+
+
+def test_label_spreading_matches_an_independent_sklearn_fit_on_the_same_subset(tmp_path):
+    from sklearn.decomposition import PCA
+    from sklearn.semi_supervised import LabelSpreading
+
+    path = make_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=0.8, cls_dim=80)
+    with open_store(path) as store:
+        x_train = store.split("train").read_cls(0, 300).astype(np.float32)
+        y_train = store.split("train").labels()
+        x_test = store.split("test").read_cls(0, 120).astype(np.float32)
+        y_test = store.split("test").labels()
+    expected = {}
+    for seed in (42, 1337):
+        subset = run_labelled_subset(y_train, 20, 10, seed)
+        partial = np.full(300, -1)
+        partial[subset] = y_train[subset]  # every other train vector is unlabelled, as in the paper's setting
+        pca = PCA(n_components=64, random_state=0).fit(x_train)
+        model = LabelSpreading(kernel="knn", n_neighbors=7, alpha=0.99, max_iter=1000)
+        model.fit(pca.transform(x_train), partial)
+        expected[seed] = float(np.mean(model.predict(pca.transform(x_test)) == y_test))
+    assert spreading_baseline(str(path), 20, [42, 1337]) == expected
+    assert all(0.3 < accuracy <= 1.0 for accuracy in expected.values())  # well above chance on separable tokens

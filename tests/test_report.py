@@ -82,3 +82,49 @@ def test_report_of_a_missing_or_empty_sweep_is_a_one_line_error(tmp_path):
     (tmp_path / "results.jsonl").write_text("")
     result = CliRunner().invoke(report_main, [str(tmp_path)])
     assert result.exit_code == 2 and "holds no finished run" in result.output
+
+
+def test_one_dataset_with_two_backbones_gets_two_figures(tmp_path):
+    """Regression: the file-name rule was inverted, so both backbones' figures were written to one file."""
+    directory = tmp_path / "sweep"
+    directory.mkdir()
+    for backbone in ("effnet-lite0", "effnet-lite0:320"):
+        for seed in (1, 2):
+            row = _row(1, 100, 0.0, 0.0, seed, 0.5 + 0.1 * seed)
+            row["store"] = dict(STORE, backbone=backbone, fingerprint=backbone)
+            row["run_id"] += backbone
+            append_row(directory / "results.jsonl", row)
+    result = CliRunner().invoke(report_main, [str(directory), "--no-baseline"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in directory.glob("figure_*.png")) == ["figure_digits_effnet-lite0.png",
+                                                                      "figure_digits_effnet-lite0_320.png"]
+
+
+def test_several_sweeps_make_one_report_and_need_out(sweep_dir, tmp_path):
+    directory, rows = sweep_dir
+    n100, n1000 = tmp_path / "n100", tmp_path / "n1000"
+    for path, budget in ((n100, 100), (n1000, 1000)):
+        path.mkdir()
+        for row in rows:
+            if row["config"]["labels"] == budget:
+                append_row(path / "results.jsonl", row)
+    result = CliRunner().invoke(report_main, [str(n100), str(n1000), "--no-baseline"])
+    assert result.exit_code == 2 and "needs --out" in result.output
+    joint, single = tmp_path / "joint", tmp_path / "single"
+    assert CliRunner().invoke(report_main, [str(n100), str(n1000), "--no-baseline", "--out", str(joint)]).exit_code == 0
+    assert CliRunner().invoke(report_main, [str(directory), "--no-baseline", "--out", str(single)]).exit_code == 0
+    assert (joint / "summary.md").read_text() == (single / "summary.md").read_text()
+
+
+def test_paired_table_against_a_hand_computation(tmp_path):
+    directory = tmp_path / "sweep"
+    directory.mkdir()
+    accuracies = {(1, 42): 0.60, (1, 7): 0.70, (2, 42): 0.65, (2, 7): 0.69}
+    for (setup, seed), accuracy in accuracies.items():
+        append_row(directory / "results.jsonl", _row(setup, 100, 0.0 if setup == 1 else 0.1, 0.0, seed, accuracy))
+    assert CliRunner().invoke(report_main, [str(directory), "--no-baseline"]).exit_code == 0
+    summary = (directory / "summary.md").read_text()
+    # setup 2 - setup 1 on the same seed: +5.00 (seed 42), -1.00 (seed 7): mean +2.00
+    assert "| setup 2: cat_cross/softmax + critic | 100 | 0.1 | 0 | 67.00 | 65.00-69.00 | +2.00 (-1.00..+5.00) | 2 |" \
+        in summary
+    assert "| setup 1: cat_cross/softmax | 100 | 0 | 0 | 65.00 | 60.00-70.00 | +0.00 (+0.00..+0.00) | 2 |" in summary

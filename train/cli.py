@@ -159,16 +159,21 @@ def sweep_main(ctx: click.Context, features: str, sweep_dir: str, grid_file: str
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("sweep_dir", type=click.Path(file_okay=False))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write the report [SWEEP_DIR].")
+@click.argument("sweep_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Where to write the report [SWEEP_DIR; required for several sweeps].")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Fit LogisticRegression on each seed's labelled CLS vectors of the sweep's store and show it.")
+              help="Fit LogisticRegression and LabelSpreading on each seed's labelled subset of the sweep's store and "
+                   "show them.")
+@click.option("--features", type=click.Path(),
+              help="The sweep's store when it is no longer where the sweep recorded it (checked by fingerprint).")
 @exit_on_user_error
-def report_main(sweep_dir: str, out_dir: str | None, baseline: bool) -> None:
-    """tt-report: figure_<dataset>.png (Figures 2-4), all_<dataset>.png (Appendix C), summary.md, results.csv."""
+def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, baseline: bool, features: str | None) -> None:
+    """tt-report: figure_<dataset>.png (Figures 2-4), all_<dataset>.png (Appendix C), summary.md, results.csv, from
+    one or more SWEEP_DIRs (e.g. the 100- and the 1000-label sweeps of one store)."""
     from twinturbo.train.report import make_report
 
-    written = make_report(sweep_dir, out_dir, baseline)
+    written = make_report(list(sweep_dirs), out_dir, baseline, features)
     click.echo(next(p for p in written if p.name == "summary.md").read_text())
     for path in written:
         click.echo(f"wrote {path}")

@@ -90,12 +90,15 @@ def _axis_floor(values: list[float]) -> float:
     return max(0.0, 5.0 * math.floor((low - 3.0) / 5.0))
 
 
+BASELINE_STYLES = {"LogisticRegression": ("--", "LogReg"), "LabelSpreading": (":", "LabelSpreading")}
+
+
 def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path,
-              baselines: dict[int, dict[int, float]] | None = None) -> None:
+              baselines: dict[str, dict[int, dict[int, float]]] | None = None) -> None:
     """Figures 2-4: x = setups, one bar per label budget, bar = best seed of the best lambdas, line = seed range.
 
-    `baselines` (label budget -> seed -> accuracy %) draws the LogisticRegression baseline's seed mean as a dashed
-    line in the budget's colour.
+    `baselines` (method -> label budget -> seed -> accuracy %) are drawn like the bars: a line at the best seed in
+    the budget's colour (dashed LogisticRegression, dotted LabelSpreading) and a band over their seed range.
     """
     import matplotlib
 
@@ -120,21 +123,30 @@ def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path
             text = f"{combo.best:.1f}" + (f"\n{combo.lambda_text}" if combo.lambda_text else "")
             ax.annotate(text, (x, combo.best), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                         fontsize=7)
-    for b_index, budget in enumerate(budgets):
-        seeds = (baselines or {}).get(budget)
-        if seeds:
-            mean = sum(seeds.values()) / len(seeds)
-            ax.axhline(mean, color=BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)], linestyle="--", linewidth=1.2,
-                       label=f"LogReg on {budget} labelled CLS: {mean:.1f} (seed mean)")
-    all_values = [c.worst for c in best.values()] + [a for seeds in (baselines or {}).values() for a in seeds.values()]
+    baseline_values = []
+    for method, per_budget in (baselines or {}).items():
+        style, short = BASELINE_STYLES.get(method, ("-.", method))
+        for b_index, budget in enumerate(budgets):
+            seeds = per_budget.get(budget)
+            if not seeds:
+                continue
+            colour = BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)]
+            values = list(seeds.values())
+            baseline_values += values
+            ax.axhline(max(values), color=colour, linestyle=style, linewidth=1.3,
+                       label=f"{short}, {budget} labels: {max(values):.1f} best seed ({min(values):.1f}-"
+                             f"{max(values):.1f})")
+            ax.axhspan(min(values), max(values), color=colour, alpha=0.08, linewidth=0)
+    all_values = [c.worst for c in best.values()] + baseline_values
     ax.set_ylim(_axis_floor(all_values), min(100.0, max(c.best for c in best.values()) + 8.0) + 4.0)
     ax.set_xticks(range(len(setups)), [SETUPS[s].short_label if s in SETUPS else str(s) for s in setups], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{dataset} ({backbone}): best λ combination per setup\n"
-                 "bar = best seed, black line = range over seeds", fontsize=11)
+                 "bar = best seed, black line = range over seeds; baselines likewise (line = best seed, band = range)",
+                 fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(loc="upper left", fontsize=8, ncol=len(budgets))
+    ax.legend(loc="upper left", fontsize=7, ncol=len(budgets))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -188,10 +200,58 @@ def plot_all(combos: list[Combination], dataset: str, backbone: str, path: Path)
     plt.close(fig)
 
 
+BASELINE_TEXT = {
+    "LogisticRegression": "scikit-learn LogisticRegression on the CLS vectors of each seed's labelled subset",
+    "LabelSpreading": "scikit-learn LabelSpreading (kNN graph, 64 PCA components) over each seed's labelled subset "
+                      "plus all other train CLS vectors as unlabelled",
+}
+
+Baselines = dict[str, dict[int, dict[int, float]]]  # method -> label budget -> seed -> accuracy %
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def paired_table(combos: list[Combination], baseline: Baselines | None) -> list[str]:
+    """Per label budget and setup (the figure's λ): mean and range over seeds, and the paired difference to setup 1
+    on the same seeds (mean, and its range over seeds); then the baselines, paired the same way."""
+    best = best_combinations(combos)
+    lines = ["| setup | labels | λ_C | λ_L | mean % | min-max % | Δ vs setup 1, same seed: mean (min..max) | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for budget in sorted({n for _, n in best}):
+        reference = best.get((1, budget))
+
+        def paired(accuracies: dict[int, float]) -> str:
+            if reference is None:
+                return "no setup 1"
+            common = sorted(set(accuracies) & set(reference.accuracies))
+            if not common:
+                return "no common seed"
+            deltas = [accuracies[seed] - reference.accuracies[seed] for seed in common]
+            return f"{sum(deltas) / len(deltas):+.2f} ({min(deltas):+.2f}..{max(deltas):+.2f})"
+
+        for (setup, n), combo in sorted(best.items()):
+            if n != budget:
+                continue
+            name = SETUPS[setup].name if setup in SETUPS else str(setup)
+            values = list(combo.accuracies.values())
+            lines.append(f"| setup {setup}: {name} | {budget} | {format_weight(combo.critic)} | "
+                         f"{format_weight(combo.latent)} | {combo.mean:.2f} | {_spread(values)} | "
+                         f"{paired(combo.accuracies)} | {len(values)} |")
+        for method, per_budget in (baseline or {}).items():
+            seeds = per_budget.get(budget)
+            if seeds:
+                values = list(seeds.values())
+                lines.append(f"| {method} | {budget} | | | {sum(values) / len(values):.2f} | {_spread(values)} | "
+                             f"{paired(seeds)} | {len(values)} |")
+    return lines
+
+
 def summary_markdown(by_dataset: dict[tuple[str, str], list[Combination]],
-                     baselines: dict[tuple[str, str], dict[int, dict[int, float]] | str] | None = None) -> str:
-    """One table per dataset: setup x label budget, best lambdas, best/mean/min accuracy over that combination's
-    seeds; then the LogisticRegression baseline on the same labelled subsets (or why it is missing)."""
+                     baselines: dict[tuple[str, str], Baselines | str] | None = None) -> str:
+    """One section per dataset: setup x label budget, best lambdas, best/mean/min accuracy over that combination's
+    seeds; the baselines on the same labelled subsets (or why they are missing); the paired comparison."""
     lines = []
     for (dataset, backbone), combos in sorted(by_dataset.items()):
         baseline = (baselines or {}).get((dataset, backbone))
@@ -205,38 +265,49 @@ def summary_markdown(by_dataset: dict[tuple[str, str], list[Combination]],
                          f"{combo.best:.2f} | {combo.mean:.2f} | {combo.worst:.2f} | {len(combo.accuracies)} |")
         lines.append("")
         if isinstance(baseline, str):
-            lines += [f"Baseline not computed: {baseline}", ""]
+            lines += [f"Baselines not computed: {baseline}", ""]
         elif baseline:
-            lines += ["Baseline: scikit-learn LogisticRegression on the CLS vectors of each seed's labelled subset.", "",
-                      "| labels | best % | mean % | min % | seeds |", "|---:|---:|---:|---:|---:|"]
-            for budget, seeds in sorted(baseline.items()):
-                values = list(seeds.values())
-                lines.append(f"| {budget} | {max(values):.2f} | {sum(values) / len(values):.2f} | {min(values):.2f} | "
-                             f"{len(values)} |")
-            lines.append("")
+            for method, per_budget in baseline.items():
+                lines += [f"Baseline: {BASELINE_TEXT.get(method, method)}.", "",
+                          "| labels | best % | mean % | min % | seeds |", "|---:|---:|---:|---:|---:|"]
+                for budget, seeds in sorted(per_budget.items()):
+                    values = list(seeds.values())
+                    lines.append(f"| {budget} | {max(values):.2f} | {sum(values) / len(values):.2f} | "
+                                 f"{min(values):.2f} | {len(values)} |")
+                lines.append("")
+        lines += ["Paired with setup 1 (same seed, same labelled subset; λ as selected above):", ""]
+        lines += paired_table(combos, baseline if isinstance(baseline, dict) else None) + [""]
     return "\n".join(lines)
 
 
-def baselines_of(rows: list[dict]) -> dict[tuple[str, str], dict[int, dict[int, float]] | str]:
-    """(dataset, backbone) -> label budget -> seed -> LogisticRegression accuracy % on the rows' own store, or the
-    reason it could not be computed (store moved or changed since the sweep)."""
-    from twinturbo.train.baseline import logistic_baseline
+def baselines_of(rows: list[dict], features: str | None = None) -> dict[tuple[str, str], Baselines | str]:
+    """(dataset, backbone) -> method -> label budget -> seed -> accuracy % on the rows' own store (or on `features`,
+    when it holds the same extraction: a sweep moved to another machine), or the reason it could not be computed."""
+    from twinturbo.train.baseline import BASELINES, read_cls_vectors
 
     wanted: dict[tuple[str, str], dict] = defaultdict(lambda: {"store": None, "budgets": defaultdict(set)})
     for row in rows:
         entry = wanted[_row_key(row)]
         entry["store"] = row.get("store") or {}
         entry["budgets"][int(row["config"]["labels"])].add(int(row["config"]["seed"]))
-    out: dict[tuple[str, str], dict[int, dict[int, float]] | str] = {}
+    out: dict[tuple[str, str], Baselines | str] = {}
     for key, entry in wanted.items():
-        path, fingerprint = entry["store"].get("path"), entry["store"].get("fingerprint")
+        fingerprint = entry["store"].get("fingerprint")
+        path = entry["store"].get("path")
         try:
+            if features is not None:
+                with open_store(features) as store:
+                    if store.identity()["fingerprint"] == fingerprint:
+                        path = features
             with open_store(path) as store:
                 if store.identity()["fingerprint"] != fingerprint:
                     out[key] = f"the store at {path} changed since the sweep"
                     continue
-            out[key] = {budget: {seed: 100.0 * acc for seed, acc in logistic_baseline(path, budget, sorted(seeds)).items()}
-                        for budget, seeds in sorted(entry["budgets"].items())}
+            vectors = read_cls_vectors(path)
+            out[key] = {method: {budget: {seed: 100.0 * acc for seed, acc in fit(path, budget, sorted(seeds),
+                                                                                 vectors).items()}
+                                 for budget, seeds in sorted(entry["budgets"].items())}
+                        for method, fit in BASELINES.items()}
         except TwinTurboError as err:
             out[key] = str(err)
     return out
@@ -267,27 +338,37 @@ def _file_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None, baseline: bool = True) -> list[Path]:
-    """Write figure_<dataset>.png, all_<dataset>.png, summary.md and results.csv; return their paths.
+def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path | None = None, baseline: bool = True,
+                features: str | None = None) -> list[Path]:
+    """Write figure_<dataset>.png, all_<dataset>.png, summary.md and results.csv from one or more sweeps' rows
+    (e.g. a 100-label and a 1000-label sweep of one store); return their paths.
 
-    With `baseline`, the LogisticRegression baseline is fitted on the sweep's store (when it is still there and
-    unchanged) and shown in the figure and the summary."""
-    sweep_dir = Path(sweep_dir)
-    results = sweep_dir / RESULTS_FILE
-    if not results.exists():
-        raise TwinTurboError(f"{results} does not exist: is {sweep_dir} a tt-sweep --out directory?")
-    rows = read_rows(results)
+    With `baseline`, the LogisticRegression and LabelSpreading baselines are fitted on the sweep's store (when it is
+    still there and unchanged, or at `features`) and shown in the figure and the summary."""
+    directories = [Path(d) for d in (sweep_dirs if isinstance(sweep_dirs, (list, tuple)) else [sweep_dirs])]
+    if out_dir is None and len(directories) > 1:
+        raise TwinTurboError("tt-report of several sweeps needs --out (where to write the joint report)")
+    rows, seen = [], set()
+    for directory in directories:
+        results = directory / RESULTS_FILE
+        if not results.exists():
+            raise TwinTurboError(f"{results} does not exist: is {directory} a tt-sweep --out directory?")
+        for row in read_rows(results):
+            if row.get("run_id") not in seen:
+                seen.add(row.get("run_id"))
+                rows.append(row)
     if not rows:
-        raise TwinTurboError(f"{results} holds no finished run yet")
+        files = " and ".join(str(d / RESULTS_FILE) for d in directories)
+        raise TwinTurboError(f"{files} {'holds' if len(directories) == 1 else 'hold'} no finished run yet")
     try:
         by_dataset = combinations(rows)
     except (KeyError, TypeError, ValueError) as err:
-        raise TwinTurboError(f"{results}: a row lacks {err} (not written by tt-sweep?)") from None
-    out = Path(out_dir) if out_dir is not None else sweep_dir
+        raise TwinTurboError(f"{directories[0] / RESULTS_FILE}: a row lacks {err} (not written by tt-sweep?)") from None
+    out = Path(out_dir) if out_dir is not None else directories[0]
     out.mkdir(parents=True, exist_ok=True)
-    baselines = baselines_of(rows) if baseline else {}
+    baselines = baselines_of(rows, features) if baseline else {}
     written = []
-    several_backbones = len({b for _, b in by_dataset}) < len(by_dataset)
+    several_backbones = len(by_dataset) > len({dataset for dataset, _ in by_dataset})
     for (dataset, backbone), combos in sorted(by_dataset.items()):
         stem = _file_name(f"{dataset}_{backbone}" if several_backbones else dataset)
         figure, everything = out / f"figure_{stem}.png", out / f"all_{stem}.png"
