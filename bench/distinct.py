@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from twinturbo.common.device import resolve_device
+from twinturbo.common.device import Acceleration, resolve_device
 from twinturbo.train.data import SplitTensors
 from twinturbo.train.loop import StepBatch, discriminator_loss, make_optimisers, model_losses
 from twinturbo.train.model import build_head, draw_dropout_mask
@@ -79,7 +79,8 @@ def main() -> None:
             batches.append((labelled, unlabelled if spec.critic else None, star if spec.latent else None, real))
 
         head = build_head(cls_dim, patch_dim, classes, proj, pred, disc, init_seed=0).to(device)
-        model_opt, disc_opt, _ = make_optimisers(head, config, device)
+        model_opt, disc_opt, _ = make_optimisers(head.model_parameters(), head.discriminator.parameters(), config,
+                                                 fused=Acceleration.for_device(device).fused_adamw)
 
         def step(batch: StepBatch) -> None:
             mask = draw_dropout_mask((3 * len(batch.labels), proj), config.dropout, draws.dropout, device)

@@ -1,7 +1,8 @@
 """Fused sweep training against the same runs trained one after another (issue 6, item 4).
 
 K runs that share a label budget and seed (K setups/lambdas of section 4.4) are trained twice in this process on the
-same in-memory features: once fused (`fused.train_fused`, one pass with stacked parameters) and once as K separate
+same in-memory features: once fused (`loop.train_runs`, one pass with stacked parameters, the runs' forwards one after
+another as the CPU default does, and again as one vmap over the run axis as on a GPU) and once as K separate
 `loop.train` runs. Prints the wall times and the speed ratio as its last lines; writes bench/sweep.json.
 
     .venv/bin/python bench/sweep.py --features demo/features/digits          # the README demo's store
@@ -26,8 +27,8 @@ from twinturbo.common.device import resolve_device
 from twinturbo.common.store import SplitLayout, create_store, open_store
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import load_split, num_classes_of
-from twinturbo.train.fused import train_fused
-from twinturbo.train.loop import train
+from twinturbo.common.device import Acceleration
+from twinturbo.train.loop import train, train_runs
 
 # Eight runs of one seed: a mix of the seven setups' losses, rescalings and terms (all with critic and latent on,
 # so that both ways do the same work per run).
@@ -86,12 +87,18 @@ def main() -> None:
                 torch.cuda.synchronize()
 
         if device.type == "cuda":  # warm-up (context, cuBLAS handles, allocator) so neither side pays first calls
-            train_fused(configs[:2], train_split, test_split, num_classes, device, progress=False)
+            train_runs(configs[:2], train_split, test_split, num_classes, device, progress=False)
             sync()
         start = time.perf_counter()
-        fused = train_fused(configs, train_split, test_split, num_classes, device, progress=False)
+        fused = [r.metrics for r in train_runs(configs, train_split, test_split, num_classes, device, progress=False)]
         sync()
         fused_s = time.perf_counter() - start
+        batched_s = None
+        if device.type == "cpu":  # the GPU's vmap path, timed on the CPU: what decides Acceleration's CPU default
+            start = time.perf_counter()
+            train_runs(configs, train_split, test_split, num_classes, device, progress=False,
+                       acceleration=Acceleration(batched_runs=True))
+            batched_s = time.perf_counter() - start
         start = time.perf_counter()
         separate = [train(c, train_split, test_split, num_classes, device, progress=False) for c in configs]
         sync()
@@ -104,6 +111,7 @@ def main() -> None:
                                                                                            "synthetic digits shape"),
         "batch_size": args.batch_size, "proj_dim": args.proj_dim, "epochs": args.epochs,
         "fused_s": fused_s, "separate_s": separate_s, "speedup": separate_s / fused_s,
+        "fused_vmap_on_cpu_s": batched_s,
         "max_accuracy_difference": accuracy_gap, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
@@ -114,6 +122,9 @@ def main() -> None:
           f"max |accuracy fused - separate| = {accuracy_gap:.4f}; wrote {out}")
     print(f"one after another: {separate_s:.1f} s")
     print(f"fused:             {fused_s:.1f} s")
+    if batched_s is not None:
+        print(f"fused, vmap over runs (the GPU path) on the CPU: {batched_s:.1f} s ({fused_s / batched_s:.2f}x of "
+              "fused one after another)")
     print(f"speed ratio (one after another / fused): {separate_s / fused_s:.2f}x")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from twinturbo.common.device import resolve_device
+from twinturbo.common.device import Acceleration, resolve_device
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import SplitTensors
 from twinturbo.train.loop import StepBatch, autocast, discriminator_loss, make_optimisers, model_losses
@@ -72,7 +72,8 @@ def head_step_flops(config: TrainConfig, batch: int, cls_dim: int, num_patches: 
 
 
 def make_step(head, config: TrainConfig, device: torch.device):
-    model_opt, disc_opt, _ = make_optimisers(head, config, device)
+    model_opt, disc_opt, _ = make_optimisers(head.model_parameters(), head.discriminator.parameters(), config,
+                                                 fused=Acceleration.for_device(device).fused_adamw)
     dropout_gen = torch.Generator(device=device).manual_seed(0)
 
     def step(batch: StepBatch) -> torch.Tensor:

@@ -1,9 +1,8 @@
-"""Device selection and seeding shared by both stages."""
+"""Device selection, and the speed choices made for a GPU, shared by both stages."""
 from __future__ import annotations
 
-import random
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .errors import TwinTurboError
@@ -24,9 +23,20 @@ def resolve_device(name: str) -> torch.device:
     raise TwinTurboError(f"--device {name}: expected one of {', '.join(DEVICE_CHOICES)}")
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a CPU generator owned by the caller for its own draws."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+@dataclass(frozen=True)
+class Acceleration:
+    """What the code does differently for speed on a GPU, decided here and nowhere else.
+
+    `for_device` switches everything on for CUDA and off on the CPU, where each was measured slower (bf16 autocast
+    ~6x, DESIGN.md; K runs as one vmap ~0.9x, bench/sweep.py). Each path also runs on the CPU when asked for, so the
+    CPU test suite covers the branches a GPU takes.
+    """
+
+    bf16: bool = False  # bf16 autocast of the head's forward (training and evaluation)
+    batched_runs: bool = False  # K fused runs as one torch.vmap over the run axis instead of one after another
+    fused_adamw: bool = False  # AdamW's fused kernel
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> "Acceleration":
+        on = device.type == "cuda"
+        return cls(bf16=on, batched_runs=on, fused_adamw=on)

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import click
 
-from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.errors import Command, TwinTurboError
 
 BACKBONE_HELP = "effnet-lite0 | effnet-lite0:320 | timm:<model> | radio (RADIOv2.5-B via torch.hub)"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class ExtractCommand(Command):
+    interrupt_hint = "interrupted; rerun the same command to resume from the first chunk not done"
+
+
+@click.command(cls=ExtractCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--dataset", help="mnist | fashion-mnist | cifar10 | svhn | digits | folder:PATH")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory receiving the store <out>/<dataset>[.h5].")
 @click.option("--backbone", default="radio", show_default=True, help=BACKBONE_HELP)
@@ -54,7 +57,7 @@ def extract_command(dataset, out, backbone, resolution, batch_size, chunk_size, 
         chunk_size=chunk_size, format=store_format, dtype=dtype,
         splits=tuple(s.strip() for s in splits.split(",") if s.strip()), device=device, limit=limit,
         data_root=data_root, download=download, weights=weights, radio_checkpoint=radio_checkpoint, hub_dir=hub_dir,
-        overwrite=overwrite, progress=not no_progress, command=click.get_current_context().obj["command"],
+        overwrite=overwrite, progress=not no_progress, command=shlex.join(click.get_current_context().obj["argv"]),
     )
     result = run_extraction(config)
     from twinturbo.extract.extract import detect_ranks
@@ -74,30 +77,9 @@ def extract_command(dataset, out, backbone, resolution, batch_size, chunk_size, 
             click.echo(f"  {split.split}: already complete")
 
 
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one `error: ...` line on stderr and exit code 2, no traceback."""
-    command = shlex.join(sys.argv if argv is None else ["tt-extract", *map(str, argv)])
-    try:
-        code = extract_command.main(args=argv, prog_name="tt-extract", standalone_mode=False,
-                                    obj={"command": command})
-    except click.ClickException as err:
-        print(f"error: {_one_line(err.format_message())}", file=sys.stderr)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        print("error: aborted", file=sys.stderr)
-        sys.exit(130)
-    except TwinTurboError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume from the first chunk not done", file=sys.stderr)
-        sys.exit(130)
-    if isinstance(code, int) and code:
-        sys.exit(code)
+    """Console entry point (`tt-extract`); user errors become one `error: ...` line and exit code 2."""
+    extract_command.main(args=argv, prog_name="tt-extract")
 
 
 if __name__ == "__main__":

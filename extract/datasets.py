@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.errors import TwinTurboError, one_line
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "svhn", "digits")
 FOLDER_PREFIX = "folder:"
@@ -219,7 +219,7 @@ def _read_idx(path: Path, ndim: int, dataset: str) -> tuple[np.ndarray, str]:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise TwinTurboError(f"{dataset}: {path} is not a complete gzip file ({_one_line(err)})") from None
+            raise TwinTurboError(f"{dataset}: {path} is not a complete gzip file ({one_line(err)})") from None
     magic = 0x0800 + ndim
     if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != IDX_UBYTE or raw[3] != ndim:
         found = int.from_bytes(raw[:4].ljust(4, b"\0"), "big")
@@ -271,7 +271,7 @@ def _unpickle_batch(blob: bytes, where: str) -> dict[str, object]:
     try:
         obj = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as err:  # a corrupt pickle can raise almost anything; all of it means "not a batch"
-        raise TwinTurboError(f"cifar10: {where} is not a CIFAR-10 python batch ({_one_line(err)})") from None
+        raise TwinTurboError(f"cifar10: {where} is not a CIFAR-10 python batch ({one_line(err)})") from None
     if not isinstance(obj, dict):
         raise TwinTurboError(f"cifar10: {where} is not a CIFAR-10 python batch (a {type(obj).__name__}, not a dict)")
     return {key.decode("latin1") if isinstance(key, bytes) else str(key): value for key, value in obj.items()}
@@ -328,7 +328,7 @@ def _read_tar_members(archive: Path, names: list[str]) -> dict[str, bytes]:
                     if len(found) == len(wanted):
                         break
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise TwinTurboError(f"cifar10: {archive} is not a complete .tar.gz archive ({_one_line(err)})") from None
+        raise TwinTurboError(f"cifar10: {archive} is not a complete .tar.gz archive ({one_line(err)})") from None
     for name in names:
         if name not in found:
             raise TwinTurboError(f"cifar10: {archive} has no member {name}")
@@ -348,7 +348,7 @@ def _load_svhn(split: str, root: Path) -> DatasetSplit:
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except Exception as err:  # scipy raises ValueError, TypeError, MatReadError, ... on a broken file
-        raise TwinTurboError(f"svhn: {path} is not a readable MATLAB file ({_one_line(err)})") from None
+        raise TwinTurboError(f"svhn: {path} is not a readable MATLAB file ({one_line(err)})") from None
     x, y = mat.get("X"), mat.get("y")
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         shape = getattr(x, "shape", None)
@@ -457,7 +457,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError, ValueError) as err:
-        raise TwinTurboError(f"cannot read image {path} ({_one_line(err)})") from None
+        raise TwinTurboError(f"cannot read image {path} ({one_line(err)})") from None
 
 
 def _decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -470,7 +470,7 @@ def _decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
                 rgb = rgb.resize(size, Image.Resampling.BILINEAR)
             return np.asarray(rgb)
     except (OSError, SyntaxError, ValueError) as err:
-        raise TwinTurboError(f"cannot read image {path} ({_one_line(err)})") from None
+        raise TwinTurboError(f"cannot read image {path} ({one_line(err)})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -559,7 +559,7 @@ def _fetch(name: str, item: Download, path: Path) -> None:
                 reason: object = err
             else:
                 reason = getattr(err, "reason", err)
-            failures.append(f"{url}: {_one_line(reason)}")
+            failures.append(f"{url}: {one_line(reason)}")
             continue
         except BaseException:
             part.unlink(missing_ok=True)
@@ -605,9 +605,3 @@ def _md5_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _one_line(err: object) -> str:
-    """An exception's text on one line, so the CLI's `error: ...` stays a single line."""
-    text = " ".join(str(err).split())
-    return text or type(err).__name__

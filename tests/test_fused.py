@@ -8,9 +8,9 @@ import torch
 from twinturbo.common.store import SplitLayout, create_store, open_store
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import load_split
-from twinturbo.train import fused
-from twinturbo.train.fused import StackedHead, check_fusable, train_fused
-from twinturbo.train.loop import train
+from twinturbo.common.device import Acceleration
+from twinturbo.train.heads import RunHeads
+from twinturbo.train.loop import check_fusable, train, train_runs
 from twinturbo.train.model import build_head
 
 NUM_CLASSES = 4
@@ -54,13 +54,16 @@ def splits(tmp_path_factory):
     return load_split(store, "train", device, progress=False), load_split(store, "test", device, progress=False)
 
 
-def test_fused_equals_separate_runs(splits):
+@pytest.mark.parametrize("acceleration", [None, Acceleration(batched_runs=True, fused_adamw=True)],
+                         ids=["cpu-defaults", "gpu-paths-on-cpu"])
+def test_fused_equals_separate_runs(splits, acceleration):
     train_split, test_split = splits
     configs = [TrainConfig(loss=loss, rescale=rescale, critic_weight=c, latent_weight=l, seed=1337, **TINY)
                for loss, rescale, c, l in SETUPS]
     device = torch.device("cpu")
-    fused_metrics, fused_heads = train_fused(configs, train_split, test_split, NUM_CLASSES, device,
-                                             progress=False, return_heads=True)
+    fused_results = train_runs(configs, train_split, test_split, NUM_CLASSES, device, progress=False,
+                               acceleration=acceleration)
+    fused_metrics, fused_heads = [r.metrics for r in fused_results], [r.head for r in fused_results]
     for config, metrics, head in zip(configs, fused_metrics, fused_heads):
         alone = train(config, train_split, test_split, NUM_CLASSES, device, progress=False)
         assert metrics["steps"] == alone.metrics["steps"] == 6
@@ -94,18 +97,17 @@ def test_runs_that_see_different_batches_are_not_fused():
 
 
 @pytest.mark.parametrize("batched", [False, True])
-def test_stacked_forward_equals_each_head(monkeypatch, batched):
-    """Both matmul paths of the stacked head (per-run Linears on CPU, one baddbmm per layer on GPU) give each
+def test_stacked_forward_equals_each_head(batched):
+    """Both paths of the stacked heads (one run after another on CPU, one vmap over the run axis on GPU) give each
     head's own outputs and gradients."""
-    monkeypatch.setattr(fused, "BATCHED_ON_CPU", batched)
     heads = [build_head(12, 8, NUM_CLASSES, 16, 12, 8, init_seed=seed) for seed in (1, 2, 3)]
-    stack = StackedHead(heads)
+    stack = RunHeads(heads, batched=batched)
     generator = torch.Generator().manual_seed(0)
     cls, patches = torch.randn(5, 12, generator=generator), torch.randn(5, 3, 8, generator=generator)
     mask = (torch.rand(5, 16, generator=generator) > 0.3).float() / 0.7
     z, logits = stack.forward(cls, patches, mask)
     probs = torch.softmax(logits, dim=-1)
-    (logits.square().sum() + stack.discriminator(probs).sum()).backward()
+    (logits.square().sum() + sum(stack.discriminator(k, probs[k]).sum() for k in range(3))).backward()
     for k, head in enumerate(heads):
         z_k, logits_k = head(cls, patches, mask)
         torch.testing.assert_close(z[k], z_k, rtol=1e-5, atol=1e-6)

@@ -191,7 +191,7 @@ def test_nan_stops_the_run_with_the_first_bad_step(splits, monkeypatch):
 
     train_split, test_split = splits
     calls = {"n": 0}
-    original = loop.model_losses
+    original = loop.step_losses
 
     def nan_at_step_13(*args, **kwargs):
         calls["n"] += 1
@@ -200,7 +200,7 @@ def test_nan_stops_the_run_with_the_first_bad_step(splits, monkeypatch):
             losses["total"] = losses["total"] * float("nan")
         return losses, fake
 
-    monkeypatch.setattr(loop, "model_losses", nan_at_step_13)
+    monkeypatch.setattr(loop, "step_losses", nan_at_step_13)
     with pytest.raises(TwinTurboError, match=r"not finite at step 13 "):
         train(quick_config(), train_split, test_split, CLASSES, torch.device("cpu"), progress=False)
 

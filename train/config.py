@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 from twinturbo.common.errors import TwinTurboError
 
@@ -11,6 +11,12 @@ LOSSES = ("cat_cross", "cat_twin", "bin_cross")
 RESCALES = ("softmax", "sigmoid")
 PRIORS = ("uniform", "labelled")
 CRITIC_FORMS = ("minimax", "nonsaturating")
+
+
+def _option(default, flag: str, help: str, per_run: bool = False):
+    """A TrainConfig field with its command-line flag and help text: the one place tt-train and tt-sweep read them.
+    `per_run` fields are a sweep's grid axes (its own list options); the others are training flags a sweep shares."""
+    return field(default=default, metadata={"flag": flag, "help": help, "per_run": per_run})
 
 
 @dataclass
@@ -23,51 +29,63 @@ class TrainConfig:
     default (0.01); the paper does not give one.
     """
 
-    loss: str = "cat_cross"
-    rescale: str = "softmax"
-    critic_weight: float = 0.0
-    latent_weight: float = 0.0
-    labels: int = 100
-    seed: int = 42
-    epochs: int = 5
-    batch_size: int = 512
-    lr: float = 5e-5
-    warmup_steps: int = 150
-    warmup_start_factor: float = 0.001
-    weight_decay: float = 0.01
-    proj_dim: int = 8000
-    pred_dim: int = 1024
-    disc_dim: int = 500
-    dropout: float = 0.3
-    prior: str = "uniform"
-    temperature: float = 1.0
-    critic_form: str = "minimax"
-    eval_batch_size: int = 1024
+    loss: str = _option("cat_cross", "--loss", "Task loss: cat_cross (Eq. 17), cat_twin (Eq. 18) or bin_cross "
+                        "(Eq. 19).", per_run=True)
+    rescale: str = _option("softmax", "--rescale", "sigma of the losses: softmax (Eq. 8) or sigmoid (Eq. 9).",
+                           per_run=True)
+    critic_weight: float = _option(0.0, "--critic", "lambda_C of Eq. 22 (0 = no discriminator).", per_run=True)
+    latent_weight: float = _option(0.0, "--latent", "lambda_L of Eq. 22 (0 = no latent alignment).", per_run=True)
+    labels: int = _option(100, "--labels", "Size K of the class-balanced labelled subset.", per_run=True)
+    seed: int = _option(42, "--seed", "Decides init, data order, labelled subset and dropout.", per_run=True)
+    epochs: int = _option(5, "--epochs", "Passes over the unlabelled train split.")
+    batch_size: int = _option(512, "--batch-size", "Unlabelled and labelled batch size.")
+    lr: float = _option(5e-5, "--lr", "AdamW learning rate (both optimisers).")
+    warmup_steps: int = _option(150, "--warmup", "Linear warm-up steps (Appendix B).")
+    warmup_start_factor: float = _option(0.001, "--warmup-start", "Learning-rate factor the warm-up starts from.")
+    weight_decay: float = _option(0.01, "--weight-decay", "AdamW weight decay (AdamW's default; the paper gives "
+                                  "none).")
+    proj_dim: int = _option(8000, "--proj-dim", "Projector width, the latent z (Table 3).")
+    pred_dim: int = _option(1024, "--pred-dim", "Predictor hidden width (Table 4).")
+    disc_dim: int = _option(500, "--disc-dim", "Discriminator width (Table 5).")
+    dropout: float = _option(0.3, "--dropout", "Projector dropout probability (Table 3).")
+    prior: str = _option("uniform", "--prior", "Class prior of the critic's real one-hots: uniform or labelled "
+                         "(the labelled subset's frequencies).")
+    temperature: float = _option(1.0, "--temperature", "Temperature of the latent InfoNCE (Eq. 21).")
+    critic_form: str = _option("minimax", "--critic-form", "Model side of the critic: minimax (Eq. 20, the paper) or "
+                               "nonsaturating (-log D).")
+    eval_batch_size: int = _option(1024, "--eval-batch-size", "Batch size of the test evaluation (no effect on "
+                                   "results).")
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """The command-line flag of field `name` (e.g. warmup_steps -> --warmup)."""
+        return next(f.metadata["flag"] for f in fields(TrainConfig) if f.name == name)
 
     def validate(self) -> "TrainConfig":
         """Raise a one-line TwinTurboError naming the flag of the first bad value."""
-        choices = {"--loss": (self.loss, LOSSES), "--rescale": (self.rescale, RESCALES),
-                   "--prior": (self.prior, PRIORS), "--critic-form": (self.critic_form, CRITIC_FORMS)}
-        for flag, (value, valid) in choices.items():
-            if value not in valid:
-                raise TwinTurboError(f"{flag} {value}: expected one of {', '.join(valid)}")
-        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--proj-dim": self.proj_dim,
-                    "--pred-dim": self.pred_dim, "--disc-dim": self.disc_dim, "--labels": self.labels}
-        for flag, value in positive.items():
-            if value < 1:
-                raise TwinTurboError(f"{flag} {value}: expected a positive integer")
-        for flag, value in {"--lr": self.lr, "--critic": self.critic_weight, "--latent": self.latent_weight}.items():
-            if not math.isfinite(value):
-                raise TwinTurboError(f"{flag} {value}: expected a finite number")
-        if not self.lr > 0:
-            raise TwinTurboError(f"--lr {self.lr}: expected a positive learning rate")
+        flag = self.flag
+        choices = {"loss": LOSSES, "rescale": RESCALES, "prior": PRIORS, "critic_form": CRITIC_FORMS}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise TwinTurboError(f"{flag(name)} {getattr(self, name)}: expected one of {', '.join(valid)}")
+        for name in ("epochs", "batch_size", "proj_dim", "pred_dim", "disc_dim", "labels", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise TwinTurboError(f"{flag(name)} {getattr(self, name)}: expected a positive integer")
+        for name in ("lr", "critic_weight", "latent_weight", "weight_decay", "temperature", "warmup_start_factor"):
+            if not math.isfinite(getattr(self, name)):
+                raise TwinTurboError(f"{flag(name)} {getattr(self, name)}: expected a finite number")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise TwinTurboError(f"{flag(name)} {getattr(self, name)}: expected a positive number")
         if self.warmup_steps < 0:
             raise TwinTurboError(f"--warmup {self.warmup_steps}: expected a step count >= 0")
-        for flag, value in {"--critic": self.critic_weight, "--latent": self.latent_weight}.items():
-            if value < 0:
-                raise TwinTurboError(f"{flag} {value}: expected a weight >= 0 (0 switches the term off)")
+        for name in ("critic_weight", "latent_weight", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise TwinTurboError(f"{flag(name)} {getattr(self, name)}: expected a weight >= 0 (0 switches it off)")
+        if not 0 < self.warmup_start_factor <= 1:
+            raise TwinTurboError(f"--warmup-start {self.warmup_start_factor}: expected a factor in (0, 1]")
         if not 0 <= self.dropout < 1:
-            raise TwinTurboError(f"dropout {self.dropout}: expected a probability in [0, 1)")
+            raise TwinTurboError(f"--dropout {self.dropout}: expected a probability in [0, 1)")
         return self
 
     def to_dict(self) -> dict:

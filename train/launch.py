@@ -14,13 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import torch
 from tqdm import tqdm
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.sweep import RESULTS_FILE, SETUPS, RunSpec, append_row, finished_run_ids
 
-LAUNCHERS = ("local", "submitit")
 # Runs per fused pass when --fuse is not given. On the CPU fusing measured slower than one run after another
 # (bench/sweep.py: 0.73x on digits, the matmuls are compute-bound there), so runs go one by one.
 DEFAULT_FUSE = {"cuda": 8, "cpu": 1}
@@ -56,7 +54,7 @@ def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, f
         "wall_time_s": float(metrics["wall_time_s"]),
         "fused_runs": fused_runs,
         "device": device,
-        "threads": torch.get_num_threads(),
+        "threads": metrics["threads"],
         "store": store_identity,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -71,8 +69,7 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
     from twinturbo.common.device import resolve_device
     from twinturbo.common.store import open_store
     from twinturbo.train.data import load_split, num_classes_of
-    from twinturbo.train.fused import train_fused
-    from twinturbo.train.loop import train
+    from twinturbo.train.loop import train_runs
 
     torch_device = resolve_device(device)
     results = Path(sweep_dir) / RESULTS_FILE
@@ -88,13 +85,9 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
         group = [run for run in group if run.run_id not in finished]
         if not group:
             continue
-        if len(group) == 1:  # nothing to fuse: the single-run trainer itself
-            result = train(group[0].train_config(), train_split, test_split, num_classes, torch_device,
-                           progress=False)
-            metrics = [dict(result.metrics, nonfinite_step=None)]
-        else:
-            metrics = train_fused([run.train_config() for run in group], train_split, test_split, num_classes,
-                                  torch_device, progress=progress)
+        trained = train_runs([run.train_config() for run in group], train_split, test_split, num_classes,
+                             torch_device, progress=progress and len(group) > 1)
+        metrics = [result.metrics for result in trained]
         rows = [result_row(run, m, identity, str(torch_device), len(group)) for run, m in zip(group, metrics)]
         for row in rows:
             append_row(results, row)

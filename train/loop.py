@@ -1,26 +1,32 @@
-"""The training loop of one run: Eq. 22 on cached tokens, with the discriminator's step after the model's.
+"""The training loop: Eq. 22 on cached tokens for K >= 1 runs that share their batches, the discriminator's step
+after the model's. `tt-train` is K = 1; a fused sweep group is K runs (train/heads.py stacks their parameters).
 
-Order of one step t (the fused sweep replays exactly this; all draws are made every step, whatever the weights):
+Order of one step t (all draws are made every step, whatever the weights, so runs of one seed see the same data):
 
     1. batch      unlabelled indices U_t and labelled indices L_t from the epoch plan (sampling.epoch_plan);
-                  from the data generator: x* partners of L_t (draw_partners), then |U_t| prior one-hots (real y)
+                  from the data generator: x* partners of L_t (draw_partners), then |U_t| prior one-hots (real y);
+                  StepBatch.gather reads each distinct sample of the step once
     2. masks      one dropout keep-mask [3B, P] from the dropout generator: rows [0,B) labelled, [B,2B) x*, [2B,3B)
                   unlabelled (B = |L_t| = |U_t|)
-    3. model      losses = model_losses(head, batch, masks)      one forward over the concatenated active inputs
+    3. model      every run's head on the active rows (forward_rows), then each run's terms (step_losses):
                   total = task + lambda_C * critic + lambda_L * latent   (a term with weight 0 is not computed)
-                  model_opt.zero_grad; total.backward(); model_opt.step()      (D is read but not updated here)
-    4. critic     only when lambda_C > 0: fake = sigma(f_U).detach() from step 3's forward (pre-update model)
-                  d_loss = discriminator_loss(D, real, fake) = -Eq.20;  disc_opt.zero_grad; d_loss.backward(); step
+                  model_opt.zero_grad; sum of the runs' totals .backward(); model_opt.step()   (D is read, not updated)
+    4. critic     when some run has lambda_C > 0: fake = sigma(f_U).detach() from step 3's forward (pre-update model)
+                  d_loss = -Eq.20 = -critic(D(real), D(fake)) per run;  disc_opt.zero_grad; backward; step
     5. schedule   both LambdaLR schedulers step (linear warm-up, Appendix B)
 
 Every step also records train/diagnostics.py's figures (D's accuracy on real and fake, the entropy and marginal of
 the unlabelled predictions; every GRADIENT_EVERY steps each term's gradient norm at the projector), averaged per
 epoch into the metrics: they say whether a semi-supervised term still has anything to say.
 
+A run whose loss stops being finite is recorded with the first such step (`nonfinite_step`) and never stops the
+others; training ends early only when every run has diverged, and `train` (one run, tt-train) raises then.
+
 Randomness: three generators seeded from `derived_seed(seed, stream)`: `init` (the head's construction, on the CPU),
 `data` (CPU: labelled subset, per-epoch permutations, partners, prior draws, in the order of sampling.py) and
 `dropout` (on the training device). Nothing reads the global RNG. Two AdamW optimisers (model = mixer + projector +
-predictor; discriminator), same schedule, no gradient clipping.
+predictor; discriminator), same schedule, no gradient clipping. On the CPU a run is a function of its config and the
+torch thread count; on CUDA the deterministic settings below make it one of config and device.
 """
 from __future__ import annotations
 
@@ -29,23 +35,28 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
+from twinturbo.common.device import Acceleration
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.train.config import TrainConfig, derived_seed
 from twinturbo.common.store import open_store
+from twinturbo.train.config import TrainConfig, derived_seed
 from twinturbo.train.data import SplitTensors, load_split, num_classes_of
 from twinturbo.train.diagnostics import GRADIENT_EVERY, critic_figures, epoch_means, term_gradient_norms
+from twinturbo.train.heads import RunHeads
 from twinturbo.train.losses import critic, critic_nonsaturating, get_task_loss, latent_infonce, log_rescale
-from twinturbo.train.model import TwinTurboHead, build_head, draw_dropout_mask
+from twinturbo.train.model import TwinTurboHead, draw_dropout_mask
 from twinturbo.train.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
 
 LOSS_NAMES = ("task", "critic", "latent", "total", "disc")
 SYNC_EVERY = 10  # steps between host syncs: the NaN check and the progress bar read losses this often
-
+# Fields in which runs trained together may differ; all others shape the data stream, the schedule or the widths.
+PER_RUN_FIELDS = ("loss", "rescale", "critic_weight", "latent_weight", "temperature", "critic_form")
 
 @dataclass
 class StepBatch:
@@ -93,56 +104,69 @@ class StepBatch:
                    rows[2] if star_cls is not None else None, real)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; float32 on the CPU, where bf16 is several times slower (DESIGN.md)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, bf16: bool | None = None):
+    """bf16 autocast when asked (default: Acceleration.for_device, i.e. on CUDA only; bf16 is ~6x slower on the CPU)."""
+    enabled = Acceleration.for_device(device).bf16 if bf16 is None else bf16
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def model_losses(head: TwinTurboHead, batch: StepBatch, dropout_mask: torch.Tensor,
-                 config: TrainConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """The model's terms of Eq. 22 for one step, and the detached sigma(f) of the unlabelled batch (None without
-    critic). Returns ({task, critic, latent, total}, fake); a term with weight 0 is not computed and reads 0.
+def forward_rows(forward: Callable, batch: StepBatch, dropout_mask: torch.Tensor, with_star: bool,
+                 with_unlabelled: bool, bf16: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, logits) in float32 of the step's rows: labelled [0, B), then x* [B, 2B) when `with_star`, then the
+    unlabelled rows when `with_unlabelled`; `forward` is a head's (or K stacked heads') forward.
 
-    `dropout_mask` is [3B, P] (labelled, x*, unlabelled rows). The active rows go through the head in one forward,
-    the token mixer and projector Linear once per distinct sample (TwinTurboHead.encode): every op of the head acts
-    per sample, so this equals separate forwards up to float summation order.
-    Pure in the parameters: it touches the head only through module calls, for torch.func.functional_call.
+    `dropout_mask` is [3B, P] (labelled, x*, unlabelled rows). The token mixer and projector Linear run once per
+    distinct sample (TwinTurboHead.encode): every op of the head acts per sample, so this equals separate forwards
+    up to float summation order.
     """
     size = len(batch.labels)
-    use_critic, use_latent = config.critic_weight > 0, config.latent_weight > 0
     parts_rows, parts_mask = [batch.labelled_rows], [dropout_mask[:size]]
-    if use_latent:
+    if with_star:
         parts_rows.append(batch.star_rows)
         parts_mask.append(dropout_mask[size:2 * size])
-    if use_critic:
+    if with_unlabelled:
         parts_rows.append(batch.unlabelled_rows)
         parts_mask.append(dropout_mask[2 * size:2 * size + len(batch.unlabelled_rows)])
-    with autocast(batch.labels.device):
-        z, logits = head(batch.cls, batch.patches, torch.cat(parts_mask), rows=torch.cat(parts_rows))
-    z, logits = z.float(), logits.float()
+    with autocast(batch.labels.device, bf16):
+        z, logits = forward(batch.cls, batch.patches, torch.cat(parts_mask), rows=torch.cat(parts_rows))
+    return z.float(), logits.float()
 
+
+def step_losses(z: torch.Tensor, logits: torch.Tensor, batch: StepBatch, config: TrainConfig,
+                discriminator: Callable) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One run's terms of Eq. 22 from its rows of `forward_rows`, and the detached sigma(f) of the unlabelled batch
+    (None without critic). Returns ({task, critic, latent, total}, fake); a term with weight 0 is not computed and
+    reads 0."""
+    size = len(batch.labels)
     zero = torch.zeros((), device=logits.device)
     losses = {"task": get_task_loss(config.loss)(logits[:size], batch.labels, config.rescale),
               "critic": zero, "latent": zero}
     total = losses["task"]
     fake = None
-    if use_latent:
+    if config.latent_weight > 0:
         losses["latent"] = latent_infonce(z[:size], z[size:2 * size], config.temperature)
         total = total + config.latent_weight * losses["latent"]
-    if use_critic:
+    if config.critic_weight > 0:
         fake = log_rescale(logits[-len(batch.unlabelled_rows):], config.rescale).exp()
-        fake_logits = head.discriminator(fake)
+        fake_logits = discriminator(fake)
         if config.critic_form == "nonsaturating":
             losses["critic"] = critic_nonsaturating(fake_logits)
         else:
-            losses["critic"] = critic(head.discriminator(batch.real), fake_logits)
+            losses["critic"] = critic(discriminator(batch.real), fake_logits)
         total = total + config.critic_weight * losses["critic"]
         fake = fake.detach()
     losses["total"] = total
     return losses, fake
 
 
-def discriminator_loss(discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def model_losses(head: TwinTurboHead, batch: StepBatch, dropout_mask: torch.Tensor,
+                 config: TrainConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Eq. 22's model terms of one head on one step (forward_rows, then step_losses)."""
+    z, logits = forward_rows(head, batch, dropout_mask, config.latent_weight > 0, config.critic_weight > 0)
+    return step_losses(z, logits, batch, config, head.discriminator)
+
+
+def discriminator_loss(discriminator: Callable, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """-Eq. 20: the discriminator maximises the critic value, so it minimises its negative."""
     return -critic(discriminator(real), discriminator(fake))
 
@@ -154,31 +178,41 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.warmup_start_factor + (1.0 - config.warmup_start_factor) * step / config.warmup_steps
 
 
-def make_optimisers(head: TwinTurboHead, config: TrainConfig, device: torch.device):
-    """Two AdamW (model, discriminator) with the same warm-up schedule; fused kernels on CUDA."""
-    fused = device.type == "cuda"
-    model_opt = torch.optim.AdamW(head.model_parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=fused)
-    disc_opt = torch.optim.AdamW(head.discriminator.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                 fused=fused)
+def make_optimisers(model_parameters: list[torch.Tensor], discriminator_parameters: list[torch.Tensor],
+                    config: TrainConfig, fused: bool = False):
+    """Two AdamW (model, discriminator) with the same warm-up schedule; `fused` picks AdamW's fused kernel."""
+    model_opt = torch.optim.AdamW(model_parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    disc_opt = torch.optim.AdamW(discriminator_parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, config))
                  for opt in (model_opt, disc_opt)]
     return model_opt, disc_opt, schedules
 
 
 @torch.inference_mode()
-def evaluate(head: TwinTurboHead, split: SplitTensors, device: torch.device, batch_size: int = 1024) -> float:
-    """Test accuracy: argmax of the logits without dropout, over the samples that have a label."""
-    correct = total = 0
+def evaluate_runs(forward: Callable, split: SplitTensors, device: torch.device, batch_size: int = 1024,
+                  bf16: bool | None = None) -> list[float]:
+    """Each run's test accuracy: argmax of its logits without dropout, over the samples that have a label.
+    `forward(cls, patches)` returns (z, logits) with a leading run axis [K, B, ...]."""
+    correct, total = None, 0
     for start in range(0, len(split), batch_size):
         index = torch.arange(start, min(start + batch_size, len(split)))
         cls, patches, labels = split.batch(index, device)
-        with autocast(device):
-            _, logits = head(cls, patches)
+        with autocast(device, bf16):
+            _, logits = forward(cls, patches)
         known = labels >= 0
-        correct += int((logits.argmax(dim=1) == labels)[known].sum())
+        hits = ((logits.argmax(dim=2) == labels) & known).sum(dim=1).cpu()
+        correct = hits if correct is None else correct + hits
         total += int(known.sum())
-    return correct / max(total, 1)
+    return [int(c) / max(total, 1) for c in correct]
+
+
+def evaluate(head: TwinTurboHead, split: SplitTensors, device: torch.device, batch_size: int = 1024) -> float:
+    """One head's test accuracy (see evaluate_runs)."""
+    def forward(cls: torch.Tensor, patches: torch.Tensor):
+        z, logits = head(cls, patches)
+        return z.unsqueeze(0), logits.unsqueeze(0)
+
+    return evaluate_runs(forward, split, device, batch_size)[0]
 
 
 @dataclass
@@ -187,103 +221,149 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-def _first_nonfinite(window: list[torch.Tensor], first_step: int) -> None:
-    """Read the buffered per-step losses; raise with the step number of the first non-finite one."""
-    values = torch.stack(window).cpu()
-    bad = ~torch.isfinite(values).all(dim=1)
-    if bad.any():
-        offset = int(torch.nonzero(bad)[0, 0])
-        row = values[offset]
-        names = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(LOSS_NAMES, row))
-        raise TwinTurboError(
-            f"loss is not finite at step {first_step + offset} ({names}); lower --lr or check the features"
-        )
+def check_fusable(configs: list[TrainConfig]) -> None:
+    """Raise ValueError unless the configs differ only in PER_RUN_FIELDS (a programming error in the caller)."""
+    if not configs:
+        raise ValueError("no runs to train")
+    shared = [{k: v for k, v in c.to_dict().items() if k not in PER_RUN_FIELDS} for c in configs]
+    for other in shared[1:]:
+        if other != shared[0]:
+            diff = sorted(k for k in other if other[k] != shared[0][k])
+            raise ValueError(f"runs differ in {diff}: they do not see the same batches and cannot be fused")
 
 
-def train(config: TrainConfig, train_split: SplitTensors, test_split: SplitTensors, num_classes: int,
-          device: torch.device, progress: bool = True) -> TrainResult:
-    """Train one head on in-memory splits (Eq. 22, the step order of this module's docstring); evaluate each epoch."""
-    config.validate()
+def _nonfinite_message(step: int, values: torch.Tensor) -> str:
+    names = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(LOSS_NAMES, values))
+    return f"loss is not finite at step {step} ({names}); lower --lr or check the features"
+
+
+def train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_split: SplitTensors, num_classes: int,
+               device: torch.device, progress: bool = True,
+               acceleration: Acceleration | None = None) -> list[TrainResult]:
+    """Train K runs that differ only in PER_RUN_FIELDS in one pass on in-memory splits (Eq. 22, the step order of
+    this module's docstring); evaluate each epoch. One TrainResult per run, in the order of `configs`."""
+    for config in configs:
+        config.validate()
+    check_fusable(configs)
+    first, k = configs[0], len(configs)
+    accel = acceleration or Acceleration.for_device(device)
     if device.type == "cuda":
         # Same seed, same device -> same accuracy: deterministic cuBLAS and kernels.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    head = build_head(train_split.cls.shape[1], train_split.patches.shape[2], num_classes, config.proj_dim,
-                      config.pred_dim, config.disc_dim, init_seed=derived_seed(config.seed, "init")).to(device)
-    model_opt, disc_opt, schedules = make_optimisers(head, config, device)
+    heads = RunHeads.build(k, train_split.cls.shape[1], train_split.patches.shape[2], num_classes, first.proj_dim,
+                           first.pred_dim, first.disc_dim, derived_seed(first.seed, "init"), device,
+                           batched=accel.batched_runs)
+    model_opt, disc_opt, schedules = make_optimisers(heads.model_parameters(), heads.discriminator_parameters(), first,
+                                                     fused=accel.fused_adamw)
 
-    draws = start_run_draws(config, train_split.labels, num_classes, device)
+    draws = start_run_draws(first, train_split.labels, num_classes, device)
     data_gen, dropout_gen, subset, partners, prior = draws.data, draws.dropout, draws.subset, draws.partners, draws.prior
-    steps_per_epoch = -(-len(train_split) // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-
-    history, step = [], 0
-    term_weights = {"task": 1.0, "critic": config.critic_weight, "latent": config.latent_weight}
+    steps_per_epoch = -(-len(train_split) // first.batch_size)
+    any_critic = any(c.critic_weight > 0 for c in configs)
+    any_latent = any(c.latent_weight > 0 for c in configs)
+    term_weights = [{"task": 1.0, "critic": c.critic_weight, "latent": c.latent_weight} for c in configs]
     nan_figures, nan_gradients = torch.full((4,), math.nan, device=device), torch.full((3,), math.nan, device=device)
+
+    histories: list[list[dict]] = [[] for _ in configs]
+    nonfinite: list[tuple[int, torch.Tensor] | None] = [None] * k
+    step = 0
     start_time = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="tt-train", unit="step", disable=not progress, dynamic_ncols=True)
-    for epoch in range(config.epochs):
-        plan = epoch_plan(len(train_split), subset, config.batch_size, data_gen)
-        window, window_start, epoch_sums = [], step + 1, torch.zeros(len(LOSS_NAMES), dtype=torch.float64)
-        diagnostics: list[torch.Tensor] = []
-        for unlabelled_index, labelled_index in zip(plan.unlabelled, plan.labelled):
+    bar = tqdm(total=steps_per_epoch * first.epochs, desc="tt-train" if k == 1 else f"fused x{k}", unit="step",
+               disable=not progress, dynamic_ncols=True, leave=k == 1)
+    for epoch in range(first.epochs):
+        plan = epoch_plan(len(train_split), subset, first.batch_size, data_gen)
+        window, epoch_sums = [], torch.zeros(k, len(LOSS_NAMES), dtype=torch.float64)
+        diagnostics: list[list[torch.Tensor]] = [[] for _ in configs]
+        for index, (unlabelled_index, labelled_index) in enumerate(zip(plan.unlabelled, plan.labelled)):
             step += 1
             # 1. batch
             star_index = draw_partners(partners, labelled_index, data_gen)
             real = draw_prior_onehot(prior, len(unlabelled_index), data_gen).to(device)
-            batch = StepBatch.gather(train_split, device, labelled_index,
-                                     unlabelled_index if config.critic_weight > 0 else None,
-                                     star_index if config.latent_weight > 0 else None, real)
+            batch = StepBatch.gather(train_split, device, labelled_index, unlabelled_index if any_critic else None,
+                                     star_index if any_latent else None, real)
             # 2. dropout masks
-            mask = draw_dropout_mask((3 * len(batch.labels), config.proj_dim), config.dropout, dropout_gen, device)
-            # 3. model step: Eq. 22
-            losses, fake = model_losses(head, batch, mask, config)
-            gradient_norms = nan_gradients
+            mask = draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, dropout_gen, device)
+            # 3. model step: Eq. 22 for every run
+            z, logits = forward_rows(heads.forward, batch, mask, any_latent, any_critic, accel.bf16)
+            run_losses = [step_losses(z[run], logits[run], batch, config, partial(heads.discriminator, run))
+                          for run, config in enumerate(configs)]
+            gradient_norms = [nan_gradients] * k
             if step % GRADIENT_EVERY == 0:
-                gradient_norms = term_gradient_norms(losses, term_weights, head.projector.fc.weight)
+                gradient_norms = [term_gradient_norms(losses, weights, heads.shared_weight())
+                                  for (losses, _), weights in zip(run_losses, term_weights)]
             model_opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
+            torch.stack([losses["total"] for losses, _ in run_losses]).sum().backward()
             model_opt.step()
             # 4. critic step: D ascends Eq. 20 on the same real draws and the pre-update model's predictions
-            disc_value, figures = torch.zeros((), device=device), nan_figures
-            if fake is not None:
+            disc_values, figures = [torch.zeros((), device=device)] * k, [nan_figures] * k
+            if any_critic:
                 disc_opt.zero_grad(set_to_none=True)  # drops what the model's backward left on D
-                real_logits, fake_logits = head.discriminator(real), head.discriminator(fake)
-                disc_value = -critic(real_logits, fake_logits)  # = discriminator_loss(D, real, fake)
-                disc_value.backward()
+                for run, (_, fake) in enumerate(run_losses):
+                    if fake is not None:
+                        real_logits, fake_logits = heads.discriminator(run, real), heads.discriminator(run, fake)
+                        disc_values[run] = -critic(real_logits, fake_logits)  # = discriminator_loss(D, real, fake)
+                        figures[run] = critic_figures(real_logits.detach(), fake_logits.detach(), fake, prior)
+                torch.stack(disc_values).sum().backward()
                 disc_opt.step()
-                figures = critic_figures(real_logits.detach(), fake_logits.detach(), fake, prior)
-            diagnostics.append(torch.cat([figures, gradient_norms]))
             # 5. schedule (the discriminator's only advances when it trains, i.e. for every step or never)
             schedules[0].step()
-            if fake is not None:
+            if any_critic:
                 schedules[1].step()
             # log
-            window.append(torch.stack([losses[n].detach().float() for n in LOSS_NAMES[:4]] + [disc_value.detach()]))
-            if len(window) == SYNC_EVERY or step == window_start + len(plan) - 1:
-                _first_nonfinite(window, step - len(window) + 1)
-                values = torch.stack(window).cpu().double()
-                epoch_sums += values.sum(dim=0)
-                last = values[-1]
-                bar.set_postfix({n: f"{float(v):.3f}" for n, v in zip(LOSS_NAMES, last)
-                                 if n in active_terms(config)}, refresh=False)
+            window.append(torch.stack([torch.stack([losses[n].detach().float() for n in LOSS_NAMES[:4]]
+                                                    + [disc.detach()]) for (losses, _), disc in
+                                       zip(run_losses, disc_values)]))
+            for run in range(k):
+                diagnostics[run].append(torch.cat([figures[run], gradient_norms[run]]))
+            if len(window) == SYNC_EVERY or index == len(plan) - 1:
+                block = torch.stack(window).cpu().double()  # [steps, K, 5]
+                for run in range(k):
+                    bad = ~torch.isfinite(block[:, run]).all(dim=1)
+                    if nonfinite[run] is None and bad.any():
+                        offset = int(torch.nonzero(bad)[0, 0])
+                        nonfinite[run] = (step - len(window) + 1 + offset, block[offset, run])
+                epoch_sums += block.sum(dim=0)
+                if k == 1:
+                    bar.set_postfix({n: f"{float(v):.3f}" for n, v in zip(LOSS_NAMES, block[-1, 0])
+                                     if n in active_terms(first)}, refresh=False)
                 bar.update(len(window))
                 window = []
-        accuracy = evaluate(head, test_split, device, config.eval_batch_size)
+                if all(entry is not None for entry in nonfinite):
+                    break  # every run has diverged: nothing left to train
+        accuracies = evaluate_runs(heads.forward, test_split, device, first.eval_batch_size, accel.bf16)
         means = epoch_sums / len(plan)
-        history.append({"epoch": epoch + 1, "test_accuracy": accuracy,
-                        "mean_losses": {n: float(v) for n, v in zip(LOSS_NAMES, means) if n in active_terms(config)},
-                        "diagnostics": epoch_means(diagnostics)})
-        if progress:
-            bar.write(f"epoch {epoch + 1}/{config.epochs}: test accuracy {accuracy:.4f}  "
-                      + "  ".join(f"{n} {v:.4f}" for n, v in history[-1]["mean_losses"].items()))
+        for run, config in enumerate(configs):
+            histories[run].append({
+                "epoch": epoch + 1, "test_accuracy": accuracies[run],
+                "mean_losses": {n: float(v) for n, v in zip(LOSS_NAMES, means[run]) if n in active_terms(config)},
+                "diagnostics": epoch_means(diagnostics[run])})
+        if progress and k == 1:
+            bar.write(f"epoch {epoch + 1}/{first.epochs}: test accuracy {accuracies[0]:.4f}  "
+                      + "  ".join(f"{n} {v:.4f}" for n, v in histories[0][-1]["mean_losses"].items()))
+        if all(entry is not None for entry in nonfinite):
+            break
     bar.close()
     wall = time.perf_counter() - start_time
-    metrics = {"test_accuracy": history[-1]["test_accuracy"], "epochs": history, "steps": step,
-               "wall_time_s": wall, "device": str(device), "num_classes": num_classes,
-               "train_samples": len(train_split), "test_samples": len(test_split),
-               "labelled_indices": subset.tolist()}
-    return TrainResult(head, metrics)
+    results = []
+    for run, history in enumerate(histories):
+        metrics = {"test_accuracy": history[-1]["test_accuracy"], "epochs": history, "steps": step,
+                   "wall_time_s": wall, "device": str(device), "threads": torch.get_num_threads(),
+                   "num_classes": num_classes, "fused_runs": k, "train_samples": len(train_split),
+                   "test_samples": len(test_split), "labelled_indices": subset.tolist(),
+                   "nonfinite_step": nonfinite[run][0] if nonfinite[run] else None,
+                   "nonfinite_message": _nonfinite_message(*nonfinite[run]) if nonfinite[run] else None}
+        results.append(TrainResult(heads.head(run), metrics))
+    return results
+
+
+def train(config: TrainConfig, train_split: SplitTensors, test_split: SplitTensors, num_classes: int,
+          device: torch.device, progress: bool = True, acceleration: Acceleration | None = None) -> TrainResult:
+    """Train one head (train_runs with K = 1); a loss that stops being finite is a user error naming the step."""
+    (result,) = train_runs([config], train_split, test_split, num_classes, device, progress, acceleration)
+    if result.metrics["nonfinite_step"] is not None:
+        raise TwinTurboError(result.metrics["nonfinite_message"])
+    return result
 
 
 def active_terms(config: TrainConfig) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """The ablation grid of section 4.4: setups x lambda grids x label budgets x seeds, the run table, and its results file.
 
-What this module owns, and nothing else (training is `fused.py`, scheduling `launch.py`, figures `report.py`):
+What this module owns, and nothing else (training is `loop.py`, scheduling `launch.py`, figures `report.py`):
 
 - the seven setups of Figures 2-4 and their expansion into `RunSpec`s (setup 1 has no lambda, 2-4 sweep lambda_C,
   5-7 sweep lambda_C x lambda_L, Eq. 22), from options or a `--grid FILE` (TOML or YAML);
@@ -64,14 +64,20 @@ SETUPS: dict[int, Setup] = {
 # the label budget and the seed). Values left unset keep tt-train's defaults (the paper's schedule and widths).
 PER_RUN_FIELDS = ("loss", "rescale", "critic_weight", "latent_weight", "labels", "seed")
 TRAINING_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in PER_RUN_FIELDS)
-# Grid-file spellings of tt-train's option names that differ from the field names.
-TRAINING_ALIASES = {"warmup": "warmup_steps"}
+# Grid files may also spell a training field as its tt-train flag (warmup for warmup_steps, ...).
+TRAINING_ALIASES = {f.metadata["flag"].lstrip("-").replace("-", "_"): f.name for f in fields(TrainConfig)
+                    if f.metadata["flag"].lstrip("-").replace("-", "_") != f.name}
 
 DEFAULT_SETUPS = tuple(SETUPS)
 DEFAULT_LABELS = (100, 1000)
 DEFAULT_SEEDS = (42, 1337, 3435)
 DEFAULT_CRITIC_GRID = (0.01, 0.1, 1.0)
 DEFAULT_LATENT_GRID = (0.01, 0.1, 1.0)
+
+
+def format_list(values: Iterable) -> str:
+    """(100, 1000) -> '100,1000': how the list options show their defaults."""
+    return ",".join(format_weight(v) if isinstance(v, float) else str(v) for v in values)
 
 
 def _canonical(value: Any) -> str:
@@ -403,3 +409,55 @@ def run_table(runs: list[RunSpec], finished: set[str] = frozenset()) -> str:
     done = sum(run.run_id in finished for run in runs)
     lines.append(f"{len(runs)} runs ({done} done, {len(runs) - done} to train)")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The engine behind tt-sweep
+# ---------------------------------------------------------------------------------------------------------------------
+
+LIST_KINDS = {"setups": int, "labels": int, "seeds": int, "critic_grid": float, "latent_grid": float}
+
+
+def build_grid(grid_file: str | None, lists: dict[str, str | None], training: dict[str, Any]) -> SweepGrid:
+    """The grid of a sweep: a --grid file when given, then the command line's list options and training flags over
+    it (`None` = not given); what neither sets keeps the defaults of this module and of TrainConfig."""
+    data = load_grid_file(grid_file) if grid_file else {}
+    shared = dict(data.pop("training", {}) or {})
+    for key, text in lists.items():
+        if text is not None:
+            data[key] = parse_list(text, LIST_KINDS[key], "--" + key.replace("_", "-"))
+    shared.update({name: value for name, value in training.items() if value is not None})
+    data["training"] = shared
+    return SweepGrid.from_dict(data, source=f"--grid {grid_file}" if grid_file else "options")
+
+
+def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse: int | None, workers: int,
+              dry_run: bool, extend: bool, launcher: str, slurm, echo=print) -> None:
+    """What tt-sweep does: check the store and SWEEP_DIR, skip finished runs, train the rest in fused groups on the
+    chosen launcher (rows are appended to results.jsonl as runs finish)."""
+    from twinturbo.common.device import resolve_device
+    from twinturbo.common.store import open_store
+    from twinturbo.train import launch
+
+    if fuse is None:
+        fuse = launch.DEFAULT_FUSE.get(resolve_device(device).type, 1)
+    if fuse < 1:
+        raise TwinTurboError(f"--fuse {fuse}: expected a number of runs >= 1")
+    with open_store(features) as store:
+        store.require_complete()
+        identity = store.identity()
+    runs = grid.expand(identity["fingerprint"])
+    if dry_run:
+        finished = finished_run_ids(sweep_dir) if (Path(sweep_dir) / RESULTS_FILE).exists() else set()
+        echo(run_table(runs, finished))
+        return
+    prepare_sweep_dir(sweep_dir, grid, identity, extend)
+    todo = pending_runs(runs, finished_run_ids(sweep_dir))
+    echo(f"tt-sweep: {len(runs)} runs in the grid, {len(runs) - len(todo)} already done, {len(todo)} to train "
+         f"(fused by up to {fuse})")
+    groups = list(fusion_groups(todo, fuse))
+    if launcher == "local":
+        launch.launch_local(features, sweep_dir, groups, device, workers)
+    else:
+        launch.launch_submitit(features, sweep_dir, groups, device, slurm)
+    echo(f"tt-sweep: results in {Path(sweep_dir) / RESULTS_FILE}; figures: tt-report {sweep_dir}")
