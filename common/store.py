@@ -139,9 +139,6 @@ class _ZarrBackend:
     def array(self, split: str, name: str):
         return self.root[split][name]
 
-    def has_array(self, split: str, name: str) -> bool:
-        return name in self.root[split]
-
     def write(self, split: str, name: str, start: int, values: np.ndarray) -> None:
         # Opening an array re-reads its zarr.json: ~7% of writing a RADIO-size chunk, so keep it open.
         key = (split, name)
@@ -227,7 +224,7 @@ class _Hdf5Backend:
     def _decode(value):
         if isinstance(value, bytes):
             value = value.decode()
-        if isinstance(value, str) and value[:1] in "[{":
+        if isinstance(value, str) and (value[:1] in "[{" or value == "null"):
             try:
                 return json.loads(value)
             except json.JSONDecodeError:
@@ -238,7 +235,8 @@ class _Hdf5Backend:
 
     @staticmethod
     def _encode(value):
-        return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+        """HDF5 attributes hold strings and numbers: containers and None (e.g. `limit` without --limit) go as JSON."""
+        return json.dumps(value) if value is None or isinstance(value, (dict, list, tuple)) else value
 
     def attrs(self) -> dict:
         return {k: self._decode(v) for k, v in self.file.attrs.items()}
@@ -264,9 +262,6 @@ class _Hdf5Backend:
 
     def array(self, split: str, name: str):
         return self.file[split][name]
-
-    def has_array(self, split: str, name: str) -> bool:
-        return name in self.file[split]
 
     def write(self, split: str, name: str, start: int, values: np.ndarray) -> None:
         self.file[split][name][start:start + len(values)] = values
@@ -388,13 +383,16 @@ class SplitReader:
         """Bytes of RAM `load_all` needs (float16, int8 stores included): compare with free memory first."""
         return 2 * self.n * (self.cls_dim + self.num_patches * self.patch_dim)
 
-    def load_all(self, progress: bool = True, samples_per_read: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    def load_all(self, progress: bool = True, samples_per_read: int = 512, out_cls: np.ndarray | None = None,
+                 out_patches: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The whole split in memory as float16 (cls [N, Dc], patches [N, T, Dp]), filled in order a few whole
-        chunks (about `samples_per_read` samples) at a time, with a progress bar."""
+        chunks (about `samples_per_read` samples) at a time, with a progress bar; into `out_*` when given (e.g.
+        numpy views of pinned torch tensors)."""
         from tqdm.auto import tqdm
 
-        cls = np.empty((self.n, self.cls_dim), dtype=np.float16)
-        patches = np.empty((self.n, self.num_patches, self.patch_dim), dtype=np.float16)
+        cls = np.empty((self.n, self.cls_dim), dtype=np.float16) if out_cls is None else out_cls
+        patches = (np.empty((self.n, self.num_patches, self.patch_dim), dtype=np.float16) if out_patches is None
+                   else out_patches)
         chunks_per_read = max(1, samples_per_read // self.chunk_size)
         with tqdm(total=self.n, unit="sample", desc=f"loading {self.name}", disable=not progress, leave=False) as bar:
             for start, stop in self.iter_chunks(chunks_per_read):
@@ -407,11 +405,6 @@ class SplitReader:
         step = self.chunk_size * chunks_per_read
         for start in range(0, self.n, step):
             yield start, min(start + step, self.n)
-
-    def nbytes(self) -> int:
-        per_patch = 1 if self.patch_dtype == "int8" else 2
-        scales = 2 * self.num_patches if self.patch_dtype == "int8" else 0
-        return self.n * (2 * self.cls_dim + per_patch * self.num_patches * self.patch_dim + scales + 8)
 
 
 class FeatureStore:

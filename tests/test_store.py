@@ -143,3 +143,14 @@ def test_int8_store_writes_the_quantised_tokens_and_their_scales(tmp_path):
     np.testing.assert_array_equal(group["patches"][...], q)
     np.testing.assert_array_equal(group["patch_scales"][...], scale)
     assert group["patches"].dtype == np.int8 and group["patch_scales"].shape == (10, 3)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_attributes_without_a_value_round_trip(tmp_path, fmt):
+    """Regression: HDF5 has no None, so every extraction without --limit (attribute `limit: None`) crashed."""
+    path = store_path(tmp_path, fmt)
+    with create_store(path, dict(ATTRS, limit=None, n={"train": 10}), LAYOUTS, CHUNK) as store:
+        write_all(store, "train", *fake_tokens(LAYOUTS["train"], 0))
+    with open_store(path) as store:
+        assert store.attrs["limit"] is None and store.attrs["n"] == {"train": 10}
+        assert store.attrs["class_names"] == ["a", "b", "c"]

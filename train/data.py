@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FeatureStore
 
 # Leave this share of free memory to the model, optimiser states and activations.
 MEMORY_HEADROOM = 0.7
-READ_CHUNKS = 8  # store chunks per read: big enough to amortise per-call overhead, small enough for a smooth bar
+READ_SAMPLES = 512  # samples per read: big enough to amortise per-call overhead, small enough for a smooth bar
 
 
 @dataclass
@@ -58,34 +56,24 @@ def available_host_memory() -> int | None:
 
 
 def load_split(store: FeatureStore, split: str, device: torch.device, progress: bool = True) -> SplitTensors:
-    """Read a whole split into memory: on `device` when it is a GPU with room for it, else in host memory.
-
-    A split larger than the free host memory is refused with a message (re-extracting with `--dtype int8` halves it).
-    """
+    """Read a whole split into memory: on `device` when it is a GPU with room for it, else in host memory (pinned
+    when training on a GPU). A split larger than the free host memory is refused with a message."""
     reader = store.split(split)
-    nbytes = reader.n * (2 * reader.cls_dim + 2 * reader.num_patches * reader.patch_dim)
+    nbytes = reader.loaded_nbytes()
     free_host = available_host_memory()
     if free_host is not None and nbytes > MEMORY_HEADROOM * free_host:
         raise TwinTurboError(
             f"{store.path}: split '{split}' needs {nbytes / 2**30:.1f} GiB in memory but only "
             f"{free_host / 2**30:.1f} GiB is available (re-extract with --dtype int8, or use a bigger machine)"
         )
-    target = torch.device("cpu")
-    if device.type == "cuda":
-        free_gpu, _ = torch.cuda.mem_get_info(device)
-        if nbytes < MEMORY_HEADROOM * free_gpu:
-            target = device
-    cls = torch.empty((reader.n, reader.cls_dim), dtype=torch.float16, device=target)
-    patches = torch.empty((reader.n, reader.num_patches, reader.patch_dim), dtype=torch.float16, device=target)
-    if target.type == "cpu" and device.type == "cuda":
-        cls, patches = cls.pin_memory(), patches.pin_memory()
-    ranges = list(reader.iter_chunks(READ_CHUNKS))
-    for start, stop in tqdm(ranges, desc=f"load {split}", unit="read", disable=not progress or len(ranges) < 2,
-                            leave=False):
-        chunk_cls, chunk_patches = reader.read(start, stop)
-        cls[start:stop] = torch.from_numpy(np.ascontiguousarray(chunk_cls))
-        patches[start:stop] = torch.from_numpy(np.ascontiguousarray(chunk_patches))
-    labels = torch.from_numpy(reader.labels()).to(target)
+    on_gpu = device.type == "cuda" and nbytes < MEMORY_HEADROOM * torch.cuda.mem_get_info(device)[0]
+    cls = torch.empty((reader.n, reader.cls_dim), dtype=torch.float16, pin_memory=device.type == "cuda")
+    patches = torch.empty((reader.n, reader.num_patches, reader.patch_dim), dtype=torch.float16,
+                          pin_memory=device.type == "cuda")
+    reader.load_all(progress, READ_SAMPLES, out_cls=cls.numpy(), out_patches=patches.numpy())
+    labels = torch.from_numpy(reader.labels())
+    if on_gpu:
+        cls, patches, labels = cls.to(device), patches.to(device), labels.to(device)
     return SplitTensors(cls, patches, labels)
 
 
