@@ -27,12 +27,14 @@ from pathlib import Path
 
 import torch
 
-from twinturbo.common.device import Acceleration, resolve_device
+from twinturbo.common.device import resolve_device
 from twinturbo.train.data import SplitTensors
-from twinturbo.train.loop import StepBatch, discriminator_loss, make_optimisers, model_losses
-from twinturbo.train.model import build_head, draw_dropout_mask
+from twinturbo.train.loop import StepBatch
+from twinturbo.train.model import build_head
 from twinturbo.train.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
 from twinturbo.train.sweep import SETUPS, RunSpec
+
+from head_step import make_step  # bench/head_step.py, next to this script
 
 
 def main() -> None:
@@ -79,19 +81,7 @@ def main() -> None:
             batches.append((labelled, unlabelled if spec.critic else None, star if spec.latent else None, real))
 
         head = build_head(cls_dim, patch_dim, classes, proj, pred, disc, init_seed=0).to(device)
-        model_opt, disc_opt, _ = make_optimisers(head.model_parameters(), head.discriminator.parameters(), config,
-                                                 fused=Acceleration.for_device(device).fused_adamw)
-
-        def step(batch: StepBatch) -> None:
-            mask = draw_dropout_mask((3 * len(batch.labels), proj), config.dropout, draws.dropout, device)
-            losses, fake = model_losses(head, batch, mask, config)
-            model_opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            model_opt.step()
-            if fake is not None:
-                disc_opt.zero_grad(set_to_none=True)
-                discriminator_loss(head.discriminator, batch.real, fake).backward()
-                disc_opt.step()
+        step = make_step(head, config, device, draws.dropout)
 
         def plain(labelled, unlabelled, star, real) -> StepBatch:
             l_cls, l_patches, labels = split.batch(labelled, device)

@@ -25,11 +25,13 @@ from pathlib import Path
 
 import torch
 
-from twinturbo.common.device import Acceleration, resolve_device
+from twinturbo.common.device import resolve_device
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import SplitTensors
-from twinturbo.train.loop import StepBatch, autocast, discriminator_loss, make_optimisers, model_losses
-from twinturbo.train.model import build_head, draw_dropout_mask
+from twinturbo.train.loop import StepBatch, autocast
+from twinturbo.train.model import build_head
+
+from head_step import make_step  # bench/head_step.py, next to this script
 
 
 def build_backbone(spec: str, resolution: int, random_weights: bool):
@@ -69,26 +71,6 @@ def head_step_flops(config: TrainConfig, batch: int, cls_dim: int, num_patches: 
     disc = 2 * (num_classes * config.disc_dim + config.disc_dim ** 2 + config.disc_dim)
     disc_evals = 4 * batch if config.critic_weight > 0 else 0  # real + fake in the model step and in the D step
     return 3.0 * (samples * per_sample + disc_evals * disc)
-
-
-def make_step(head, config: TrainConfig, device: torch.device):
-    model_opt, disc_opt, _ = make_optimisers(head.model_parameters(), head.discriminator.parameters(), config,
-                                                 fused=Acceleration.for_device(device).fused_adamw)
-    dropout_gen = torch.Generator(device=device).manual_seed(0)
-
-    def step(batch: StepBatch) -> torch.Tensor:
-        mask = draw_dropout_mask((3 * len(batch.labels), config.proj_dim), config.dropout, dropout_gen, device)
-        losses, fake = model_losses(head, batch, mask, config)
-        model_opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        model_opt.step()
-        if fake is not None:
-            disc_opt.zero_grad(set_to_none=True)
-            discriminator_loss(head.discriminator, batch.real, fake).backward()
-            disc_opt.step()
-        return losses["total"]
-
-    return step
 
 
 def timed(step_fn, steps: int, warmup: int, device: torch.device) -> float:

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twinturbo.common.store import SplitLayout, create_store
+from twinturbo.train.config import TrainConfig
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -243,3 +246,98 @@ def image_folder_raw(tmp_path_factory) -> RawDataset:
 def image_folder(image_folder_raw) -> Path:
     """The folder to pass as `folder:PATH`; its store name is "pets"."""
     return image_folder_raw.root
+
+
+# ---- feature stores --------------------------------------------------------------------------------------------------
+# Writers of small complete (or deliberately incomplete) feature stores in the real format, as fixtures returning the
+# writer; `synthetic_store` / `synthetic_splits` are one shared 10-class store and its splits loaded for training.
+
+SYNTHETIC_CLASSES = 10
+TINY_CLASSES = 4
+
+
+def _write_synthetic_store(path: Path, n_train: int = 400, n_test: int = 200, scale: float = 1.0, chunk: int = 64,
+                         complete: bool = True, cls_dim: int = 24, num_patches: int = 4, patch_dim: int = 16,
+                         seed: int = 0) -> Path:
+    """A real-format store whose tokens are class means plus noise: a head must separate them easily."""
+    rng = np.random.default_rng(seed)
+    cls_means = rng.normal(size=(SYNTHETIC_CLASSES, cls_dim)) * 1.5
+    patch_means = rng.normal(size=(SYNTHETIC_CLASSES, patch_dim)) * 1.5
+    layouts = {s: SplitLayout(n, cls_dim, num_patches, patch_dim) for s, n in (("train", n_train), ("test", n_test))}
+    attrs = {"dataset": "synthetic", "backbone": "none", "weights_id": "none", "resolution": 0,
+             "class_names": [f"class{c}" for c in range(SYNTHETIC_CLASSES)]}
+    with create_store(path, attrs, layouts, chunk_size=chunk) as store:
+        for split, n in (("train", n_train), ("test", n_test)):
+            labels = np.arange(n) % SYNTHETIC_CLASSES
+            rng.shuffle(labels)
+            cls = (cls_means[labels] + rng.normal(size=(n, cls_dim))) * scale
+            patches = (patch_means[labels][:, None, :] + rng.normal(size=(n, num_patches, patch_dim))) * scale
+            chunks = range(-(-n // chunk))
+            for k in chunks if complete or split == "test" else list(chunks)[:-1]:
+                sl = slice(k * chunk, (k + 1) * chunk)
+                store.write_chunk(split, k, cls[sl], patches[sl], labels[sl])
+    return path
+
+
+def _write_tiny_store(path, n_train=96, n_test=40, cls_dim=12, patches=3, patch_dim=8, chunk=16, seed=0,
+               dataset="synthetic"):
+    """A tiny complete store whose tokens carry their class (a class centroid plus noise)."""
+    rng = np.random.default_rng(seed)
+    centroids_cls = rng.normal(size=(TINY_CLASSES, cls_dim)) * 2
+    centroids_patch = rng.normal(size=(TINY_CLASSES, patch_dim)) * 2
+    layouts = {"train": SplitLayout(n_train, cls_dim, patches, patch_dim),
+               "test": SplitLayout(n_test, cls_dim, patches, patch_dim)}
+    attrs = {"dataset": dataset, "backbone": "synthetic", "weights_id": "none", "resolution": 8,
+             "class_names": [f"c{i}" for i in range(TINY_CLASSES)], "created": "2026-01-01T00:00:00"}
+    store = create_store(path, attrs, layouts, chunk_size=chunk)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % TINY_CLASSES
+        rng.shuffle(labels)
+        cls = centroids_cls[labels] + rng.normal(size=(n, cls_dim))
+        tokens = centroids_patch[labels][:, None, :] + rng.normal(size=(n, patches, patch_dim))
+        for c in range(-(-n // chunk)):
+            a, b = c * chunk, min((c + 1) * chunk, n)
+            store.write_chunk(split, c, cls[a:b], tokens[a:b], labels[a:b])
+    store.close()
+    return path
+
+
+def _quick_config(**overrides) -> TrainConfig:
+    values = dict(labels=50, epochs=4, batch_size=64, lr=2e-3, warmup=5, proj_dim=64, pred_dim=32, disc_dim=16)
+    values.update(overrides)
+    values["warmup_steps"] = values.pop("warmup")
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def write_synthetic_store():
+    """Write a 10-class store whose tokens are class means plus noise: `write_synthetic_store(path, **options)`."""
+    return _write_synthetic_store
+
+
+@pytest.fixture(scope="session")
+def write_tiny_store():
+    """Write a 4-class store of a few dozen samples (the sweep and fused-training tests)."""
+    return _write_tiny_store
+
+
+@pytest.fixture(scope="session")
+def quick_config():
+    """A TrainConfig for the synthetic store that trains in seconds: `quick_config(**overrides)`."""
+    return _quick_config
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory) -> Path:
+    return _write_synthetic_store(tmp_path_factory.mktemp("store") / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def synthetic_splits(synthetic_store):
+    import torch
+
+    from twinturbo.common.store import open_store
+    from twinturbo.train.data import load_split
+
+    with open_store(synthetic_store) as store:
+        return load_split(store, "train", torch.device("cpu")), load_split(store, "test", torch.device("cpu"))

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from test_loop import make_synthetic_store, quick_config
 from twinturbo.common.store import open_store
 from twinturbo.train.baseline import logistic_baseline, run_labelled_subset, spreading_baseline
 from twinturbo.train.data import load_split
@@ -15,8 +14,8 @@ from twinturbo.train.loop import train
 from twinturbo.train.report import make_report
 
 
-def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path):
-    path = make_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=0.4)
+def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path, quick_config, write_synthetic_store):
+    path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=0.4)
     with open_store(path) as store:
         train_split = load_split(store, "train", torch.device("cpu"))
         test_split = load_split(store, "test", torch.device("cpu"))
@@ -50,11 +49,11 @@ def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path):
            f"{100 * expected - 50:+.2f} ({100 * expected - 50:+.2f}..{100 * expected - 50:+.2f}) | 1 |" in summary
 
 
-def test_label_spreading_matches_an_independent_sklearn_fit_on_the_same_subset(tmp_path):
+def test_label_spreading_matches_an_independent_sklearn_fit_on_the_same_subset(tmp_path, write_synthetic_store):
     from sklearn.decomposition import PCA
     from sklearn.semi_supervised import LabelSpreading
 
-    path = make_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=0.8, cls_dim=80)
+    path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=0.8, cls_dim=80)
     with open_store(path) as store:
         x_train = store.split("train").read_cls(0, 300).astype(np.float32)
         y_train = store.split("train").labels()

@@ -10,7 +10,9 @@ import torch
 from twinturbo.train.diagnostics import DIAGNOSTIC_NAMES, critic_figures, epoch_means, term_gradient_norms
 from twinturbo.train.loop import StepBatch, model_losses, train
 from twinturbo.train.model import build_head, draw_dropout_mask
-from test_loop import CLASSES, SMALL, quick_config, splits, store_path  # noqa: F401  (module-scoped fixtures)
+
+CLASSES = 10  # of the synthetic store (conftest.py)
+SMALL = dict(proj_dim=64, pred_dim=32, disc_dim=16)
 
 
 def test_critic_figures_match_a_numpy_computation():
@@ -25,8 +27,8 @@ def test_critic_figures_match_a_numpy_computation():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_gradient_norms_equal_separate_backward_passes(splits):
-    train_split, _ = splits
+def test_gradient_norms_equal_separate_backward_passes(synthetic_splits, quick_config):
+    train_split, _ = synthetic_splits
     cls, patches, labels = train_split.batch(torch.arange(16), torch.device("cpu"))
     real = torch.eye(CLASSES)[torch.arange(16) % CLASSES]
     mask = draw_dropout_mask((48, 64), 0.3, torch.Generator().manual_seed(1))
@@ -52,8 +54,8 @@ def test_epoch_means_skip_unmeasured_steps():
                                    "marginal_tv": 0.2, "grad_task": 3.0})
 
 
-def test_a_run_records_diagnostics_per_epoch_without_changing_its_result(splits, monkeypatch):
-    train_split, test_split = splits
+def test_a_run_records_diagnostics_per_epoch_without_changing_its_result(synthetic_splits, monkeypatch, quick_config):
+    train_split, test_split = synthetic_splits
     config = quick_config(epochs=2, critic_weight=0.5)
     metrics = train(config, train_split, test_split, CLASSES, torch.device("cpu"), progress=False).metrics
     diagnostics = metrics["epochs"][-1]["diagnostics"]

@@ -13,30 +13,7 @@ from twinturbo.train.heads import RunHeads
 from twinturbo.train.loop import check_fusable, train, train_runs
 from twinturbo.train.model import build_head
 
-NUM_CLASSES = 4
-
-
-def make_store(path, n_train=96, n_test=40, cls_dim=12, patches=3, patch_dim=8, chunk=16, seed=0,
-               dataset="synthetic"):
-    """A tiny complete store whose tokens carry their class (a class centroid plus noise)."""
-    rng = np.random.default_rng(seed)
-    centroids_cls = rng.normal(size=(NUM_CLASSES, cls_dim)) * 2
-    centroids_patch = rng.normal(size=(NUM_CLASSES, patch_dim)) * 2
-    layouts = {"train": SplitLayout(n_train, cls_dim, patches, patch_dim),
-               "test": SplitLayout(n_test, cls_dim, patches, patch_dim)}
-    attrs = {"dataset": dataset, "backbone": "synthetic", "weights_id": "none", "resolution": 8,
-             "class_names": [f"c{i}" for i in range(NUM_CLASSES)], "created": "2026-01-01T00:00:00"}
-    store = create_store(path, attrs, layouts, chunk_size=chunk)
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = np.arange(n) % NUM_CLASSES
-        rng.shuffle(labels)
-        cls = centroids_cls[labels] + rng.normal(size=(n, cls_dim))
-        tokens = centroids_patch[labels][:, None, :] + rng.normal(size=(n, patches, patch_dim))
-        for c in range(-(-n // chunk)):
-            a, b = c * chunk, min((c + 1) * chunk, n)
-            store.write_chunk(split, c, cls[a:b], tokens[a:b], labels[a:b])
-    store.close()
-    return path
+NUM_CLASSES = 4  # of the tiny store (conftest.py)
 
 
 TINY = dict(epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, proj_dim=16, pred_dim=12, disc_dim=8, labels=8,
@@ -48,8 +25,8 @@ SETUPS = [("cat_cross", "softmax", 0.0, 0.0), ("cat_cross", "softmax", 0.3, 0.0)
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    store = open_store(make_store(tmp_path_factory.mktemp("fused") / "store"))
+def splits(tmp_path_factory, write_tiny_store):
+    store = open_store(write_tiny_store(tmp_path_factory.mktemp("fused") / "store"))
     device = torch.device("cpu")
     return load_split(store, "train", device, progress=False), load_split(store, "test", device, progress=False)
 

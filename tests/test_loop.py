@@ -16,54 +16,13 @@ from twinturbo.train.loop import (StepBatch, discriminator_loss, evaluate, load_
                                   train, train_from_store)
 from twinturbo.train.model import build_head, draw_dropout_mask
 
-CLASSES = 10
+CLASSES = 10  # of the synthetic store (conftest.py)
 SMALL = dict(proj_dim=64, pred_dim=32, disc_dim=16)
 
 
-def make_synthetic_store(path: Path, n_train: int = 400, n_test: int = 200, scale: float = 1.0, chunk: int = 64,
-                         complete: bool = True, cls_dim: int = 24, num_patches: int = 4, patch_dim: int = 16,
-                         seed: int = 0) -> Path:
-    """A real-format store whose tokens are class means plus noise: a head must separate them easily."""
-    rng = np.random.default_rng(seed)
-    cls_means = rng.normal(size=(CLASSES, cls_dim)) * 1.5
-    patch_means = rng.normal(size=(CLASSES, patch_dim)) * 1.5
-    layouts = {s: SplitLayout(n, cls_dim, num_patches, patch_dim) for s, n in (("train", n_train), ("test", n_test))}
-    attrs = {"dataset": "synthetic", "backbone": "none", "weights_id": "none", "resolution": 0,
-             "class_names": [f"class{c}" for c in range(CLASSES)]}
-    with create_store(path, attrs, layouts, chunk_size=chunk) as store:
-        for split, n in (("train", n_train), ("test", n_test)):
-            labels = np.arange(n) % CLASSES
-            rng.shuffle(labels)
-            cls = (cls_means[labels] + rng.normal(size=(n, cls_dim))) * scale
-            patches = (patch_means[labels][:, None, :] + rng.normal(size=(n, num_patches, patch_dim))) * scale
-            chunks = range(-(-n // chunk))
-            for k in chunks if complete or split == "test" else list(chunks)[:-1]:
-                sl = slice(k * chunk, (k + 1) * chunk)
-                store.write_chunk(split, k, cls[sl], patches[sl], labels[sl])
-    return path
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> Path:
-    return make_synthetic_store(tmp_path_factory.mktemp("store") / "synthetic")
-
-
-@pytest.fixture(scope="module")
-def splits(store_path):
-    with open_store(store_path) as store:
-        return load_split(store, "train", torch.device("cpu")), load_split(store, "test", torch.device("cpu"))
-
-
-def quick_config(**overrides) -> TrainConfig:
-    values = dict(labels=50, epochs=4, batch_size=64, lr=2e-3, warmup=5, **SMALL)
-    values.update(overrides)
-    values["warmup_steps"] = values.pop("warmup")
-    return TrainConfig(**values)
-
-
-def test_load_split_matches_the_store(store_path, splits):
-    train_split, _ = splits
-    with open_store(store_path) as store:
+def test_load_split_matches_the_store(synthetic_store, synthetic_splits):
+    train_split, _ = synthetic_splits
+    with open_store(synthetic_store) as store:
         cls, patches = store.split("train").read(0, 400)
         labels = store.split("train").labels()
     assert torch.equal(train_split.cls, torch.from_numpy(cls))
@@ -71,8 +30,8 @@ def test_load_split_matches_the_store(store_path, splits):
     assert torch.equal(train_split.labels, torch.from_numpy(labels))
 
 
-def test_training_on_separable_tokens_beats_chance_by_far(splits):
-    train_split, test_split = splits
+def test_training_on_separable_tokens_beats_chance_by_far(synthetic_splits, quick_config):
+    train_split, test_split = synthetic_splits
     result = train(quick_config(critic_weight=0.1, latent_weight=0.1), train_split, test_split, CLASSES,
                    torch.device("cpu"), progress=False)
     assert result.metrics["test_accuracy"] > 0.8  # chance is 0.1
@@ -82,8 +41,8 @@ def test_training_on_separable_tokens_beats_chance_by_far(splits):
     assert set(epoch["mean_losses"]) == {"task", "critic", "latent", "total", "disc"}
 
 
-def test_same_seed_same_run_other_seed_other_run(splits):
-    train_split, test_split = splits
+def test_same_seed_same_run_other_seed_other_run(synthetic_splits, quick_config):
+    train_split, test_split = synthetic_splits
     runs = [train(quick_config(seed=s, epochs=1, critic_weight=0.5, latent_weight=0.5), train_split, test_split,
                   CLASSES, torch.device("cpu"), progress=False) for s in (7, 7, 8)]
     strip = lambda m: {k: v for k, v in m.items() if k != "wall_time_s"}  # noqa: E731
@@ -94,10 +53,10 @@ def test_same_seed_same_run_other_seed_other_run(splits):
     assert runs[0].metrics["labelled_indices"] != runs[2].metrics["labelled_indices"]
 
 
-def test_weights_do_not_change_the_data_or_init(splits):
+def test_weights_do_not_change_the_data_or_init(synthetic_splits, quick_config):
     """Same seed and budget, different weights: same labelled subset, and with all weights 0 the same model as a
     run whose weights are 0 too but whose other settings (critic prior) differ: unused terms draw nothing extra."""
-    train_split, test_split = splits
+    train_split, test_split = synthetic_splits
     a = train(quick_config(epochs=1), train_split, test_split, CLASSES, torch.device("cpu"), progress=False)
     b = train(quick_config(epochs=1, prior="labelled"), train_split, test_split, CLASSES, torch.device("cpu"),
               progress=False)
@@ -108,8 +67,8 @@ def test_weights_do_not_change_the_data_or_init(splits):
     assert a.metrics["epochs"] != c.metrics["epochs"]
 
 
-def test_zero_weight_terms_are_not_computed(splits, monkeypatch):
-    train_split, _ = splits
+def test_zero_weight_terms_are_not_computed(synthetic_splits, monkeypatch, quick_config):
+    train_split, _ = synthetic_splits
     import twinturbo.train.loop as loop
 
     def fail(*args, **kwargs):
@@ -127,11 +86,11 @@ def test_zero_weight_terms_are_not_computed(splits, monkeypatch):
     assert torch.equal(losses["total"], losses["task"])
 
 
-def test_model_losses_follow_eq22(splits):
+def test_model_losses_follow_eq22(synthetic_splits, quick_config):
     """total = task + lambda_C critic + lambda_L latent, each term equal to the loss function on a separate forward."""
     from twinturbo.train.losses import bin_cross, critic, latent_infonce
 
-    train_split, _ = splits
+    train_split, _ = synthetic_splits
     head = build_head(24, 16, CLASSES, **SMALL, init_seed=3)
     device = torch.device("cpu")
     cls, patches, labels = train_split.batch(torch.arange(8), device)
@@ -166,30 +125,30 @@ def test_warmup_schedule_is_linear_from_0_001():
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")
-def test_nan_in_the_features_stops_the_run_at_step_1(tmp_path):
-    path = make_synthetic_store(tmp_path / "huge", scale=1e30)  # fp16 overflows to inf: the first forward is NaN
+def test_nan_in_the_features_stops_the_run_at_step_1(tmp_path, quick_config, write_synthetic_store):
+    path = write_synthetic_store(tmp_path / "huge", scale=1e30)  # fp16 overflows to inf: the first forward is NaN
     with pytest.raises(TwinTurboError, match=r"not finite at step 1 "):
         train_from_store(path, quick_config(), torch.device("cpu"), tmp_path / "run", progress=False)
 
 
-def test_run_directory_reopens(store_path, tmp_path):
-    result, run_dir = train_from_store(store_path, quick_config(epochs=1), torch.device("cpu"), tmp_path / "run",
+def test_run_directory_reopens(synthetic_store, tmp_path, quick_config):
+    result, run_dir = train_from_store(synthetic_store, quick_config(epochs=1), torch.device("cpu"), tmp_path / "run",
                                        progress=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] == result.metrics["test_accuracy"]
     assert metrics["store"]["dataset"] == "synthetic" and len(metrics["store"]["fingerprint"]) == 16
     assert json.loads((run_dir / "config.json").read_text()) == quick_config(epochs=1).to_dict()
     head = load_head(run_dir / "head.pt")
-    with open_store(store_path) as store:
+    with open_store(synthetic_store) as store:
         test_split = load_split(store, "test", torch.device("cpu"))
     assert evaluate(head, test_split, torch.device("cpu")) == metrics["test_accuracy"]
 
 
-def test_nan_stops_the_run_with_the_first_bad_step(splits, monkeypatch):
+def test_nan_stops_the_run_with_the_first_bad_step(synthetic_splits, monkeypatch, quick_config):
     """The step is exact even when it falls inside a later window between host syncs."""
     import twinturbo.train.loop as loop
 
-    train_split, test_split = splits
+    train_split, test_split = synthetic_splits
     calls = {"n": 0}
     original = loop.step_losses
 
@@ -207,10 +166,10 @@ def test_nan_stops_the_run_with_the_first_bad_step(splits, monkeypatch):
 
 @pytest.mark.parametrize("setup", [dict(), dict(critic_weight=0.5), dict(critic_weight=0.5, latent_weight=0.5,
                                                                           loss="bin_cross", rescale="sigmoid")])
-def test_each_distinct_sample_is_mixed_once_and_the_step_is_unchanged(splits, setup):
+def test_each_distinct_sample_is_mixed_once_and_the_step_is_unchanged(synthetic_splits, setup, quick_config):
     """A step whose labelled rows repeat 10 samples and whose x* come from the same 10 (as with 100 labels at batch
     512) gives the plain step's losses and gradients, while the head sees each distinct sample once."""
-    train_split, _ = splits
+    train_split, _ = synthetic_splits
     device = torch.device("cpu")
     generator = torch.Generator().manual_seed(3)
     labelled_index = torch.arange(10).repeat(5)[torch.randperm(50, generator=generator)]

@@ -128,3 +128,21 @@ def test_paired_table_against_a_hand_computation(tmp_path):
     assert "| setup 2: cat_cross/softmax + critic | 100 | 0.1 | 0 | 67.00 | 65.00-69.00 | +2.00 (-1.00..+5.00) | 2 |" \
         in summary
     assert "| setup 1: cat_cross/softmax | 100 | 0 | 0 | 65.00 | 60.00-70.00 | +0.00 (+0.00..+0.00) | 2 |" in summary
+
+
+def test_diagnostics_figure_only_when_rows_hold_diagnostics(sweep_dir, tmp_path):
+    directory, rows = sweep_dir
+    out = tmp_path / "plain"
+    assert CliRunner().invoke(report_main, [str(directory), "--no-baseline", "--out", str(out)]).exit_code == 0
+    assert not (out / "diagnostics_digits.png").exists()  # rows without epoch_diagnostics: nothing to draw
+
+    with_diagnostics = tmp_path / "diag"
+    with_diagnostics.mkdir()
+    for row in rows:
+        diagnostics = {"d_real_acc": 0.9, "d_fake_acc": 0.3, "unlabelled_entropy": 0.5, "marginal_tv": 0.1,
+                       "grad_task": 0.02, "grad_critic": 0.01} if row["config"]["critic_weight"] else {}
+        append_row(with_diagnostics / "results.jsonl", dict(row, epoch_diagnostics=[diagnostics, diagnostics]))
+    result = CliRunner().invoke(report_main, [str(with_diagnostics), "--no-baseline"])
+    assert result.exit_code == 0, result.output
+    image = matplotlib.image.imread(with_diagnostics / "diagnostics_digits.png")
+    assert image.shape[0] > 300 and image.shape[1] > 1000

@@ -16,16 +16,14 @@ from twinturbo.train.cli import sweep_main
 from twinturbo.train.sweep import (SETUPS, SweepGrid, append_row, fusion_groups, load_grid_file, parse_list,
                                    read_rows)
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_fused import make_store  # noqa: E402  (one tiny-store writer for all the sweep tests)
 
 TINY_FLAGS = ["--labels", "8", "--epochs", "1", "--batch-size", "48", "--lr", "3e-3", "--warmup", "1",
               "--proj-dim", "8", "--pred-dim", "8", "--disc-dim", "4", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("sweep") / "store")
+def store(tmp_path_factory, write_tiny_store):
+    return write_tiny_store(tmp_path_factory.mktemp("sweep") / "store")
 
 
 # ---- the grid ---------------------------------------------------------------------------------------------------------
@@ -124,7 +122,7 @@ def test_dry_run_prints_the_table_and_count(store, tmp_path):
     assert not (tmp_path / "sw").exists()
 
 
-def test_changed_grid_or_store_is_refused_unless_extend(store, tmp_path):
+def test_changed_grid_or_store_is_refused_unless_extend(store, tmp_path, write_tiny_store):
     sweep_dir = tmp_path / "sw"
     base = ["--features", str(store), "--out", str(sweep_dir), "--setups", "1", "--seeds", "1"] + TINY_FLAGS
     _sweep(base)
@@ -136,7 +134,7 @@ def test_changed_grid_or_store_is_refused_unless_extend(store, tmp_path):
     changed = base[:7] + ["2"] + base[8:]  # --seeds 2
     out = _sweep(changed, expect=2)
     assert "the grid changed (seeds: [1] -> [2])" in out and "--extend" in out
-    other_store = make_store(tmp_path / "other", seed=5, dataset="other")
+    other_store = write_tiny_store(tmp_path / "other", seed=5, dataset="other")
     out = _sweep(["--features", str(other_store)] + base[2:], expect=2)
     assert "the features store changed" in out
 
@@ -206,3 +204,13 @@ def test_local_workers_train_every_run_once_and_match_a_single_thread_run(store,
     assert {r["threads"] for r in parallel} == {1}
     # same seed, same device, same thread count: the same accuracies, whichever process trained the run
     assert ({r["run_id"]: r["test_accuracy"] for r in parallel} == {r["run_id"]: r["test_accuracy"] for r in serial})
+
+
+def test_a_workers_user_error_is_one_line(store, tmp_path, monkeypatch):
+    from twinturbo.train import launch
+
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)
+    too_many_labels = ["--labels", "1000"] + TINY_FLAGS[2:]  # the tiny store has 96 train samples
+    out = _sweep(["--features", str(store), "--out", str(tmp_path / "sw"), "--setups", "1,2", "--critic-grid", "0.5",
+                  "--seeds", "1,2", "--fuse", "1", "--workers", "2"] + too_many_labels, expect=2)
+    assert "error: --labels 1000: the train split has only 96 labelled samples" in out

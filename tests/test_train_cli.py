@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from test_loop import make_synthetic_store
 from twinturbo.train.cli import train_main
 
 QUICK = ["--epochs", "2", "--batch-size", "64", "--lr", "2e-3", "--warmup", "5", "--proj-dim", "64",
@@ -15,8 +14,8 @@ QUICK = ["--epochs", "2", "--batch-size", "64", "--lr", "2e-3", "--warmup", "5",
 
 
 @pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> Path:
-    return make_synthetic_store(tmp_path_factory.mktemp("cli") / "synthetic")
+def store_path(tmp_path_factory, write_synthetic_store) -> Path:
+    return write_synthetic_store(tmp_path_factory.mktemp("cli") / "synthetic")
 
 
 def invoke(args: list[str]):
@@ -53,8 +52,8 @@ def test_default_run_directory_name(store_path, tmp_path, monkeypatch):
     assert (tmp_path / "runs/synthetic/cat_cross_softmax_c0_l0_n50_s42/metrics.json").exists()
 
 
-def test_incomplete_store_is_refused(tmp_path):
-    path = make_synthetic_store(tmp_path / "partial", complete=False)
+def test_incomplete_store_is_refused(tmp_path, write_synthetic_store):
+    path = write_synthetic_store(tmp_path / "partial", complete=False)
     assert_one_line_error(invoke(["--features", str(path), *QUICK]), "split 'train' is incomplete", "6/7 chunks")
 
 
@@ -62,10 +61,10 @@ def test_missing_store_is_one_line(tmp_path):
     assert_one_line_error(invoke(["--features", str(tmp_path / "nope"), *QUICK]), "does not exist")
 
 
-def test_other_format_version_is_refused(tmp_path):
+def test_other_format_version_is_refused(tmp_path, write_synthetic_store):
     import zarr
 
-    path = make_synthetic_store(tmp_path / "old")
+    path = write_synthetic_store(tmp_path / "old")
     zarr.open_group(str(path), mode="r+").attrs["format_version"] = 99
     assert_one_line_error(invoke(["--features", str(path), *QUICK]), "format version 99")
 
@@ -90,3 +89,24 @@ def test_nan_loss_is_one_line_with_the_step(store_path, monkeypatch):
     monkeypatch.setattr(loop, "lr_factor", lambda step, config: 1e30)  # the first update blows the weights up
     result = invoke(["--features", str(store_path), *QUICK])
     assert_one_line_error(result, "loss is not finite at step 2 ", "--lr")
+
+
+def test_train_and_sweep_share_each_training_option_from_one_place():
+    """Every option both commands have shows the same help and default, taken from TrainConfig (or the one shared
+    --features/--device); the only exceptions are what differs by design: --out (a run dir vs a sweep dir) and
+    --labels (one budget vs a list of budgets)."""
+    from dataclasses import fields
+
+    from twinturbo.train.cli import sweep_main
+    from twinturbo.train.config import TrainConfig
+
+    train_options = {p.opts[0]: p for p in train_main.params if p.opts[0].startswith("--")}
+    sweep_options = {p.opts[0]: p for p in sweep_main.params if p.opts[0].startswith("--")}
+    shared = sorted(set(train_options) & set(sweep_options) - {"--out", "--labels", "--help"})
+    training = {f.metadata["flag"]: f for f in fields(TrainConfig) if not f.metadata["per_run"]}
+    assert set(training) <= set(shared) and {"--features", "--device"} <= set(shared)
+    for flag in shared:
+        assert train_options[flag].help == sweep_options[flag].help, flag
+    for flag, spec in training.items():
+        assert train_options[flag].default == spec.default and f"[default: {spec.default}]" in train_options[flag].help
+        assert sweep_options[flag].default is None  # unset in a sweep = TrainConfig's default

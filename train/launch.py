@@ -113,18 +113,20 @@ def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], dev
             run_groups(features, sweep_dir, groups, device, on_group_done=advance)
             return
         import multiprocessing
-        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_worker, initargs=(threads,)) as pool:
             pending = {pool.submit(_worker_run_group, features, sweep_dir, group, device) for group in groups}
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    rows = future.result()  # a worker's error is raised here
-                    if rows:
-                        advance(rows)
+                    if future.exception() is not None:  # a worker's error: start nothing new, then raise it
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise future.exception()
+                    if future.result():
+                        advance(future.result())
 
 
 def _start_worker(threads: int) -> None:

@@ -26,7 +26,8 @@ Randomness: three generators seeded from `derived_seed(seed, stream)`: `init` (t
 `data` (CPU: labelled subset, per-epoch permutations, partners, prior draws, in the order of sampling.py) and
 `dropout` (on the training device). Nothing reads the global RNG. Two AdamW optimisers (model = mixer + projector +
 predictor; discriminator), same schedule, no gradient clipping. On the CPU a run is a function of its config and the
-torch thread count; on CUDA the deterministic settings below make it one of config and device.
+torch thread count, in any process and under any load; on CUDA, one of config, card and software versions
+(`deterministic_algorithms`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -245,12 +247,30 @@ def train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_split
     for config in configs:
         config.validate()
     check_fusable(configs)
-    first, k = configs[0], len(configs)
     accel = acceleration or Acceleration.for_device(device)
+    with deterministic_algorithms(device):
+        return _train_runs(configs, train_split, test_split, num_classes, device, progress, accel)
+
+
+@contextmanager
+def deterministic_algorithms(device: torch.device):
+    """Same config, device and thread count -> the same run. PyTorch's default kernels for some ops are not
+    deterministic, on the CPU too: the backward of the distinct-sample gather (index_put_ with accumulate) sums a
+    sample's copies in thread-timing order, and 2-thread runs of one config differed in the last bits from one
+    process to the next (2 of 4). Its deterministic kernels are switched on for the run and restored after."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if device.type == "cuda":
-        # Same seed, same device -> same accuracy: deterministic cuBLAS and kernels.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_split: SplitTensors, num_classes: int,
+                device: torch.device, progress: bool, accel: Acceleration) -> list[TrainResult]:
+    first, k = configs[0], len(configs)
     heads = RunHeads.build(k, train_split.cls.shape[1], train_split.patches.shape[2], num_classes, first.proj_dim,
                            first.pred_dim, first.disc_dim, derived_seed(first.seed, "init"), device,
                            batched=accel.batched_runs)

@@ -200,6 +200,64 @@ def plot_all(combos: list[Combination], dataset: str, backbone: str, path: Path)
     plt.close(fig)
 
 
+DIAGNOSTIC_PANELS = (  # (title, function of one epoch's diagnostics dict) -- train/diagnostics.py
+    ("D accuracy on the prior's one-hots (real)", lambda d: d.get("d_real_acc")),
+    ("D accuracy on sigma(f) of unlabelled (fake)", lambda d: d.get("d_fake_acc")),
+    ("entropy of unlabelled predictions (nats)", lambda d: d.get("unlabelled_entropy")),
+    ("total variation: predicted marginal vs p(y)", lambda d: d.get("marginal_tv")),
+    ("|λC ∇ critic| / |∇ task| at the projector",
+     lambda d: d["grad_critic"] / d["grad_task"] if d.get("grad_critic") and d.get("grad_task") else None),
+)
+
+
+def plot_diagnostics(rows: list[dict], combos: list[Combination], dataset: str, backbone: str, path: Path) -> bool:
+    """What the critic does over training, per epoch, for the figure's λ of every setup with a critic (seed mean;
+    one row of panels per label budget). Returns False (and draws nothing) when the rows hold no diagnostics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = {key: combo for key, combo in best_combinations(combos).items() if SETUPS.get(key[0]) and
+            SETUPS[key[0]].critic}
+    curves: dict[tuple[int, int], list[list[dict]]] = defaultdict(list)
+    for row in rows:
+        config = row["config"]
+        key = (int(row["setup"]), int(config["labels"]))
+        combo = best.get(key)
+        if combo and (float(config["critic_weight"]), float(config["latent_weight"])) == (combo.critic, combo.latent):
+            curves[key].append(row.get("epoch_diagnostics") or [])
+    if not any(any(epochs) for runs in curves.values() for epochs in runs):
+        return False
+    budgets = sorted({n for _, n in best})
+    fig, axes = plt.subplots(len(budgets), len(DIAGNOSTIC_PANELS), figsize=(4.2 * len(DIAGNOSTIC_PANELS),
+                                                                            3.6 * len(budgets)), squeeze=False)
+    for b_index, budget in enumerate(budgets):
+        for p_index, (title, value) in enumerate(DIAGNOSTIC_PANELS):
+            ax = axes[b_index, p_index]
+            for (setup, n), runs in sorted(curves.items()):
+                if n != budget:
+                    continue
+                epochs = max(len(r) for r in runs)
+                means = []
+                for epoch in range(epochs):
+                    values = [value(r[epoch]) for r in runs if epoch < len(r) and value(r[epoch]) is not None]
+                    means.append(sum(values) / len(values) if values else float("nan"))
+                ax.plot(range(1, epochs + 1), means, marker="o", markersize=3,
+                        label=f"{setup}: λC={format_weight(best[(setup, n)].critic)}")
+            ax.set_title(f"{title}\n{budget} labels", fontsize=8)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.grid(alpha=0.3)
+            if p_index == 0:
+                ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+                ax.legend(fontsize=6)
+    fig.suptitle(f"{dataset} ({backbone}): the critic over training (seed mean, the figure's λ per setup)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 BASELINE_TEXT = {
     "LogisticRegression": "scikit-learn LogisticRegression on the CLS vectors of each seed's labelled subset",
     "LabelSpreading": "scikit-learn LabelSpreading (kNN graph, 64 PCA components) over each seed's labelled subset "
@@ -340,7 +398,8 @@ def _file_name(text: str) -> str:
 
 def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path | None = None, baseline: bool = True,
                 features: str | None = None) -> list[Path]:
-    """Write figure_<dataset>.png, all_<dataset>.png, summary.md and results.csv from one or more sweeps' rows
+    """Write figure_<dataset>.png, all_<dataset>.png, diagnostics_<dataset>.png (when the rows hold training
+    diagnostics), summary.md and results.csv from one or more sweeps' rows
     (e.g. a 100-label and a 1000-label sweep of one store); return their paths.
 
     With `baseline`, the LogisticRegression and LabelSpreading baselines are fitted on the sweep's store (when it is
@@ -376,6 +435,10 @@ def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path |
         plot_best(combos, dataset, backbone, figure, found if isinstance(found, dict) else None)
         plot_all(combos, dataset, backbone, everything)
         written += [figure, everything]
+        diagnostics = out / f"diagnostics_{stem}.png"
+        dataset_rows = [row for row in rows if _row_key(row) == (dataset, backbone)]
+        if plot_diagnostics(dataset_rows, combos, dataset, backbone, diagnostics):
+            written.append(diagnostics)
     summary = out / "summary.md"
     summary.write_text(summary_markdown(by_dataset, baselines))
     csv_path = out / "results.csv"
