@@ -2,11 +2,14 @@
 through a local torch.hub directory, and one-line errors for what a user can get wrong."""
 from __future__ import annotations
 
+import argparse
+
 import hashlib
 import textwrap
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -207,35 +210,49 @@ def test_timm_pretrained_download_failure_is_one_line(monkeypatch):
 
 
 FAKE_HUBCONF = '''
-"""A tiny stand-in for github.com/NVlabs/RADIO's hubconf.py with the same entry point and output contract."""
-import os
+"""A tiny stand-in for github.com/NVlabs/RADIO's hubconf.py (commit c0f3701): the same entry point, checkpoint
+layout, output type, import-time dependency and resolution step."""
+dependencies = ["torch", "timm", "einops"]
 
+import os
+from collections import namedtuple
+
+import einops  # imported at import time, before torch.hub checks `dependencies`, as the real hub code does
 import torch
 from torch import nn
 
-dependencies = ["torch"]
+RadioOutput = namedtuple("RadioOutput", ["summary", "features"])
+RESOURCE_MAP = {"radio_v2.5-b": 16, "radio_v2.5-l": 16, "radio_v2.5-g": 14}  # version -> patch size
 
 
 class TinyRadio(nn.Module):
-    def __init__(self, version):
+    def __init__(self, version, patch_size, dim=12, teachers=3):
         super().__init__()
-        self.version = version
-        self.patch_embed = nn.Conv2d(3, 12, 16, 16)
-        self.summary = nn.Linear(12, 20)
+        self.version, self.patch_size = version, patch_size
+        self.patch_generator = nn.Conv2d(3, dim, patch_size, patch_size)
+        self.summary_heads = nn.Linear(dim, teachers * dim)  # summary: the CLS tokens of clip, siglip, dino_v2
+
+    @property
+    def min_resolution_step(self):
+        return self.patch_size
 
     def forward(self, x):
-        assert x.shape[-2] % 16 == 0 and x.shape[-1] % 16 == 0, "RADIO needs H, W multiples of 16"
+        step = self.min_resolution_step
+        assert x.shape[-2] % step == 0 and x.shape[-1] % step == 0, f"RADIO needs H, W multiples of {step}"
         assert not self.training, "RADIO randomises position crops in train mode"
-        x = (x - 0.5) / 0.25  # RADIO normalises its [0, 1] input itself
-        spatial = self.patch_embed(x).flatten(2).transpose(1, 2)  # NLC
-        return self.summary(spatial.mean(dim=1)), spatial
+        x = (x - 0.5) / 0.25  # RADIO's input conditioner normalises its [0, 1] input itself
+        features = einops.rearrange(self.patch_generator(x), "b c h w -> b (h w) c")  # NLC
+        return RadioOutput(self.summary_heads(features.mean(dim=1)), features)
 
 
-def radio_model(version="", progress=True, skip_validation=False, **kwargs):
-    model = TinyRadio(version)
+def radio_model(version="", progress=True, adaptor_names=None, vitdet_window_size=None, **kwargs):
     if os.path.isfile(version):
-        model.load_state_dict(torch.load(version, map_location="cpu"))
-    return model
+        chk = torch.load(version, map_location="cpu", weights_only=False)
+        state_dict, args = chk["state_dict"], chk["args"]
+        model = TinyRadio(version, args.patch_size)
+        model.load_state_dict({k[len("base_model."):]: v for k, v in state_dict.items() if k.startswith("base_model.")})
+        return model
+    return TinyRadio(version, RESOURCE_MAP[version or "radio_v2.5-b"])  # the real one downloads the weights here
 '''
 
 
@@ -247,23 +264,75 @@ def fake_hub(tmp_path):
     return hub
 
 
+def radio_checkpoint(path, model, patch_size=16):
+    """A checkpoint in RADIO's real layout: {'args': argparse.Namespace, 'state_dict': {'base_model.*',
+    'input_conditioner.*'}}."""
+    state = {f"base_model.{k}": v for k, v in model.state_dict().items()}
+    state.update({"input_conditioner.norm_mean": torch.full((3, 1, 1), 0.5),
+                  "input_conditioner.norm_std": torch.full((3, 1, 1), 0.25)})
+    torch.save({"args": argparse.Namespace(patch_size=patch_size, teachers=["clip", "siglip", "dino_v2"]),
+                "state_dict": state}, path)
+    return path
+
+
 def test_radio_through_local_hub_with_checkpoint(fake_hub, tmp_path):
     torch.manual_seed(1)
-    reference = torch.hub.load(str(fake_hub), "radio_model", source="local", version="x").eval()
-    checkpoint = tmp_path / "radio-v2.5-b_half.pth.tar"
-    torch.save(reference.state_dict(), checkpoint)
+    reference = torch.hub.load(str(fake_hub), "radio_model", source="local", version="radio_v2.5-b").eval()
+    checkpoint = radio_checkpoint(tmp_path / "radio-v2.5-b_half.pth.tar", reference)
 
     backbone = build_backbone("radio", BackboneOptions(hub_dir=fake_hub, radio_checkpoint=checkpoint, resolution=32))
     assert backbone.model.version == str(checkpoint)  # --radio-checkpoint is what the hub gets as version=
     assert backbone.name == "radio:radio_v2.5-b" and backbone.weights_id == sha16(checkpoint)
-    assert (backbone.resolution, backbone.cls_dim, backbone.num_patches, backbone.patch_dim) == (32, 20, 4, 12)
+    assert (backbone.resolution, backbone.cls_dim, backbone.num_patches, backbone.patch_dim) == (32, 36, 4, 12)
     backbone.train()  # stays in eval mode, or the fake model's assertion fires
     images = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
         cls, patches = backbone(images)
-        want_cls, want_patches = reference(images)
-    torch.testing.assert_close(cls, want_cls)
-    torch.testing.assert_close(patches, want_patches)
+        want = reference(images)
+    torch.testing.assert_close(cls, want.summary)
+    torch.testing.assert_close(patches, want.features)
+
+
+def test_radio_resolution_step_comes_from_the_loaded_model(fake_hub):
+    giant = build_backbone("radio:radio_v2.5-g", BackboneOptions(hub_dir=fake_hub, resolution=28))  # patch 14
+    assert (giant.resolution, giant.num_patches) == (28, 4)
+    with pytest.raises(TwinTurboError, match="--resolution 32: radio needs a positive multiple of 14"):
+        build_backbone("radio:radio_v2.5-g", BackboneOptions(hub_dir=fake_hub, resolution=32))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("cut", "not a readable torch checkpoint"),
+    ("random", "not a readable torch checkpoint"),
+    ("plain", "a torch file but not a RADIO checkpoint (expected the keys 'args' and 'state_dict'"),
+])
+def test_bad_radio_checkpoints_are_one_line(fake_hub, tmp_path, content, message):
+    good = radio_checkpoint(tmp_path / "good.pth.tar", torch.hub.load(str(fake_hub), "radio_model",
+                                                                      source="local", version="radio_v2.5-b"))
+    bad = tmp_path / "bad.pth.tar"
+    if content == "cut":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif content == "random":
+        bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        torch.save(torch.load(good, weights_only=False)["state_dict"], bad)
+    with pytest.raises(TwinTurboError) as err:
+        build_backbone("radio", BackboneOptions(hub_dir=fake_hub, radio_checkpoint=bad))
+    assert message in str(err.value) and f"--radio-checkpoint {bad}" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_radio_hub_problems_are_one_line(tmp_path):
+    other = tmp_path / "other-hub"
+    other.mkdir()
+    (other / "hubconf.py").write_text("dependencies = []\n\ndef resnet(**kwargs):\n    return None\n")
+    with pytest.raises(TwinTurboError, match=r"--hub-dir .*other-hub: its hubconf.py has no entry point radio_model"):
+        build_backbone("radio", BackboneOptions(hub_dir=other))
+    needy = tmp_path / "needy-hub"
+    needy.mkdir()
+    (needy / "hubconf.py").write_text("import package_radio_needs_xyz\n\ndef radio_model(**kwargs):\n    pass\n")
+    with pytest.raises(TwinTurboError, match="needs the package 'package_radio_needs_xyz'") as err:
+        build_backbone("radio", BackboneOptions(hub_dir=needy))
+    assert "\n" not in str(err.value)
 
 
 def test_radio_version_and_default_resolution(fake_hub):
@@ -299,3 +368,16 @@ def test_unknown_backbone_lists_the_valid_ones():
         message = str(err.value)
         assert "unknown backbone" in message and "\n" not in message
         assert all(name in message for name in ("radio", "effnet-lite0", "timm:<"))
+
+
+def test_tt_extract_with_a_bad_radio_checkpoint_leaves_no_store(fake_hub, tmp_path, capsys):
+    from twinturbo.extract.cli import main
+
+    bad = tmp_path / "radio.pth.tar"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dataset", "digits", "--backbone", "radio", "--hub-dir", str(fake_hub), "--radio-checkpoint", str(bad),
+              "--out", str(tmp_path / "features"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: --radio-checkpoint") and err.count("\n") == 1
+    assert "Traceback" not in err and not (tmp_path / "features").exists()

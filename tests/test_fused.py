@@ -92,3 +92,14 @@ def test_stacked_forward_equals_each_head(batched):
         (logits_k.square().sum() + head.discriminator(torch.softmax(logits_k, dim=-1)).sum()).backward()
         for name, parameter in head.named_parameters():
             torch.testing.assert_close(stack.params[name].grad[k], parameter.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_path_trains_on_the_cpu(splits):
+    """The GPU's bf16 autocast branch of the trainer, run on the CPU: it learns the separable tokens like fp32."""
+    train_split, test_split = splits
+    configs = [TrainConfig(critic_weight=0.1, seed=1, **dict(TINY, epochs=8))]  # fp32 reaches 0.875 here
+    plain, = train_runs(configs, train_split, test_split, NUM_CLASSES, torch.device("cpu"), progress=False)
+    bf16, = train_runs(configs, train_split, test_split, NUM_CLASSES, torch.device("cpu"), progress=False,
+                       acceleration=Acceleration(bf16=True, batched_runs=True, fused_adamw=True))
+    assert bf16.metrics["nonfinite_step"] is None and bf16.metrics["test_accuracy"] > 0.6
+    assert abs(bf16.metrics["test_accuracy"] - plain.metrics["test_accuracy"]) <= 0.1
