@@ -379,24 +379,37 @@ class SplitReader:
         self.read_cls(start, stop, out_cls)
         self.read_patches(start, stop, out_patches)
 
-    def loaded_nbytes(self) -> int:
-        """Bytes of RAM `load_all` needs (float16, int8 stores included): compare with free memory first."""
+    def loaded_nbytes(self, quantised: bool = False) -> int:
+        """Bytes of RAM `load_all` needs: float16 tokens, or with `quantised` (int8 stores) int8 patch tokens plus
+        their float16 scales, about half."""
+        if quantised and self.patch_dtype == "int8":
+            return self.n * (2 * self.cls_dim + self.num_patches * (self.patch_dim + 2))
         return 2 * self.n * (self.cls_dim + self.num_patches * self.patch_dim)
 
     def load_all(self, progress: bool = True, samples_per_read: int = 512, out_cls: np.ndarray | None = None,
-                 out_patches: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 out_patches: np.ndarray | None = None,
+                 out_scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The whole split in memory as float16 (cls [N, Dc], patches [N, T, Dp]), filled in order a few whole
         chunks (about `samples_per_read` samples) at a time, with a progress bar; into `out_*` when given (e.g.
-        numpy views of pinned torch tensors)."""
+        numpy views of pinned torch tensors). With `out_scales` [N, T] (int8 stores), `out_patches` receives the
+        int8 tokens as stored and `out_scales` their scales: dequantise per batch (patches * scales[..., None])."""
         from tqdm.auto import tqdm
 
+        quantised = out_scales is not None
+        if quantised and self.patch_dtype != "int8":
+            raise ValueError(f"split {self.name} holds {self.patch_dtype} patches, not int8")
         cls = np.empty((self.n, self.cls_dim), dtype=np.float16) if out_cls is None else out_cls
         patches = (np.empty((self.n, self.num_patches, self.patch_dim), dtype=np.float16) if out_patches is None
                    else out_patches)
         chunks_per_read = max(1, samples_per_read // self.chunk_size)
         with tqdm(total=self.n, unit="sample", desc=f"loading {self.name}", disable=not progress, leave=False) as bar:
             for start, stop in self.iter_chunks(chunks_per_read):
-                self.read_into(cls[start:stop], patches[start:stop], start, stop)
+                if quantised:
+                    self.read_cls(start, stop, cls[start:stop])
+                    self._backend.read(self.name, "patches", start, stop, patches[start:stop])
+                    self._backend.read(self.name, "patch_scales", start, stop, out_scales[start:stop])
+                else:
+                    self.read_into(cls[start:stop], patches[start:stop], start, stop)
                 bar.update(stop - start)
         return cls, patches
 
