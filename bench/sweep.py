@@ -38,10 +38,10 @@ CRITIC = (0.01, 0.1, 1.0, 0.1, 1.0, 0.1, 0.01, 1.0)
 LATENT = (0.01, 0.1, 1.0, 1.0, 0.1, 0.01, 0.1, 0.01)
 
 
-def synthetic_store(path: Path) -> Path:
+def synthetic_store(path: Path, dim: int = 1280) -> Path:
     """Digits' shape from effnet-lite0 at 64 px: 1257 train / 540 test, CLS 1280, 4 patch tokens of 1280."""
     rng = np.random.default_rng(0)
-    n_train, n_test, dim, tokens, chunk = 1257, 540, 1280, 4, 256
+    n_train, n_test, tokens, chunk = 1257, 540, 4, 256
     layouts = {"train": SplitLayout(n_train, dim, tokens, dim), "test": SplitLayout(n_test, dim, tokens, dim)}
     store = create_store(path, {"dataset": "synthetic", "backbone": "synthetic", "weights_id": "none",
                                 "resolution": 64, "class_names": [str(i) for i in range(10)]}, layouts, chunk)
@@ -68,10 +68,13 @@ def main() -> None:
     parser.add_argument("--disc-dim", type=int, default=64)
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--synthetic-dim", type=int, default=1280, help="token width of the synthetic store")
+    parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        features = Path(args.features) if args.features else synthetic_store(Path(scratch) / "store")
+        features = (Path(args.features) if args.features
+                    else synthetic_store(Path(scratch) / "store", args.synthetic_dim))
         device = resolve_device(args.device)
         store = open_store(features)
         train_split = load_split(store, "train", device, progress=False)
@@ -116,7 +119,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
     }
-    out = Path(__file__).with_suffix(".json")
+    out = args.json
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"K={len(configs)} runs x {steps} steps on {device} ({result['features']}), "
           f"max |accuracy fused - separate| = {accuracy_gap:.4f}; wrote {out}")

@@ -46,3 +46,15 @@ def test_readme_commands_on_digits(tmp_path, store_format, store_name):
     reported = run("tt-report", "sweeps/digits", cwd=tmp_path).stdout
     assert "LogisticRegression" in reported and "LabelSpreading" in reported
     assert (tmp_path / "sweeps/digits/figure_digits.png").stat().st_size > 10_000
+
+
+def test_the_prepared_gpu_check_runs_at_smoke_size(tmp_path):
+    """bench/gpu_check.py is run once on a GPU machine when one is lent; its --smoke size keeps it from rotting."""
+    script = Path(__file__).parents[1] / "bench" / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script), "--smoke", "--json", str(tmp_path / "gpu.json")],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((tmp_path / "gpu.json").read_text())
+    assert figures["smoke"] is True and "skipped" in figures["cuda_tests"]
+    assert figures["extract_overhead"] > 0 and figures["fused_speedup"] > 0 and figures["full_run_s"] > 0
+    assert len(result.stdout.strip().splitlines()) == 6  # one line per figure, then the JSON's path
