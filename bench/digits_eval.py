@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", action="append", required=True,
                         help="feature store (repeat to compare stores, e.g. float16 and int8)")
-    parser.add_argument("--setups", default="1-7", help="setups of DESIGN.md, e.g. 1-7 or 1,7")
+    parser.add_argument("--setups", default="1-7", help="setups 1-7 of Figures 2-4 (README), e.g. 1-7 or 1,7")
     parser.add_argument("--seeds", default="42,1337,3435")
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--critic", type=float, default=0.1, help="lambda_C of setups 2-7")

@@ -72,7 +72,7 @@ def train_main(features: str, device: str, out_dir: str | None, quiet: bool, **o
 @features_option
 @click.option("--out", "sweep_dir", required=True, type=click.Path(file_okay=False),
               help="SWEEP_DIR: sweep.json, results.jsonl (one row per finished run), submitit logs.")
-@click.option("--setups", help=_with_default("Setups of DESIGN.md to run, e.g. 1-7 or 1,2,5.", "1-7"))
+@click.option("--setups", help=_with_default("Setups to run (the 7 bars of the paper's Figures 2-4, listed in the README), e.g. 1-7 or 1,2,5.", "1-7"))
 @click.option("--labels", help=_with_default("Label budgets: sizes K of the class-balanced labelled subset.",
                                              format_list(DEFAULT_LABELS)))
 @click.option("--seeds", help=_with_default("Seeds.", format_list(DEFAULT_SEEDS)))
@@ -134,8 +134,9 @@ def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str
 @click.option("--features", type=click.Path(),
               help="The sweep's store when it is no longer where the sweep recorded it (checked by fingerprint).")
 def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, baseline: bool, features: str | None) -> None:
-    """tt-report: figure_<dataset>.png (Figures 2-4), all_<dataset>.png (Appendix C), summary.md, results.csv, from
-    one or more SWEEP_DIRs (e.g. the 100- and the 1000-label sweeps of one store)."""
+    """tt-report: figure_<dataset>.png (Figures 2-4), all_<dataset>.png (Appendix C), diagnostics_<dataset>.png (the
+    critic over training), summary.md, results.csv, from one or more SWEEP_DIRs (e.g. the 100- and the 1000-label
+    sweeps of one store)."""
     from twinturbo.train.report import make_report
 
     written = make_report(list(sweep_dirs), out_dir, baseline, features)

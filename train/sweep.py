@@ -157,7 +157,7 @@ class SweepGrid:
     def validate(self) -> None:
         unknown = [s for s in list(self.setups) + list(self.setup_grids) if s not in SETUPS]
         if unknown:
-            raise TwinTurboError(f"--setups: unknown setup {unknown[0]} (expected numbers 1-7, see DESIGN.md)")
+            raise TwinTurboError(f"--setups: unknown setup {unknown[0]} (expected numbers 1-7: the bars of Figures 2-4, listed in the README)")
         for name, values in (("--setups", self.setups), ("--labels", self.labels), ("--seeds", self.seeds),
                              ("--critic-grid", self.critic_grid), ("--latent-grid", self.latent_grid)):
             if not values:
