@@ -35,7 +35,7 @@ demo: setup fashion-mnist
 
 # The same pipeline with no network at all: scikit-learn's bundled 8x8 digits (1257 train images).
 demo-digits: setup
-	$(BIN)/tt-extract --dataset digits --backbone effnet-lite0 --resolution 64 --out demo/features
+	$(BIN)/tt-extract --dataset digits --backbone effnet-lite0:320 --resolution 64 --out demo/features
 	$(BIN)/tt-extract --verify demo/features/digits
 	$(BIN)/tt-sweep --features demo/features/digits --out demo/sweep-digits --setups 1-7 --labels 100 \
 		--seeds 42,1337,3435 --critic-grid 0.1 --latent-grid 0.1 --proj-dim 1024 --pred-dim 256 --disc-dim 128 \
