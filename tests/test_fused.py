@@ -1,11 +1,10 @@
 """The fused sweep trainer equals separate `loop.train` runs with the same seed (tt-sweep's correctness claim)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from twinturbo.common.store import SplitLayout, create_store, open_store
+from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import load_split
 from twinturbo.common.device import Acceleration

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.store import SplitLayout, create_store, open_store
+from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import load_split
 from twinturbo.train.loop import (StepBatch, discriminator_loss, evaluate, load_head, lr_factor, model_losses,

@@ -14,7 +14,7 @@ import click
 from twinturbo.common.errors import Command
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.sweep import (DEFAULT_CRITIC_GRID, DEFAULT_LABELS, DEFAULT_LATENT_GRID, DEFAULT_SEEDS,
-                                   DEFAULT_SETUPS, format_list)
+                                   format_list)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
