@@ -32,7 +32,7 @@ class Acceleration:
     CPU test suite covers the branches a GPU takes.
     """
 
-    bf16: bool = False  # bf16 autocast of the head's forward (training and evaluation)
+    bf16: bool = False  # bf16 autocast of the backbone's forward (extraction) and the head's (training, evaluation)
     batched_runs: bool = False  # K fused runs as one torch.vmap over the run axis instead of one after another
     fused_adamw: bool = False  # AdamW's fused kernel
 

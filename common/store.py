@@ -383,7 +383,7 @@ class SplitReader:
         """Bytes of RAM `load_all` needs: float16 tokens, or with `quantised` (int8 stores) int8 patch tokens plus
         their float16 scales, about half."""
         if quantised and self.patch_dtype == "int8":
-            return self.n * (2 * self.cls_dim + self.num_patches * (self.patch_dim + 2))
+            return self.n * self.stored_row_nbytes()
         return 2 * self.n * (self.cls_dim + self.num_patches * self.patch_dim)
 
     def load_all(self, progress: bool = True, samples_per_read: int = 512, out_cls: np.ndarray | None = None,
@@ -405,13 +405,31 @@ class SplitReader:
         with tqdm(total=self.n, unit="sample", desc=f"loading {self.name}", disable=not progress, leave=False) as bar:
             for start, stop in self.iter_chunks(chunks_per_read):
                 if quantised:
-                    self.read_cls(start, stop, cls[start:stop])
-                    self._backend.read(self.name, "patches", start, stop, patches[start:stop])
-                    self._backend.read(self.name, "patch_scales", start, stop, out_scales[start:stop])
+                    self.read_stored(start, stop, cls[start:stop], patches[start:stop], out_scales[start:stop])
                 else:
                     self.read_into(cls[start:stop], patches[start:stop], start, stop)
                 bar.update(stop - start)
         return cls, patches
+
+    def read_stored(self, start: int, stop: int, out_cls: np.ndarray, out_patches: np.ndarray,
+                    out_scales: np.ndarray | None = None) -> None:
+        """Samples [start, stop) as stored: float16 cls, patches float16 or (int8 stores) int8 with their float16
+        scales into `out_scales`, not dequantised (what a trainer holds to use half the memory)."""
+        check_range(start, stop, self.n)
+        self.read_cls(start, stop, out_cls)
+        if self.patch_dtype == "int8":
+            if out_scales is None:
+                raise ValueError(f"split {self.name} holds int8 patches: read_stored needs out_scales")
+            self._backend.read(self.name, "patches", start, stop, out_patches)
+            self._backend.read(self.name, "patch_scales", start, stop, out_scales)
+        else:
+            self._backend.read(self.name, "patches", start, stop, out_patches)
+
+    def stored_row_nbytes(self) -> int:
+        """Bytes one sample takes as stored (cls, patch tokens, int8 scales): the unit of a trainer's memory."""
+        if self.patch_dtype == "int8":
+            return 2 * self.cls_dim + self.num_patches * (self.patch_dim + 2)
+        return 2 * (self.cls_dim + self.num_patches * self.patch_dim)
 
     def iter_chunks(self, chunks_per_read: int = 1) -> Iterator[tuple[int, int]]:
         """(start, stop) ranges of whole chunks, in order."""

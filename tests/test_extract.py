@@ -131,6 +131,26 @@ def test_digits_store_reopens_with_plain_zarr_and_holds_the_backbone_features(sm
     assert np.abs(arrays["cls"].astype(np.float32)).max() > 0.1  # not an all-zero store
 
 
+def test_bf16_extraction_path_runs_on_the_cpu_close_to_fp32(small_store):
+    """The branch a GPU takes (bf16 autocast of the backbone, chosen by Acceleration) on the CPU: float16 tokens within
+    bf16's rounding of the fp32 store; by default the CPU extracts in fp32, bit-equal to the store."""
+    from twinturbo.extract.backbones import BackboneOptions, build_backbone
+    from twinturbo.extract.datasets import load_split
+    from twinturbo.extract.extract import forward_features, prepare_images
+
+    backbone = build_backbone("effnet-lite0", BackboneOptions(resolution=64))
+    images = prepare_images(load_split("digits", "train").read(0, 16), 64, torch.device("cpu"))
+    stored = plain_zarr(small_store, "train")
+    cls_fp32, patches_fp32 = forward_features(backbone, images)
+    np.testing.assert_array_equal(cls_fp32.numpy(), stored["cls"][:16])
+    cls, patches = forward_features(backbone, images, bf16=True)
+    assert cls.dtype == patches.dtype == torch.float16
+    assert not torch.equal(cls, cls_fp32)  # the autocast really ran
+    for low, full in ((cls, cls_fp32), (patches, patches_fp32)):
+        error = (low.float() - full.float()).norm() / full.float().norm()
+        assert error < 0.05, float(error)
+
+
 def test_hdf5_store_reopens_with_plain_h5py_and_equals_the_zarr_store(small_store, tmp_path, capsys):
     code, out, err = run_cli(SMALL + ["--out", tmp_path, "--format", "hdf5", "--splits", "test"], capsys)
     assert code == 0, err

@@ -12,7 +12,7 @@ from typing import Callable
 import click
 
 from twinturbo.common.errors import Command
-from twinturbo.train.config import TrainConfig
+from twinturbo.train.config import MEMORY_HEADROOM, TrainConfig
 from twinturbo.train.sweep import (DEFAULT_CRITIC_GRID, DEFAULT_LABELS, DEFAULT_LATENT_GRID, DEFAULT_SEEDS,
                                    format_list)
 
@@ -41,6 +41,10 @@ features_option = click.option("--features", required=True, type=click.Path(),
                                help="Feature store from tt-extract (zarr directory or .h5 file).")
 device_option = click.option("--device", default="auto", help=_with_default(
     "auto (CUDA when present), cpu or cuda[:N]; not part of a run's config.", "auto"))
+memory_limit_option = click.option(
+    "--memory-limit", help="Memory for the splits, e.g. 8G or 512M; a train split that does not fit (with the test "
+    "split) is streamed from the store through a shuffle buffer (another batch order, recorded in the metrics); "
+    f"tt-sweep's workers share it  [default: {MEMORY_HEADROOM:.0%} of the free memory]")
 
 
 # ---- tt-train ----------------------------------------------------------------------------------------------------
@@ -49,19 +53,23 @@ device_option = click.option("--device", default="auto", help=_with_default(
 @features_option
 @training_options(shared_only=False)
 @device_option
+@memory_limit_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="RUN_DIR [runs/<dataset>/<loss>_<rescale>_c<critic>_l<latent>_n<labels>_s<seed>].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines; only the final accuracy.")
-def train_main(features: str, device: str, out_dir: str | None, quiet: bool, **options) -> None:
+def train_main(features: str, device: str, memory_limit: str | None, out_dir: str | None, quiet: bool,
+               **options) -> None:
     """tt-train: train one TwinTURBO head on cached features (Eq. 22) and report its test accuracy."""
     from pathlib import Path
 
     from twinturbo.common.device import resolve_device
+    from twinturbo.train.data import parse_size
     from twinturbo.train.loop import train_from_store
 
     config = TrainConfig(**options).validate()
+    limit = parse_size(memory_limit) if memory_limit is not None else None
     result, run_dir = train_from_store(features, config, resolve_device(device),
-                                       Path(out_dir) if out_dir else None, progress=not quiet)
+                                       Path(out_dir) if out_dir else None, progress=not quiet, memory_limit=limit)
     click.echo(f"test accuracy {result.metrics['test_accuracy']:.4f} ({result.metrics['steps']} steps, "
                f"{result.metrics['wall_time_s']:.1f} s); run written to {run_dir}")
 
@@ -83,6 +91,7 @@ def train_main(features: str, device: str, out_dir: str | None, quiet: bool, **o
                    "training); options given on the command line override it.")
 @training_options(shared_only=True)
 @device_option
+@memory_limit_option
 @click.option("--fuse", type=int,
               help="At most this many runs (same labels and seed) train in one fused pass; 1 = one at a time "
                    "[8 on CUDA, 1 on CPU, where fusing measured slower].")
@@ -103,7 +112,8 @@ def train_main(features: str, device: str, out_dir: str | None, quiet: bool, **o
               help="At most this many jobs of the array run at once.")
 @click.option("--submitit-cluster", type=click.Choice(["auto", "slurm", "local", "debug"]), default="auto",
               show_default=True, help="submitit executor: auto = SLURM when available, else local processes.")
-def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str, fuse: int | None, workers: int,
+def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str, memory_limit: str | None,
+               fuse: int | None, workers: int,
                dry_run: bool, extend: bool, launcher: str, setups: str | None, labels: str | None,
                seeds: str | None, critic_grid: str | None, latent_grid: str | None, slurm_partition: str | None,
                slurm_time: int, slurm_gpus_per_node: int, slurm_cpus_per_task: int, slurm_mem: int,
@@ -112,6 +122,7 @@ def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str
 
     Rerun the same command after a kill: finished runs are skipped, interrupted ones retrained.
     """
+    from twinturbo.train.data import parse_size
     from twinturbo.train.launch import SlurmOptions
     from twinturbo.train.sweep import build_grid, run_sweep
 
@@ -119,7 +130,8 @@ def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str
                                   "latent_grid": latent_grid}, training)
     slurm = SlurmOptions(slurm_partition, slurm_time, slurm_gpus_per_node, slurm_cpus_per_task, slurm_mem,
                          slurm_array_parallelism, submitit_cluster)
-    run_sweep(features, sweep_dir, grid, device, fuse, workers, dry_run, extend, launcher, slurm, echo=click.echo)
+    run_sweep(features, sweep_dir, grid, device, fuse, workers, dry_run, extend, launcher, slurm, echo=click.echo,
+              memory_limit=parse_size(memory_limit) if memory_limit is not None else None)
 
 
 # ---- tt-report ---------------------------------------------------------------------------------------------------

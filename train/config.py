@@ -11,6 +11,9 @@ LOSSES = ("cat_cross", "cat_twin", "bin_cross")
 RESCALES = ("softmax", "sigmoid")
 PRIORS = ("uniform", "labelled")
 CRITIC_FORMS = ("minimax", "nonsaturating")
+# The share of the free host memory the splits may take by default (--memory-limit); the rest is left to the model,
+# optimiser states and activations.
+MEMORY_HEADROOM = 0.7
 
 
 def _option(default, flag: str, help: str, per_run: bool = False):

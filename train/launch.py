@@ -51,6 +51,7 @@ def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, f
         "epoch_diagnostics": [e.get("diagnostics", {}) for e in metrics["epochs"]],
         "steps": metrics["steps"],
         "nonfinite_step": metrics.get("nonfinite_step"),
+        "unlabelled_pass": metrics.get("unlabelled_pass"),
         "wall_time_s": float(metrics["wall_time_s"]),
         "fused_runs": fused_runs,
         "device": device,
@@ -61,14 +62,16 @@ def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, f
 
 
 def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str,
-               on_group_done: Callable[[list[dict]], None] | None = None, progress: bool = True) -> int:
+               on_group_done: Callable[[list[dict]], None] | None = None, progress: bool = True,
+               memory_limit: int | None = None) -> int:
     """Train `groups` (each one fused pass) on one store opened once; append each run's row. Returns runs done.
+    The splits are held as data.load_splits decides for `memory_limit` bytes (None: what the machine has).
 
     Runs already in results.jsonl (another job got there first) are skipped, so a resubmitted array is harmless.
     """
     from twinturbo.common.device import resolve_device
     from twinturbo.common.store import open_store
-    from twinturbo.train.data import load_split, num_classes_of
+    from twinturbo.train.data import load_splits, num_classes_of
     from twinturbo.train.loop import train_runs
 
     torch_device = resolve_device(device)
@@ -76,8 +79,7 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
     store = open_store(features)
     store.require_complete()
     identity = store.identity()
-    train_split = load_split(store, "train", torch_device, progress=progress)
-    test_split = load_split(store, "test", torch_device, progress=progress)
+    train_split, test_split = load_splits(store, torch_device, memory_limit, progress=progress)
     num_classes = num_classes_of(store, train_split.labels)
     done = 0
     for group in groups:
@@ -98,9 +100,11 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
     return done
 
 
-def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str, workers: int = 1) -> None:
+def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str, workers: int = 1,
+                 memory_limit: int | None = None) -> None:
     """Train `groups` on this machine: in this process, or with `workers` > 1 in that many processes at once, each
-    with an equal share of the CPU threads (a run's result depends on its thread count, so it is recorded)."""
+    with an equal share of the CPU threads (a run's result depends on its thread count, so it is recorded) and of
+    `memory_limit` (default: what the machine has), since each process holds its own splits."""
     if workers < 1:
         raise TwinTurboError(f"--workers {workers}: expected a number of processes >= 1")
     total = sum(len(g) for g in groups)
@@ -110,15 +114,19 @@ def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], dev
             bar.set_postfix(last=f"{100 * max(r['test_accuracy'] for r in rows):.1f}%")
 
         if workers == 1 or len(groups) < 2:
-            run_groups(features, sweep_dir, groups, device, on_group_done=advance)
+            run_groups(features, sweep_dir, groups, device, on_group_done=advance, memory_limit=memory_limit)
             return
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+        from twinturbo.train.data import default_memory_limit
+
         threads = max(1, (os.cpu_count() or 1) // workers)
+        limit = default_memory_limit() if memory_limit is None else memory_limit
+        share = None if limit is None else limit // workers
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_worker, initargs=(threads,)) as pool:
-            pending = {pool.submit(_worker_run_group, features, sweep_dir, group, device) for group in groups}
+            pending = {pool.submit(_worker_run_group, features, sweep_dir, group, device, share) for group in groups}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -135,16 +143,19 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_run_group(features: str, sweep_dir: str, group: list[RunSpec], device: str) -> list[dict]:
+def _worker_run_group(features: str, sweep_dir: str, group: list[RunSpec], device: str,
+                      memory_limit: int | None) -> list[dict]:
     """One group in a worker process of `launch_local`; returns its rows (already appended to results.jsonl)."""
     rows: list[dict] = []
-    run_groups(features, sweep_dir, [group], device, on_group_done=rows.extend, progress=False)
+    run_groups(features, sweep_dir, [group], device, on_group_done=rows.extend, progress=False,
+               memory_limit=memory_limit)
     return rows
 
 
 def launch_submitit(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str,
-                    slurm: SlurmOptions, poll_s: float = 2.0) -> None:
-    """One array task per group (`map_array`); waits, with a bar counting rows as the tasks append them."""
+                    slurm: SlurmOptions, poll_s: float = 2.0, memory_limit: int | None = None) -> None:
+    """One array task per group (`map_array`); waits, with a bar counting rows as the tasks append them. Each task
+    holds its splits within `memory_limit` (default: what its node has)."""
     import submitit
 
     if slurm.cluster not in SUBMITIT_CLUSTERS:
@@ -160,7 +171,7 @@ def launch_submitit(features: str, sweep_dir: str, groups: list[list[RunSpec]], 
     executor.update_parameters(**params)
     n = len(groups)
     jobs = executor.map_array(run_groups, [features] * n, [sweep_dir] * n, [[g] for g in groups], [device] * n,
-                              [None] * n, [False] * n)
+                              [None] * n, [False] * n, [memory_limit] * n)
     print(f"tt-sweep: submitted {n} jobs to {executor.cluster} (logs under {folder.parent})", flush=True)
     wanted = {run.run_id for g in groups for run in g}
     failures = []

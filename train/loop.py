@@ -3,7 +3,8 @@ after the model's. `tt-train` is K = 1; a fused sweep group is K runs (train/hea
 
 Order of one step t (all draws are made every step, whatever the weights, so runs of one seed see the same data):
 
-    1. batch      unlabelled indices U_t and labelled indices L_t from the epoch plan (sampling.epoch_plan);
+    1. batch      unlabelled indices U_t and labelled indices L_t from the epoch plan (the split's epoch_plan: a
+                  permutation in memory, a shuffle buffer over chunk order when streamed, sampling.py);
                   from the data generator: x* partners of L_t (draw_partners), then |U_t| prior one-hots (real y);
                   StepBatch.gather reads each distinct sample of the step once
     2. masks      one dropout keep-mask [3B, P] from the dropout generator: rows [0,B) labelled, [B,2B) x*, [2B,3B)
@@ -25,9 +26,10 @@ others; training ends early only when every run has diverged, and `train` (one r
 Randomness: three generators seeded from `derived_seed(seed, stream)`: `init` (the head's construction, on the CPU),
 `data` (CPU: labelled subset, per-epoch permutations, partners, prior draws, in the order of sampling.py) and
 `dropout` (on the training device). Nothing reads the global RNG. Two AdamW optimisers (model = mixer + projector +
-predictor; discriminator), same schedule, no gradient clipping. On the CPU a run is a function of its config and the
-torch thread count, in any process and under any load; on CUDA, one of config, card and software versions
-(`deterministic_algorithms`).
+predictor; discriminator), same schedule, no gradient clipping. On the CPU a run is a function of its config, the
+torch thread count and its unlabelled pass (in memory or streamed, recorded as `unlabelled_pass`), in any process and
+under any load; on CUDA, one of config, card and software versions (`deterministic_algorithms`). Across CPUs of
+another kind it may differ in the last bits.
 """
 from __future__ import annotations
 
@@ -48,12 +50,12 @@ from twinturbo.common.device import Acceleration
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig, derived_seed
-from twinturbo.train.data import SplitTensors, load_split, num_classes_of
+from twinturbo.train.data import Split, load_splits, num_classes_of
 from twinturbo.train.diagnostics import GRADIENT_EVERY, critic_figures, epoch_means, term_gradient_norms
 from twinturbo.train.heads import RunHeads
 from twinturbo.train.losses import critic, critic_nonsaturating, get_task_loss, latent_infonce, log_rescale
 from twinturbo.train.model import TwinTurboHead, draw_dropout_mask
-from twinturbo.train.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
+from twinturbo.train.sampling import draw_partners, draw_prior_onehot, start_run_draws
 
 LOSS_NAMES = ("task", "critic", "latent", "total", "disc")
 SYNC_EVERY = 10  # steps between host syncs: the NaN check and the progress bar read losses this often
@@ -79,7 +81,7 @@ class StepBatch:
     real: torch.Tensor | None = None
 
     @classmethod
-    def gather(cls, split: SplitTensors, device: torch.device, labelled_index: torch.Tensor,
+    def gather(cls, split: Split, device: torch.device, labelled_index: torch.Tensor,
                unlabelled_index: torch.Tensor | None = None, star_index: torch.Tensor | None = None,
                real: torch.Tensor | None = None) -> "StepBatch":
         """Read the distinct samples of a step's index lists from `split` once each."""
@@ -191,7 +193,7 @@ def make_optimisers(model_parameters: list[torch.Tensor], discriminator_paramete
 
 
 @torch.inference_mode()
-def evaluate_runs(forward: Callable, split: SplitTensors, device: torch.device, batch_size: int = 1024,
+def evaluate_runs(forward: Callable, split: Split, device: torch.device, batch_size: int = 1024,
                   bf16: bool | None = None) -> list[float]:
     """Each run's test accuracy: argmax of its logits without dropout, over the samples that have a label.
     `forward(cls, patches)` returns (z, logits) with a leading run axis [K, B, ...]."""
@@ -208,7 +210,7 @@ def evaluate_runs(forward: Callable, split: SplitTensors, device: torch.device, 
     return [int(c) / max(total, 1) for c in correct]
 
 
-def evaluate(head: TwinTurboHead, split: SplitTensors, device: torch.device, batch_size: int = 1024) -> float:
+def evaluate(head: TwinTurboHead, split: Split, device: torch.device, batch_size: int = 1024) -> float:
     """One head's test accuracy (see evaluate_runs)."""
     def forward(cls: torch.Tensor, patches: torch.Tensor):
         z, logits = head(cls, patches)
@@ -239,7 +241,7 @@ def _nonfinite_message(step: int, values: torch.Tensor) -> str:
     return f"loss is not finite at step {step} ({names}); lower --lr or check the features"
 
 
-def train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_split: SplitTensors, num_classes: int,
+def train_runs(configs: list[TrainConfig], train_split: Split, test_split: Split, num_classes: int,
                device: torch.device, progress: bool = True,
                acceleration: Acceleration | None = None) -> list[TrainResult]:
     """Train K runs that differ only in PER_RUN_FIELDS in one pass on in-memory splits (Eq. 22, the step order of
@@ -268,10 +270,10 @@ def deterministic_algorithms(device: torch.device):
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def _train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_split: SplitTensors, num_classes: int,
+def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Split, num_classes: int,
                 device: torch.device, progress: bool, accel: Acceleration) -> list[TrainResult]:
     first, k = configs[0], len(configs)
-    heads = RunHeads.build(k, train_split.cls.shape[1], train_split.patches.shape[2], num_classes, first.proj_dim,
+    heads = RunHeads.build(k, train_split.cls_dim, train_split.patch_dim, num_classes, first.proj_dim,
                            first.pred_dim, first.disc_dim, derived_seed(first.seed, "init"), device,
                            batched=accel.batched_runs)
     model_opt, disc_opt, schedules = make_optimisers(heads.model_parameters(), heads.discriminator_parameters(), first,
@@ -292,7 +294,7 @@ def _train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_spli
     bar = tqdm(total=steps_per_epoch * first.epochs, desc="tt-train" if k == 1 else f"fused x{k}", unit="step",
                disable=not progress, dynamic_ncols=True, leave=k == 1)
     for epoch in range(first.epochs):
-        plan = epoch_plan(len(train_split), subset, first.batch_size, data_gen)
+        plan = train_split.epoch_plan(subset, first.batch_size, data_gen, read_unlabelled=any_critic)
         window, epoch_sums = [], torch.zeros(k, len(LOSS_NAMES), dtype=torch.float64)
         diagnostics: list[list[torch.Tensor]] = [[] for _ in configs]
         for index, (unlabelled_index, labelled_index) in enumerate(zip(plan.unlabelled, plan.labelled)):
@@ -302,6 +304,7 @@ def _train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_spli
             real = draw_prior_onehot(prior, len(unlabelled_index), data_gen).to(device)
             batch = StepBatch.gather(train_split, device, labelled_index, unlabelled_index if any_critic else None,
                                      star_index if any_latent else None, real)
+            train_split.consumed(unlabelled_index)  # a streamed split refills its shuffle buffer
             # 2. dropout masks
             mask = draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, dropout_gen, device)
             # 3. model step: Eq. 22 for every run
@@ -364,6 +367,7 @@ def _train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_spli
         if all(entry is not None for entry in nonfinite):
             break
     bar.close()
+    train_split.close()
     wall = time.perf_counter() - start_time
     results = []
     for run, history in enumerate(histories):
@@ -371,13 +375,14 @@ def _train_runs(configs: list[TrainConfig], train_split: SplitTensors, test_spli
                    "wall_time_s": wall, "device": str(device), "threads": torch.get_num_threads(),
                    "num_classes": num_classes, "fused_runs": k, "train_samples": len(train_split),
                    "test_samples": len(test_split), "labelled_indices": subset.tolist(),
+                   "unlabelled_pass": train_split.unlabelled_pass(first.batch_size),
                    "nonfinite_step": nonfinite[run][0] if nonfinite[run] else None,
                    "nonfinite_message": _nonfinite_message(*nonfinite[run]) if nonfinite[run] else None}
         results.append(TrainResult(heads.head(run), metrics))
     return results
 
 
-def train(config: TrainConfig, train_split: SplitTensors, test_split: SplitTensors, num_classes: int,
+def train(config: TrainConfig, train_split: Split, test_split: Split, num_classes: int,
           device: torch.device, progress: bool = True, acceleration: Acceleration | None = None) -> TrainResult:
     """Train one head (train_runs with K = 1); a loss that stops being finite is a user error naming the step."""
     (result,) = train_runs([config], train_split, test_split, num_classes, device, progress, acceleration)
@@ -421,24 +426,24 @@ def load_head(path: str | Path) -> TwinTurboHead:
 
 
 def train_from_store(features: str | Path, config: TrainConfig, device: torch.device, out_dir: Path | None = None,
-                     progress: bool = True) -> tuple[TrainResult, Path]:
-    """What `tt-train` does: open and check the store, load both splits once, train, write RUN_DIR."""
+                     progress: bool = True, memory_limit: int | None = None) -> tuple[TrainResult, Path]:
+    """What `tt-train` does: open and check the store, hold both splits (in memory, or the train split streamed
+    when they exceed `memory_limit` bytes: data.load_splits), train, write RUN_DIR."""
     config.validate()
     with open_store(features) as store:
         store.require_complete()
         for split in ("train", "test"):
             if split not in store.splits:
                 raise TwinTurboError(f"{store.path} has no '{split}' split (it has: {', '.join(store.splits)})")
-        train_split = load_split(store, "train", device, progress)
-        test_split = load_split(store, "test", device, progress)
+        train_split, test_split = load_splits(store, device, memory_limit, progress)
         num_classes = num_classes_of(store, train_split.labels)
         identity = store.identity()
         dataset = store.attrs.get("dataset") or store.path.name
-    if out_dir is None:
-        out_dir = Path("runs") / str(dataset).replace(":", "_").replace("/", "_") / config.run_name()
-    result = train(config, train_split, test_split, num_classes, device, progress)
-    dims = {"cls_dim": train_split.cls.shape[1], "patch_dim": train_split.patches.shape[2],
-            "num_patches": train_split.patches.shape[1], "num_classes": num_classes,
+        if out_dir is None:
+            out_dir = Path("runs") / str(dataset).replace(":", "_").replace("/", "_") / config.run_name()
+        result = train(config, train_split, test_split, num_classes, device, progress)
+    dims = {"cls_dim": train_split.cls_dim, "patch_dim": train_split.patch_dim,
+            "num_patches": train_split.num_patches, "num_classes": num_classes,
             "proj_dim": config.proj_dim, "pred_dim": config.pred_dim, "disc_dim": config.disc_dim}
     save_run(result, config, out_dir, identity, dims)
     return result, out_dir

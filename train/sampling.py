@@ -5,6 +5,7 @@ and label budget see the same batches whatever their loss weights:
 
     1. `labelled_subset`                        once per run
     2. per epoch: `epoch_plan`                  the unlabelled permutation, then the labelled repetitions
+                  (`streamed_epoch_plan` instead when the split is streamed: chunk order, then shuffle-buffer picks)
     3. per step:  `draw_partners`, then `draw_prior_onehot`   (drawn every step, used only when their term is on)
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ class EpochPlan:
 
     unlabelled: list[torch.Tensor]
     labelled: list[torch.Tensor]
+    stream: torch.Tensor | None = None  # streamed splits: every sample index in the order the reader reads them
 
     def __len__(self) -> int:
         return len(self.unlabelled)
@@ -60,10 +62,62 @@ def epoch_plan(num_train: int, subset: torch.Tensor, batch_size: int, generator:
     subset laid end to end, cut at N, so each labelled sample appears equally often up to one.
     """
     unlabelled = torch.randperm(num_train, generator=generator)
+    return epoch_plan_labelled(num_train, subset, batch_size, generator, list(unlabelled.split(batch_size)))
+
+
+def epoch_plan_labelled(num_train: int, subset: torch.Tensor, batch_size: int, generator: torch.Generator,
+                        unlabelled: list[torch.Tensor]) -> EpochPlan:
+    """Pair the unlabelled batches with the labelled stream (the second draw of an epoch, see epoch_plan)."""
     repeats = -(-num_train // len(subset))
     labelled = torch.cat([subset[torch.randperm(len(subset), generator=generator)] for _ in range(repeats)])
     labelled = labelled[:num_train]
-    return EpochPlan(list(unlabelled.split(batch_size)), list(labelled.split(batch_size)))
+    return EpochPlan(unlabelled, list(labelled.split(batch_size)))
+
+
+def shuffle_buffer_samples(chunk_size: int, batch_size: int, buffer_chunks: int) -> int:
+    """Capacity of the shuffle buffer of a streamed split: `buffer_chunks` whole chunks, and never less than two
+    batches (rounded up to whole chunks), so that every step picks from more samples than it takes."""
+    return chunk_size * max(buffer_chunks, -(-2 * batch_size // chunk_size))
+
+
+def streamed_order(num_train: int, chunk_size: int, capacity: int, batch_size: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The unlabelled pass of a split read from the store in shuffled whole-chunk order (as WebDataset and MosaicML
+    streaming shuffle shards): (stream, batches).
+
+    `stream` is every sample index once, chunk by chunk in a random chunk order. A buffer holds the first `capacity`
+    samples of the stream; each step takes `batch_size` uniformly drawn buffer entries as its batch and refills their
+    places with the next samples of the stream; once the stream is exhausted the buffer empties in random batches.
+    Every sample is in exactly one batch, every batch but the last has `batch_size` samples, and a batch only holds
+    samples the stream has reached: the reader needs the buffer and the chunks being read ahead, never the split.
+    """
+    num_chunks = -(-num_train // chunk_size)
+    chunk_order = torch.randperm(num_chunks, generator=generator)
+    stream = (chunk_order[:, None] * chunk_size + torch.arange(chunk_size)).flatten()
+    stream = stream[stream < num_train]
+    buffer, position, batches = stream[:capacity].clone(), min(capacity, num_train), []
+    while len(buffer):
+        take = min(batch_size, len(buffer))
+        picks = torch.randperm(len(buffer), generator=generator)[:take]
+        batches.append(buffer[picks].clone())
+        incoming = stream[position:position + take]
+        position += len(incoming)
+        buffer[picks[:len(incoming)]] = incoming
+        if len(incoming) < take:  # the stream ran out: the picked places without a new sample close
+            keep = torch.ones(len(buffer), dtype=torch.bool)
+            keep[picks[len(incoming):]] = False
+            buffer = buffer[keep]
+    return stream, batches
+
+
+def streamed_epoch_plan(num_train: int, subset: torch.Tensor, batch_size: int, generator: torch.Generator,
+                        chunk_size: int, capacity: int) -> EpochPlan:
+    """`epoch_plan` for a streamed split: the unlabelled batches of `streamed_order` (same count and sizes as
+    epoch_plan's), then the labelled repetitions drawn exactly as there. Its `stream` is the order to read samples in."""
+    stream, unlabelled = streamed_order(num_train, chunk_size, capacity, batch_size, generator)
+    plan = epoch_plan_labelled(num_train, subset, batch_size, generator, unlabelled)
+    plan.stream = stream
+    return plan
 
 
 class PartnerTable:

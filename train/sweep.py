@@ -432,9 +432,9 @@ def build_grid(grid_file: str | None, lists: dict[str, str | None], training: di
 
 
 def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse: int | None, workers: int,
-              dry_run: bool, extend: bool, launcher: str, slurm, echo=print) -> None:
+              dry_run: bool, extend: bool, launcher: str, slurm, echo=print, memory_limit: int | None = None) -> None:
     """What tt-sweep does: check the store and SWEEP_DIR, skip finished runs, train the rest in fused groups on the
-    chosen launcher (rows are appended to results.jsonl as runs finish)."""
+    chosen launcher (rows are appended to results.jsonl as runs finish); `memory_limit` as in data.load_splits."""
     from twinturbo.common.device import resolve_device
     from twinturbo.common.store import open_store
     from twinturbo.train import launch
@@ -457,7 +457,7 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
          f"(fused by up to {fuse})")
     groups = list(fusion_groups(todo, fuse))
     if launcher == "local":
-        launch.launch_local(features, sweep_dir, groups, device, workers)
+        launch.launch_local(features, sweep_dir, groups, device, workers, memory_limit)
     else:
-        launch.launch_submitit(features, sweep_dir, groups, device, slurm)
+        launch.launch_submitit(features, sweep_dir, groups, device, slurm, memory_limit=memory_limit)
     echo(f"tt-sweep: results in {Path(sweep_dir) / RESULTS_FILE}; figures: tt-report {sweep_dir}")
