@@ -5,9 +5,10 @@ Two figures, each from one run of this script:
 1. speed: steps/s of a critic run (setup 2: the unlabelled batch is read every step) with the train split streamed
    (--memory-limit half the split) against the same run in memory, on the same store, interleaved rounds, best of
    each (goal >= 0.9);
-2. memory: the peak RSS a streamed run whose split is twice the limit adds to its process (fresh process; measured
-   after the same run on a small store, so libraries, the model and allocator pools are already there), against the
-   limit, and the same for the run in memory (which must grow by more than the split).
+2. memory: the peak RSS (VmHWM, reset after a warm-up) a streamed run whose split is twice the limit adds to its
+   process (a fresh process; measured after the same run on a small store, so that libraries, the model and allocator
+   pools are already there), against the limit, and the same for the run in memory (which must grow by more than the
+   split). Not ru_maxrss: a child process inherits its parent's at fork, and this script's parent holds a store.
 
     python bench/stream.py --features features/fashion-mnist   # speed on a real store, memory on a random one
     python bench/stream.py --smoke                             # small sizes (run by the test suite)
@@ -28,7 +29,7 @@ BENCH = Path(__file__).parent
 CLASSES = 10
 
 RSS_CHILD = textwrap.dedent("""
-    import json, pathlib, resource, sys
+    import json, pathlib, sys
     import torch
     from twinturbo.train.config import TrainConfig
     from twinturbo.train.loop import train_from_store
@@ -36,11 +37,18 @@ RSS_CHILD = textwrap.dedent("""
     big, small, out, limit = sys.argv[1:]
     config = TrainConfig(labels=100, epochs=1, batch_size=512, critic_weight=0.1, proj_dim=32, pred_dim=16,
                          disc_dim=8, eval_batch_size=512)
+    def status(field):  # kB figures of this process's own memory; not ru_maxrss, which a child inherits at fork
+        line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
     train_from_store(small, config, torch.device("cpu"), out_dir=pathlib.Path(out) / "small", progress=False)
-    before = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+    try:
+        open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from the current RSS
+    except OSError:
+        pass
+    before = status("VmRSS")
     result, _ = train_from_store(big, config, torch.device("cpu"), out_dir=pathlib.Path(out) / "big", progress=False,
                                  memory_limit=None if limit == "none" else int(limit))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status("VmHWM")
     print(json.dumps({"grown": peak - before, "streamed": result.metrics["unlabelled_pass"]["streamed"]}))
 """)
 
