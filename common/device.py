@@ -1,6 +1,7 @@
 """Device selection, and the speed choices made for a GPU, shared by both stages."""
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -40,3 +41,17 @@ class Acceleration:
     def for_device(cls, device: torch.device) -> "Acceleration":
         on = device.type == "cuda"
         return cls(bf16=on, batched_runs=on, fused_adamw=on)
+
+
+def host_description(device: torch.device) -> dict:
+    """What a run's last bits depend on beyond its config and thread count, recorded with each sweep row: the CPU
+    model (or the GPU's name) and torch's version. A CPU of another kind rounds differently (README, Determinism)."""
+    if device.type == "cuda":
+        return {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__}
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "torch": torch.__version__}

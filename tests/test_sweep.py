@@ -201,6 +201,7 @@ def test_local_workers_train_every_run_once_and_match_a_single_thread_run(store,
     parallel, serial = (read_rows(tmp_path / name / "results.jsonl") for name in ("parallel", "serial"))
     assert len(parallel) == len({r["run_id"] for r in parallel}) == 4
     assert {r["threads"] for r in parallel} == {1}
+    assert all(r["host"]["torch"] == torch.__version__ and r["host"]["cpu"] for r in parallel)
     # same seed, same device, same thread count: the same accuracies, whichever process trained the run
     assert ({r["run_id"]: r["test_accuracy"] for r in parallel} == {r["run_id"]: r["test_accuracy"] for r in serial})
 

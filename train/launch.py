@@ -39,7 +39,11 @@ class SlurmOptions:
 
 
 def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, fused_runs: int) -> dict:
-    """The results.jsonl row of one finished run: full config, ids, accuracy, per-epoch curve, time, store."""
+    """The results.jsonl row of one finished run: full config, ids, accuracy, per-epoch curve, time, store, host."""
+    import torch
+
+    from twinturbo.common.device import host_description
+
     return {
         "run_id": run.run_id,
         "setup": run.setup,
@@ -56,6 +60,7 @@ def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, f
         "fused_runs": fused_runs,
         "device": device,
         "threads": metrics["threads"],
+        "host": host_description(torch.device(device)),
         "store": store_identity,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
