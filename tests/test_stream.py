@@ -36,7 +36,7 @@ def test_streamed_order_is_every_sample_once_in_reachable_batches(n, chunk, capa
 
 def test_streamed_order_is_a_function_of_the_seed_and_mixes_chunks():
     draw = lambda seed: streamed_order(6400, 64, 2048, 512, torch.Generator().manual_seed(seed))  # noqa: E731
-    (stream_a, batches_a), (stream_b, batches_b), (stream_c, batches_c) = draw(1), draw(1), draw(2)
+    (stream_a, batches_a), (stream_b, batches_b), (stream_c, _) = draw(1), draw(1), draw(2)
     assert torch.equal(stream_a, stream_b) and all(torch.equal(a, b) for a, b in zip(batches_a, batches_b))
     assert not torch.equal(stream_a, stream_c)
     assert len(torch.unique(batches_a[0] // 64)) >= 25  # the first batch spans most of the 32 buffered chunks
