@@ -38,14 +38,12 @@ def empty_resident(reader: SplitReader, rows: int) -> SplitTensors:
                         torch.empty((rows, reader.num_patches), dtype=torch.float16) if quantised else None)
 
 
-def read_rows_into(reader: SplitReader, start: int, stop: int, target: SplitTensors, rows: torch.Tensor) -> None:
-    """Samples [start, stop) of the store, as stored, into `target` at `rows`."""
+def read_resident(reader: SplitReader, start: int, stop: int) -> SplitTensors:
+    """Samples [start, stop) of the store as stored, in new host tensors (labels left at -1)."""
     part = empty_resident(reader, stop - start)
     reader.read_stored(start, stop, part.cls.numpy(), part.patches.numpy(),
                        None if part.patch_scales is None else part.patch_scales.numpy())
-    target.cls[rows], target.patches[rows] = part.cls, part.patches
-    if target.patch_scales is not None:
-        target.patch_scales[rows] = part.patch_scales
+    return part
 
 
 class ChunkReader:
@@ -74,9 +72,7 @@ class ChunkReader:
         for chunk in self._chunks:
             start, stop = chunk * size, min((chunk + 1) * size, n)
             try:
-                part = empty_resident(self._reader, stop - start)
-                self._reader.read_stored(start, stop, part.cls.numpy(), part.patches.numpy(),
-                                         None if part.patch_scales is None else part.patch_scales.numpy())
+                part = read_resident(self._reader, start, stop)
             except BaseException as err:  # re-raised by next_chunk in the training thread
                 self._put(err)
                 return
@@ -157,7 +153,10 @@ class StreamedSplit(Split):
         if not torch.equal(held, self._held) or self._capacity != capacity:
             self._resident = empty_resident(self.reader, len(held) + capacity)
             for row, index in enumerate(held.tolist()):
-                read_rows_into(self.reader, index, index + 1, self._resident, torch.tensor([row]))
+                sample = read_resident(self.reader, index, index + 1)
+                self._resident.cls[row], self._resident.patches[row] = sample.cls[0], sample.patches[0]
+                if sample.patch_scales is not None:
+                    self._resident.patch_scales[row] = sample.patch_scales[0]
             self._resident.labels[:len(held)] = self.labels[held]
             self._held, self._buffer_start, self._capacity = held, len(held), capacity
         self._resident_row.fill_(-1)
@@ -237,7 +236,6 @@ class RangeSplit(Split):
         start, stop = int(index[0]), int(index[-1]) + 1
         if len(index) != stop - start or not torch.equal(index.cpu(), torch.arange(start, stop)):
             raise ValueError("RangeSplit serves contiguous ascending index ranges only")
-        part = empty_resident(self.reader, stop - start)
-        read_rows_into(self.reader, start, stop, part, torch.arange(stop - start))
+        part = read_resident(self.reader, start, stop)
         part.labels[:] = self.labels[start:stop]
         return part.batch(torch.arange(stop - start), device)
