@@ -1,4 +1,4 @@
-"""Device selection, and the speed choices made for a GPU, shared by both stages."""
+"""Device selection, the arithmetic precision of a run, and the speed choices made for a device, shared by both stages."""
 from __future__ import annotations
 
 import platform
@@ -24,23 +24,62 @@ def resolve_device(name: str) -> torch.device:
     raise TwinTurboError(f"--device {name}: expected one of {', '.join(DEVICE_CHOICES)}")
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_HELP = ("Arithmetic of the head's forward and backward: bf16 autocast (matmuls in bfloat16, losses and "
+                  "weights in float32) or fp32; auto = bf16 where the device computes bf16 natively (a CUDA GPU, a "
+                  "CPU with AVX512-BF16 or AMX), else fp32. Part of a run's config: a sweep never mixes precisions.")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 natively: a CUDA GPU that supports it, an x86 CPU with AVX512-BF16 or AMX,
+    an Arm CPU with its BF16 extension. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, name, None)
+        if check is not None and check():
+            return True
+    return platform.machine() in ("aarch64", "arm64") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where `native_bf16(device)`, else fp32; fp32 and bf16 are kept as asked (bf16 runs anywhere,
+    emulated where the hardware lacks it)."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision in PRECISIONS:
+        return precision
+    raise TwinTurboError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+
+
 @dataclass(frozen=True)
 class Acceleration:
-    """What the code does differently for speed on a GPU, decided here and nowhere else.
+    """How a run is computed beyond its config, decided here and nowhere else (`for_run`); each path also runs on the
+    CPU when asked for, so the CPU test suite covers the branches a GPU takes.
 
-    `for_device` switches everything on for CUDA and off on the CPU, where each was measured slower (bf16 autocast
-    ~6x, DESIGN.md; K runs as one vmap ~0.9x, bench/sweep.py). Each path also runs on the CPU when asked for, so the
-    CPU test suite covers the branches a GPU takes.
+    fp32 on the CPU is the reference path: it computes every earlier fp32 result bit for bit. Measured on a 2-core
+    AMD EPYC with AVX512-BF16 (bench/README.md, bench/limit.py): K runs as one vmap did not pay on the CPU, AdamW's
+    fused kernel is ~3x faster than the per-tensor one for the projector's weight but rounds differently, so it comes
+    with bf16 (whose results differ from fp32's anyway) and stays off for fp32.
     """
 
-    bf16: bool = False  # bf16 autocast of the backbone's forward (extraction) and the head's (training, evaluation)
     batched_runs: bool = False  # K fused runs as one torch.vmap over the run axis instead of one after another
     fused_adamw: bool = False  # AdamW's fused kernel
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "Acceleration":
-        on = device.type == "cuda"
-        return cls(bf16=on, batched_runs=on, fused_adamw=on)
+    def for_run(cls, device: torch.device, precision: str) -> "Acceleration":
+        """The choices for a run of resolved `precision` (fp32 or bf16) on `device`."""
+        cuda = device.type == "cuda"
+        return cls(batched_runs=cuda, fused_adamw=cuda or precision == "bf16")
+
+
+def extraction_bf16(device: torch.device) -> bool:
+    """bf16 autocast of the backbone's forward in tt-extract: on CUDA only. On the CPU the tokens stay fp32-computed
+    even where bf16 is native (2.1x faster on the 2-core EPYC, bench/README.md): a store is read by every run made
+    on it, and stores extracted on CPUs with and without bf16 then hold the same tokens."""
+    return device.type == "cuda"
 
 
 def host_description(device: torch.device) -> dict:

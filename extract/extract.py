@@ -8,7 +8,7 @@ A batch whose chunks are all marked done is skipped; a partially done one is rec
 are written (a done chunk is never rewritten, so a kill can never leave a done flag over half-written data).
 
 Resize follows Table 1 of the paper (28/32 -> 224): bilinear, grey repeated to 3 channels. The forward runs under
-`torch.inference_mode`, in bf16 autocast on CUDA and fp32 on CPU (bf16 is ~6x slower on these CPUs, DESIGN.md).
+`torch.inference_mode`, in bf16 autocast on CUDA and fp32 on CPU (`common.device.extraction_bf16` says why).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from twinturbo.common.device import Acceleration, resolve_device
+from twinturbo.common.device import extraction_bf16, resolve_device
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FORMATS, PATCH_DTYPES, FeatureStore, SplitLayout, create_store, open_store
 
@@ -124,8 +124,8 @@ def prepare_images(images: np.ndarray, resolution: int, device: torch.device) ->
 def forward_features(backbone: torch.nn.Module, images: torch.Tensor,
                      bf16: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The backbone's (cls, patches) as float16 on the images' device, under bf16 autocast when `bf16` (default:
-    Acceleration.for_device: on CUDA; on the CPU fp32, where bf16 measured slower)."""
-    enabled = Acceleration.for_device(images.device).bf16 if bf16 is None else bf16
+    `extraction_bf16`: on CUDA only)."""
+    enabled = extraction_bf16(images.device) if bf16 is None else bf16
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=enabled):
         cls, patches = backbone(images)
     return cls.to(torch.float16), patches.to(torch.float16)

@@ -303,7 +303,10 @@ def _write_tiny_store(path, n_train=96, n_test=40, cls_dim=12, patches=3, patch_
 
 
 def _quick_config(**overrides) -> TrainConfig:
-    values = dict(labels=50, epochs=4, batch_size=64, lr=2e-3, warmup=5, proj_dim=64, pred_dim=32, disc_dim=16)
+    # fp32: the same arithmetic on every machine (--precision auto is bf16 only where the CPU has it); the bf16 path
+    # has its own tests.
+    values = dict(labels=50, epochs=4, batch_size=64, lr=2e-3, warmup=5, proj_dim=64, pred_dim=32, disc_dim=16,
+                  precision="fp32")
     values.update(overrides)
     values["warmup_steps"] = values.pop("warmup")
     return TrainConfig(**values)

@@ -1,6 +1,8 @@
 """The fused sweep trainer equals separate `loop.train` runs with the same seed (tt-sweep's correctness claim)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ NUM_CLASSES = 4  # of the tiny store (conftest.py)
 
 
 TINY = dict(epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, proj_dim=16, pred_dim=12, disc_dim=8, labels=8,
-            eval_batch_size=16)
+            eval_batch_size=16, precision="fp32")
 # One run of each setup of DESIGN.md (lambdas off the default grid to exercise per-run weights).
 SETUPS = [("cat_cross", "softmax", 0.0, 0.0), ("cat_cross", "softmax", 0.3, 0.0), ("cat_twin", "softmax", 0.1, 0.0),
           ("cat_twin", "sigmoid", 1.0, 0.0), ("cat_twin", "sigmoid", 0.5, 0.2), ("bin_cross", "softmax", 0.1, 1.0),
@@ -93,12 +95,17 @@ def test_stacked_forward_equals_each_head(batched):
             torch.testing.assert_close(stack.params[name].grad[k], parameter.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_autocast_path_trains_on_the_cpu(splits):
-    """The GPU's bf16 autocast branch of the trainer, run on the CPU: it learns the separable tokens like fp32."""
+@pytest.mark.parametrize("batched", [False, True], ids=["one-after-another", "vmap"])
+def test_bf16_path_trains_on_the_cpu(splits, batched):
+    """--precision bf16 (autocast, fused AdamW; with vmap as on a GPU) on the CPU, whether or not it has native bf16:
+    it learns the separable tokens like fp32, computes something else than fp32, and records its precision."""
     train_split, test_split = splits
-    configs = [TrainConfig(critic_weight=0.1, seed=1, **dict(TINY, epochs=8))]  # fp32 reaches 0.875 here
-    plain, = train_runs(configs, train_split, test_split, NUM_CLASSES, torch.device("cpu"), progress=False)
-    bf16, = train_runs(configs, train_split, test_split, NUM_CLASSES, torch.device("cpu"), progress=False,
-                       acceleration=Acceleration(bf16=True, batched_runs=True, fused_adamw=True))
+    fp32_config = TrainConfig(critic_weight=0.1, seed=1, **dict(TINY, epochs=8))  # fp32 reaches 0.875 here
+    plain, = train_runs([fp32_config], train_split, test_split, NUM_CLASSES, torch.device("cpu"), progress=False)
+    bf16, = train_runs([replace(fp32_config, precision="bf16")], train_split, test_split, NUM_CLASSES,
+                       torch.device("cpu"), progress=False,
+                       acceleration=Acceleration(batched_runs=batched, fused_adamw=True))
+    assert (plain.metrics["precision"], bf16.metrics["precision"]) == ("fp32", "bf16")
     assert bf16.metrics["nonfinite_step"] is None and bf16.metrics["test_accuracy"] > 0.6
     assert abs(bf16.metrics["test_accuracy"] - plain.metrics["test_accuracy"]) <= 0.1
+    assert bf16.metrics["epochs"][0]["mean_losses"] != plain.metrics["epochs"][0]["mean_losses"]

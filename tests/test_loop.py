@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -196,3 +197,29 @@ def test_each_distinct_sample_is_mixed_once_and_the_step_is_unchanged(synthetic_
     assert grads.keys() == plain_grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_validation_split_changes_no_weight_and_scores_its_own_samples(synthetic_splits, quick_config):
+    """--val-labels: bit-identical weights, losses and test accuracies with and without it; its accuracy is the
+    trained head's on exactly the drawn samples, and the per-sample bits agree with it."""
+    import numpy as np
+
+    from twinturbo.train.sampling import validation_subset
+
+    train_split, test_split = synthetic_splits
+    config = quick_config(epochs=2, critic_weight=0.5, latent_weight=0.5)
+    without = train(replace(config, val_labels=0), train_split, test_split, CLASSES, torch.device("cpu"), progress=False)
+    with_val = train(replace(config, val_labels=30), train_split, test_split, CLASSES, torch.device("cpu"),
+                     progress=False)
+    for a, b in zip(without.head.state_dict().values(), with_val.head.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(without.metrics["epochs"], with_val.metrics["epochs"]):
+        assert a["test_accuracy"] == b["test_accuracy"] and a["mean_losses"] == b["mean_losses"]
+        assert "val_accuracy" not in a
+    index = validation_subset(train_split.labels, 30, CLASSES, torch.tensor(with_val.metrics["labelled_indices"]),
+                              config.seed)
+    assert with_val.metrics["val_samples"] == 30
+    assert with_val.metrics["val_accuracy"] == evaluate(with_val.head, train_split.subset(index), torch.device("cpu"))
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(with_val.metrics["epochs"][-1]["val_correct"]), np.uint8),
+                         bitorder="little")[:30]
+    assert bits.mean() == with_val.metrics["val_accuracy"]

@@ -6,7 +6,7 @@ import torch
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.sampling import (PartnerTable, class_prior, draw_partners, draw_prior_onehot, epoch_plan,
-                                      labelled_subset)
+                                      labelled_subset, validation_subset)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -43,6 +43,30 @@ def test_subset_error_when_a_class_is_too_small():
     labels = torch.cat([torch.zeros(50, dtype=torch.long), torch.ones(2, dtype=torch.long)])
     with pytest.raises(TwinTurboError, match="--labels 10: class 1 has only 2 samples"):
         labelled_subset(labels, 10, 2, gen())
+
+
+def test_validation_split_is_balanced_disjoint_and_nested():
+    """--val-labels N: class balanced like the labelled subset, outside it, a function of the seed alone, and the first
+    n of a larger draw are the draw of n (one run scores every smaller validation size)."""
+    labelled = labelled_subset(LABELS, 100, 10, gen())
+    large = validation_subset(LABELS, 503, 10, labelled, seed=42)
+    assert len(large) == len(set(large.tolist())) == 503
+    assert not set(large.tolist()) & set(labelled.tolist())
+    assert torch.bincount(LABELS[large], minlength=10).tolist() == [51, 51, 51] + [50] * 7
+    assert torch.equal(large, validation_subset(LABELS, 503, 10, labelled, seed=42))
+    assert not torch.equal(large, validation_subset(LABELS, 503, 10, labelled, seed=43))
+    for n in (10, 100, 250):
+        small = validation_subset(LABELS, n, 10, labelled, seed=42)
+        assert torch.equal(small, large[:n])
+        assert torch.bincount(LABELS[small], minlength=10).tolist() == [n // 10 + (c < n % 10) for c in range(10)]
+    assert len(validation_subset(LABELS, 0, 10, labelled, seed=42)) == 0
+
+
+def test_validation_split_error_names_the_flag_and_the_class():
+    labels = torch.cat([torch.zeros(50, dtype=torch.long), torch.ones(6, dtype=torch.long)])
+    labelled = labelled_subset(labels, 10, 2, gen())  # 5 of class 1: one left outside
+    with pytest.raises(TwinTurboError, match="--val-labels 4: class 1 has only 1 train samples outside the labelled"):
+        validation_subset(labels, 4, 2, labelled, seed=0)
 
 
 def test_epoch_plan_covers_the_split_once_and_repeats_the_subset():

@@ -108,5 +108,5 @@ def test_train_and_sweep_share_each_training_option_from_one_place():
     for flag in shared:
         assert train_options[flag].help == sweep_options[flag].help, flag
     for flag, spec in training.items():
-        assert train_options[flag].default == spec.default and f"[default: {spec.default}]" in train_options[flag].help
+        assert train_options[flag].default == spec.default and f"[default: {spec.metadata['shown']}]" in train_options[flag].help
         assert sweep_options[flag].default is None  # unset in a sweep = TrainConfig's default

@@ -30,9 +30,9 @@ def training_options(shared_only: bool) -> Callable:
         for spec in reversed(fields(TrainConfig)):
             if shared_only and spec.metadata["per_run"]:
                 continue
-            command = click.option(spec.metadata["flag"], spec.name, type=type(spec.default),
+            command = click.option(spec.metadata["flag"], spec.name, type=spec.metadata["kind"],
                                    default=None if shared_only else spec.default,
-                                   help=_with_default(spec.metadata["help"], spec.default))(command)
+                                   help=_with_default(spec.metadata["help"], spec.metadata["shown"]))(command)
         return command
     return decorate
 
@@ -62,13 +62,15 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
     """tt-train: train one TwinTURBO head on cached features (Eq. 22) and report its test accuracy."""
     from pathlib import Path
 
-    from twinturbo.common.device import resolve_device
+    from twinturbo.common.device import resolve_device, resolve_precision
     from twinturbo.train.data import parse_size
     from twinturbo.train.loop import train_from_store
 
+    torch_device = resolve_device(device)
     config = TrainConfig(**options).validate()
+    config.precision = resolve_precision(config.precision, torch_device)  # the run records what it computed in
     limit = parse_size(memory_limit) if memory_limit is not None else None
-    result, run_dir = train_from_store(features, config, resolve_device(device),
+    result, run_dir = train_from_store(features, config, torch_device,
                                        Path(out_dir) if out_dir else None, progress=not quiet, memory_limit=limit)
     click.echo(f"test accuracy {result.metrics['test_accuracy']:.4f} ({result.metrics['steps']} steps, "
                f"{result.metrics['wall_time_s']:.1f} s); run written to {run_dir}")

@@ -5,21 +5,26 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from twinturbo.common.device import PRECISION_HELP, PRECISIONS
 from twinturbo.common.errors import TwinTurboError
 
 LOSSES = ("cat_cross", "cat_twin", "bin_cross")
 RESCALES = ("softmax", "sigmoid")
 PRIORS = ("uniform", "labelled")
 CRITIC_FORMS = ("minimax", "nonsaturating")
+# The weights of Eq. 22's terms (0 = the term is off).
+TERM_WEIGHT_FIELDS = ("critic_weight", "latent_weight")
 # The share of the free host memory the splits may take by default (--memory-limit); the rest is left to the model,
 # optimiser states and activations.
 MEMORY_HEADROOM = 0.7
 
 
-def _option(default, flag: str, help: str, per_run: bool = False):
+def _option(default, flag: str, help: str, per_run: bool = False, kind: type | None = None, shown: str | None = None):
     """A TrainConfig field with its command-line flag and help text: the one place tt-train and tt-sweep read them.
-    `per_run` fields are a sweep's grid axes (its own list options); the others are training flags a sweep shares."""
-    return field(default=default, metadata={"flag": flag, "help": help, "per_run": per_run})
+    `per_run` fields are a sweep's grid axes (its own list options); the others are training flags a sweep shares.
+    `kind` is the option's type and `shown` the default as --help says it, where the default (None) says neither."""
+    return field(default=default, metadata={"flag": flag, "help": help, "per_run": per_run,
+                                            "kind": kind or type(default), "shown": default if shown is None else shown})
 
 
 @dataclass
@@ -58,6 +63,15 @@ class TrainConfig:
                                "nonsaturating (-log D).")
     eval_batch_size: int = _option(1024, "--eval-batch-size", "Batch size of the test evaluation (no effect on "
                                    "results).")
+    val_labels: int | None = _option(None, "--val-labels", "Size of the validation split: class-balanced train images "
+                                     "outside the labelled subset whose labels only score the run (never trained "
+                                     "on; the images stay unlabelled data), for choosing lambda without the test set; "
+                                     "0 = none.", kind=int, shown="as many as --labels")
+    precision: str = _option("auto", "--precision", PRECISION_HELP)
+
+    def __post_init__(self) -> None:
+        if self.val_labels is None:  # the default: a validation split the size of the labelled subset
+            self.val_labels = self.labels
 
     @staticmethod
     def flag(name: str) -> str:
@@ -67,7 +81,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise a one-line TwinTurboError naming the flag of the first bad value."""
         flag = self.flag
-        choices = {"loss": LOSSES, "rescale": RESCALES, "prior": PRIORS, "critic_form": CRITIC_FORMS}
+        choices = {"loss": LOSSES, "rescale": RESCALES, "prior": PRIORS, "critic_form": CRITIC_FORMS,
+                   "precision": PRECISIONS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise TwinTurboError(f"{flag(name)} {getattr(self, name)}: expected one of {', '.join(valid)}")
@@ -80,6 +95,8 @@ class TrainConfig:
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise TwinTurboError(f"{flag(name)} {getattr(self, name)}: expected a positive number")
+        if self.val_labels < 0:
+            raise TwinTurboError(f"--val-labels {self.val_labels}: expected a number of images >= 0 (0 = none)")
         if self.warmup_steps < 0:
             raise TwinTurboError(f"--warmup {self.warmup_steps}: expected a step count >= 0")
         for name in ("critic_weight", "latent_weight", "weight_decay"):
@@ -94,18 +111,26 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def identity(self) -> dict:
+        """What names this run in a sweep (its run id hashes it): every field, except the weights of Eq. 22 that are 0.
+        A weight of 0 switches its term off whatever the term is, so adding a term to the package keeps every
+        existing run id."""
+        return {name: value for name, value in self.to_dict().items()
+                if not (name in TERM_WEIGHT_FIELDS and value == 0)}
+
     def run_name(self) -> str:
         """`<loss>_<rescale>_c<critic>_l<latent>_n<labels>_s<seed>`: the default run directory's name."""
         return (f"{self.loss}_{self.rescale}_c{self.critic_weight:g}_l{self.latent_weight:g}"
                 f"_n{self.labels}_s{self.seed}")
 
 
-# The three random streams of a run, each seeded from the run's seed alone, so the fused sweep can replay them.
-SEED_STREAMS = ("init", "data", "dropout")
+# The random streams of a run, each seeded from the run's seed alone, so the fused sweep can replay them. Adding a
+# stream leaves the others' draws unchanged (each is its own generator).
+SEED_STREAMS = ("init", "data", "dropout", "validation")
 
 
 def derived_seed(seed: int, stream: str) -> int:
-    """An independent 63-bit seed for one stream of a run (`init`, `data`, `dropout`).
+    """An independent 63-bit seed for one stream of a run (`init`, `data`, `dropout`, `validation`).
 
     Hashing keeps the streams of seed 42 unrelated to those of seed 43, which `seed + k` offsets would not.
     """

@@ -46,6 +46,12 @@ class Split:
     def close(self) -> None:
         """Stop any reading still under way."""
 
+    def subset(self, index: torch.Tensor) -> "SplitTensors":
+        """Samples `index` in memory as their own split, in that order (a run's validation split)."""
+        raise NotImplementedError
+
+
+
 
 @dataclass
 class SplitTensors(Split):
@@ -66,6 +72,11 @@ class SplitTensors(Split):
     @property
     def device(self) -> torch.device:
         return self.cls.device
+
+    def subset(self, index: torch.Tensor) -> "SplitTensors":
+        index = index.to(self.device)
+        scales = None if self.patch_scales is None else self.patch_scales[index]
+        return SplitTensors(self.cls[index], self.patches[index], self.labels[index], scales)
 
     def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(cls, patches, labels) of the samples `index`, as float32 on `device` (bf16 autocast does the rest).

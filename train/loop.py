@@ -38,15 +38,16 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from twinturbo.common.device import Acceleration
+from twinturbo.common.device import Acceleration, resolve_precision
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig, derived_seed
@@ -55,7 +56,8 @@ from twinturbo.train.diagnostics import GRADIENT_EVERY, critic_figures, epoch_me
 from twinturbo.train.heads import RunHeads
 from twinturbo.train.losses import critic, critic_nonsaturating, get_task_loss, latent_infonce, log_rescale
 from twinturbo.train.model import TwinTurboHead, draw_dropout_mask
-from twinturbo.train.sampling import draw_partners, draw_prior_onehot, start_run_draws
+from twinturbo.train.sampling import (RunDraws, draw_partners, draw_prior_onehot, start_run_draws,
+                                      validation_subset)
 
 LOSS_NAMES = ("task", "critic", "latent", "total", "disc")
 SYNC_EVERY = 10  # steps between host syncs: the NaN check and the progress bar read losses this often
@@ -108,14 +110,13 @@ class StepBatch:
                    rows[2] if star_cls is not None else None, real)
 
 
-def autocast(device: torch.device, bf16: bool | None = None):
-    """bf16 autocast when asked (default: Acceleration.for_device, i.e. on CUDA only; bf16 is ~6x slower on the CPU)."""
-    enabled = Acceleration.for_device(device).bf16 if bf16 is None else bf16
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast of the head when the run's precision is bf16 (its losses are computed in float32 regardless)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def forward_rows(forward: Callable, batch: StepBatch, dropout_mask: torch.Tensor, with_star: bool,
-                 with_unlabelled: bool, bf16: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 with_unlabelled: bool, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(z, logits) in float32 of the step's rows: labelled [0, B), then x* [B, 2B) when `with_star`, then the
     unlabelled rows when `with_unlabelled`; `forward` is a head's (or K stacked heads') forward.
 
@@ -193,21 +194,38 @@ def make_optimisers(model_parameters: list[torch.Tensor], discriminator_paramete
 
 
 @torch.inference_mode()
-def evaluate_runs(forward: Callable, split: Split, device: torch.device, batch_size: int = 1024,
-                  bf16: bool | None = None) -> list[float]:
-    """Each run's test accuracy: argmax of its logits without dropout, over the samples that have a label.
-    `forward(cls, patches)` returns (z, logits) with a leading run axis [K, B, ...]."""
-    correct, total = None, 0
+def predict_runs(forward: Callable, split: Split, device: torch.device, batch_size: int = 1024,
+                 bf16: bool = False) -> torch.Tensor:
+    """Each run's predicted class for every sample of `split`: argmax of its logits without dropout, [K, N] on the
+    CPU. `forward(cls, patches)` returns (z, logits) with a leading run axis [K, B, ...]."""
+    predictions = []
     for start in range(0, len(split), batch_size):
         index = torch.arange(start, min(start + batch_size, len(split)))
-        cls, patches, labels = split.batch(index, device)
+        cls, patches, _ = split.batch(index, device)
         with autocast(device, bf16):
             _, logits = forward(cls, patches)
-        known = labels >= 0
-        hits = ((logits.argmax(dim=2) == labels) & known).sum(dim=1).cpu()
-        correct = hits if correct is None else correct + hits
-        total += int(known.sum())
-    return [int(c) / max(total, 1) for c in correct]
+        predictions.append(logits.argmax(dim=2).cpu())
+    return torch.cat(predictions, dim=1)
+
+
+def accuracies_of(predictions: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Each run's accuracy [K] over the samples that have a label (label -1 = none)."""
+    known = labels.cpu() >= 0
+    hits = (predictions == labels.cpu()) & known
+    return [int(h) / max(int(known.sum()), 1) for h in hits.sum(dim=1)]
+
+
+def evaluate_runs(forward: Callable, split: Split, device: torch.device, batch_size: int = 1024,
+                  bf16: bool = False) -> list[float]:
+    """Each run's accuracy on `split` (predict_runs, then accuracies_of)."""
+    return accuracies_of(predict_runs(forward, split, device, batch_size, bf16), split.labels)
+
+
+def correct_bits(predictions: torch.Tensor, labels: torch.Tensor) -> list[str]:
+    """Per run, which samples it classified correctly as a hex string (bit i of byte i // 8, least significant
+    first): a validation split's per-sample record, from which the accuracy of any prefix can be recomputed."""
+    hits = (predictions == labels.cpu()).numpy()
+    return [np.packbits(row, bitorder="little").tobytes().hex() for row in hits]
 
 
 def evaluate(head: TwinTurboHead, split: Split, device: torch.device, batch_size: int = 1024) -> float:
@@ -249,9 +267,10 @@ def train_runs(configs: list[TrainConfig], train_split: Split, test_split: Split
     for config in configs:
         config.validate()
     check_fusable(configs)
-    accel = acceleration or Acceleration.for_device(device)
+    precision = resolve_precision(configs[0].precision, device)
+    accel = acceleration or Acceleration.for_run(device, precision)
     with deterministic_algorithms(device):
-        return _train_runs(configs, train_split, test_split, num_classes, device, progress, accel)
+        return _train_runs(configs, train_split, test_split, num_classes, device, progress, accel, precision)
 
 
 @contextmanager
@@ -270,22 +289,96 @@ def deterministic_algorithms(device: torch.device):
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+@dataclass
+class Optimisers:
+    """The two AdamW of a pass (model: every run's mixer, projector, predictor; discriminator) and their schedules."""
+
+    model: torch.optim.Optimizer
+    discriminator: torch.optim.Optimizer
+    schedules: list
+
+
+@dataclass
+class StepRecord:
+    """What one step leaves for the log: per run the LOSS_NAMES values [K, 5] and the diagnostics [K, 7]
+    (train/diagnostics.py; NaN where not measured this step)."""
+
+    losses: torch.Tensor
+    diagnostics: torch.Tensor
+
+
+def step_inputs(configs: list[TrainConfig], draws: RunDraws, split: Split, unlabelled_index: torch.Tensor,
+                labelled_index: torch.Tensor, device: torch.device) -> tuple[StepBatch, torch.Tensor]:
+    """Steps 1-2 of the module docstring: from the data stream the x* partners, then the prior's one-hots; each
+    distinct sample of the step read once; then the dropout keep-mask from the dropout stream."""
+    first = configs[0]
+    any_critic = any(c.critic_weight > 0 for c in configs)
+    any_latent = any(c.latent_weight > 0 for c in configs)
+    star_index = draw_partners(draws.partners, labelled_index, draws.data)
+    real = draw_prior_onehot(draws.prior, len(unlabelled_index), draws.data).to(device)
+    batch = StepBatch.gather(split, device, labelled_index, unlabelled_index if any_critic else None,
+                             star_index if any_latent else None, real)
+    split.consumed(unlabelled_index)  # a streamed split refills its shuffle buffer
+    mask = draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, draws.dropout, device)
+    return batch, mask
+
+
+def train_step(heads: RunHeads, configs: list[TrainConfig], batch: StepBatch, dropout_mask: torch.Tensor,
+               optimisers: Optimisers, prior: torch.Tensor, bf16: bool, measure_gradients: bool) -> StepRecord:
+    """One step of K runs on one batch (steps 3-5 of the module docstring): forward, Eq. 22's terms, the model's
+    backward and step, the discriminator's step on the pre-update predictions, the schedules."""
+    k, device = len(configs), dropout_mask.device
+    any_critic = any(c.critic_weight > 0 for c in configs)
+    any_latent = any(c.latent_weight > 0 for c in configs)
+    # forward: every run's head on the rows its terms read
+    z, logits = forward_rows(heads.forward, batch, dropout_mask, any_latent, any_critic, bf16)
+    # terms: Eq. 22 per run
+    run_losses = [step_losses(z[run], logits[run], batch, config, partial(heads.discriminator, run))
+                  for run, config in enumerate(configs)]
+    gradient_norms = [torch.full((3,), math.nan, device=device)] * k
+    if measure_gradients:
+        gradient_norms = [term_gradient_norms(losses, {"task": 1.0, "critic": c.critic_weight,
+                                                       "latent": c.latent_weight}, heads.shared_weight())
+                          for (losses, _), c in zip(run_losses, configs)]
+    # backward and the model's step (D is read, not updated)
+    optimisers.model.zero_grad(set_to_none=True)
+    torch.stack([losses["total"] for losses, _ in run_losses]).sum().backward()
+    optimisers.model.step()
+    # the critic's step: D ascends Eq. 20 on the same real draws and the pre-update model's predictions
+    disc_values, figures = [torch.zeros((), device=device)] * k, [torch.full((4,), math.nan, device=device)] * k
+    if any_critic:
+        optimisers.discriminator.zero_grad(set_to_none=True)  # drops what the model's backward left on D
+        for run, (_, fake) in enumerate(run_losses):
+            if fake is not None:
+                real_logits, fake_logits = heads.discriminator(run, batch.real), heads.discriminator(run, fake)
+                disc_values[run] = -critic(real_logits, fake_logits)  # = discriminator_loss(D, real, fake)
+                figures[run] = critic_figures(real_logits.detach(), fake_logits.detach(), fake, prior)
+        torch.stack(disc_values).sum().backward()
+        optimisers.discriminator.step()
+    # schedules (the discriminator's only advances when it trains, i.e. for every step or never)
+    optimisers.schedules[0].step()
+    if any_critic:
+        optimisers.schedules[1].step()
+    losses = torch.stack([torch.stack([losses[n].detach().float() for n in LOSS_NAMES[:4]] + [disc.detach()])
+                          for (losses, _), disc in zip(run_losses, disc_values)])
+    return StepRecord(losses, torch.stack([torch.cat([f, g]) for f, g in zip(figures, gradient_norms)]))
+
+
 def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Split, num_classes: int,
-                device: torch.device, progress: bool, accel: Acceleration) -> list[TrainResult]:
+                device: torch.device, progress: bool, accel: Acceleration, precision: str) -> list[TrainResult]:
     first, k = configs[0], len(configs)
+    bf16 = precision == "bf16"
     heads = RunHeads.build(k, train_split.cls_dim, train_split.patch_dim, num_classes, first.proj_dim,
                            first.pred_dim, first.disc_dim, derived_seed(first.seed, "init"), device,
                            batched=accel.batched_runs)
-    model_opt, disc_opt, schedules = make_optimisers(heads.model_parameters(), heads.discriminator_parameters(), first,
-                                                     fused=accel.fused_adamw)
-
+    optimisers = Optimisers(*make_optimisers(heads.model_parameters(), heads.discriminator_parameters(), first,
+                                             fused=accel.fused_adamw))
     draws = start_run_draws(first, train_split.labels, num_classes, device)
-    data_gen, dropout_gen, subset, partners, prior = draws.data, draws.dropout, draws.subset, draws.partners, draws.prior
+    subset = draws.subset
+    val_index = validation_subset(train_split.labels, first.val_labels, num_classes, subset, first.seed)
+    val_split = train_split.subset(val_index) if len(val_index) else None
     steps_per_epoch = -(-len(train_split) // first.batch_size)
     any_critic = any(c.critic_weight > 0 for c in configs)
-    any_latent = any(c.latent_weight > 0 for c in configs)
-    term_weights = [{"task": 1.0, "critic": c.critic_weight, "latent": c.latent_weight} for c in configs]
-    nan_figures, nan_gradients = torch.full((4,), math.nan, device=device), torch.full((3,), math.nan, device=device)
 
     histories: list[list[dict]] = [[] for _ in configs]
     nonfinite: list[tuple[int, torch.Tensor] | None] = [None] * k
@@ -294,51 +387,16 @@ def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Spli
     bar = tqdm(total=steps_per_epoch * first.epochs, desc="tt-train" if k == 1 else f"fused x{k}", unit="step",
                disable=not progress, dynamic_ncols=True, leave=k == 1)
     for epoch in range(first.epochs):
-        plan = train_split.epoch_plan(subset, first.batch_size, data_gen, read_unlabelled=any_critic)
-        window, epoch_sums = [], torch.zeros(k, len(LOSS_NAMES), dtype=torch.float64)
-        diagnostics: list[list[torch.Tensor]] = [[] for _ in configs]
+        plan = train_split.epoch_plan(subset, first.batch_size, draws.data, read_unlabelled=any_critic)
+        window, diagnostics, epoch_sums = [], [], torch.zeros(k, len(LOSS_NAMES), dtype=torch.float64)
         for index, (unlabelled_index, labelled_index) in enumerate(zip(plan.unlabelled, plan.labelled)):
             step += 1
-            # 1. batch
-            star_index = draw_partners(partners, labelled_index, data_gen)
-            real = draw_prior_onehot(prior, len(unlabelled_index), data_gen).to(device)
-            batch = StepBatch.gather(train_split, device, labelled_index, unlabelled_index if any_critic else None,
-                                     star_index if any_latent else None, real)
-            train_split.consumed(unlabelled_index)  # a streamed split refills its shuffle buffer
-            # 2. dropout masks
-            mask = draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, dropout_gen, device)
-            # 3. model step: Eq. 22 for every run
-            z, logits = forward_rows(heads.forward, batch, mask, any_latent, any_critic, accel.bf16)
-            run_losses = [step_losses(z[run], logits[run], batch, config, partial(heads.discriminator, run))
-                          for run, config in enumerate(configs)]
-            gradient_norms = [nan_gradients] * k
-            if step % GRADIENT_EVERY == 0:
-                gradient_norms = [term_gradient_norms(losses, weights, heads.shared_weight())
-                                  for (losses, _), weights in zip(run_losses, term_weights)]
-            model_opt.zero_grad(set_to_none=True)
-            torch.stack([losses["total"] for losses, _ in run_losses]).sum().backward()
-            model_opt.step()
-            # 4. critic step: D ascends Eq. 20 on the same real draws and the pre-update model's predictions
-            disc_values, figures = [torch.zeros((), device=device)] * k, [nan_figures] * k
-            if any_critic:
-                disc_opt.zero_grad(set_to_none=True)  # drops what the model's backward left on D
-                for run, (_, fake) in enumerate(run_losses):
-                    if fake is not None:
-                        real_logits, fake_logits = heads.discriminator(run, real), heads.discriminator(run, fake)
-                        disc_values[run] = -critic(real_logits, fake_logits)  # = discriminator_loss(D, real, fake)
-                        figures[run] = critic_figures(real_logits.detach(), fake_logits.detach(), fake, prior)
-                torch.stack(disc_values).sum().backward()
-                disc_opt.step()
-            # 5. schedule (the discriminator's only advances when it trains, i.e. for every step or never)
-            schedules[0].step()
-            if any_critic:
-                schedules[1].step()
-            # log
-            window.append(torch.stack([torch.stack([losses[n].detach().float() for n in LOSS_NAMES[:4]]
-                                                    + [disc.detach()]) for (losses, _), disc in
-                                       zip(run_losses, disc_values)]))
-            for run in range(k):
-                diagnostics[run].append(torch.cat([figures[run], gradient_norms[run]]))
+            batch, mask = step_inputs(configs, draws, train_split, unlabelled_index, labelled_index, device)
+            record = train_step(heads, configs, batch, mask, optimisers, draws.prior, bf16,
+                                measure_gradients=step % GRADIENT_EVERY == 0)
+            # log: losses and NaN checks every SYNC_EVERY steps (one host sync)
+            window.append(record.losses)
+            diagnostics.append(record.diagnostics)
             if len(window) == SYNC_EVERY or index == len(plan) - 1:
                 block = torch.stack(window).cpu().double()  # [steps, K, 5]
                 for run in range(k):
@@ -354,15 +412,23 @@ def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Spli
                 window = []
                 if all(entry is not None for entry in nonfinite):
                     break  # every run has diverged: nothing left to train
-        accuracies = evaluate_runs(heads.forward, test_split, device, first.eval_batch_size, accel.bf16)
+        accuracies = evaluate_runs(heads.forward, test_split, device, first.eval_batch_size, bf16)
+        if val_split is not None:
+            val_predictions = predict_runs(heads.forward, val_split, device, first.eval_batch_size, bf16)
+            val_accuracies = accuracies_of(val_predictions, val_split.labels)
+            val_correct = correct_bits(val_predictions, val_split.labels)
         means = epoch_sums / len(plan)
+        per_step = torch.stack(diagnostics)  # [steps, K, 7]
         for run, config in enumerate(configs):
-            histories[run].append({
-                "epoch": epoch + 1, "test_accuracy": accuracies[run],
-                "mean_losses": {n: float(v) for n, v in zip(LOSS_NAMES, means[run]) if n in active_terms(config)},
-                "diagnostics": epoch_means(diagnostics[run])})
+            record = {"epoch": epoch + 1, "test_accuracy": accuracies[run]}
+            if val_split is not None:
+                record.update(val_accuracy=val_accuracies[run], val_correct=val_correct[run])
+            record.update(mean_losses={n: float(v) for n, v in zip(LOSS_NAMES, means[run]) if n in active_terms(config)},
+                          diagnostics=epoch_means(list(per_step[:, run])))
+            histories[run].append(record)
         if progress and k == 1:
             bar.write(f"epoch {epoch + 1}/{first.epochs}: test accuracy {accuracies[0]:.4f}  "
+                      + (f"validation accuracy {val_accuracies[0]:.4f}  " if val_split is not None else "")
                       + "  ".join(f"{n} {v:.4f}" for n, v in histories[0][-1]["mean_losses"].items()))
         if all(entry is not None for entry in nonfinite):
             break
@@ -373,11 +439,14 @@ def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Spli
     for run, history in enumerate(histories):
         metrics = {"test_accuracy": history[-1]["test_accuracy"], "epochs": history, "steps": step,
                    "wall_time_s": wall, "device": str(device), "threads": torch.get_num_threads(),
-                   "num_classes": num_classes, "fused_runs": k, "train_samples": len(train_split),
-                   "test_samples": len(test_split), "labelled_indices": subset.tolist(),
+                   "precision": precision, "num_classes": num_classes, "fused_runs": k,
+                   "train_samples": len(train_split), "test_samples": len(test_split),
+                   "labelled_indices": subset.tolist(), "val_samples": len(val_index),
                    "unlabelled_pass": train_split.unlabelled_pass(first.batch_size),
                    "nonfinite_step": nonfinite[run][0] if nonfinite[run] else None,
                    "nonfinite_message": _nonfinite_message(*nonfinite[run]) if nonfinite[run] else None}
+        if val_split is not None:
+            metrics["val_accuracy"] = history[-1]["val_accuracy"]
         results.append(TrainResult(heads.head(run), metrics))
     return results
 
@@ -428,8 +497,9 @@ def load_head(path: str | Path) -> TwinTurboHead:
 def train_from_store(features: str | Path, config: TrainConfig, device: torch.device, out_dir: Path | None = None,
                      progress: bool = True, memory_limit: int | None = None) -> tuple[TrainResult, Path]:
     """What `tt-train` does: open and check the store, hold both splits (in memory, or the train split streamed
-    when they exceed `memory_limit` bytes: data.load_splits), train, write RUN_DIR."""
-    config.validate()
+    when they exceed `memory_limit` bytes: data.load_splits), train, write RUN_DIR (its config.json records the
+    precision the run computed in, `auto` resolved)."""
+    config = replace(config.validate(), precision=resolve_precision(config.precision, device))
     with open_store(features) as store:
         store.require_complete()
         for split in ("train", "test"):

@@ -43,6 +43,36 @@ def labelled_subset(labels: torch.Tensor, budget: int, num_classes: int, generat
     return torch.cat(chosen)
 
 
+def validation_subset(labels: torch.Tensor, size: int, num_classes: int, labelled: torch.Tensor,
+                      seed: int) -> torch.Tensor:
+    """Indices of a run's validation split (`--val-labels N`): N train samples outside the labelled subset, class
+    balanced as `labelled_subset` is (N // C per class, the rest one each to classes 0, 1, ...), drawn from the run's
+    own `validation` stream, so no other draw of the run changes.
+
+    The order is round robin over the classes of a per-class permutation, so the first n of a draw of N > n are
+    the draw of n: one run evaluated on 1000 validation labels also says what 100 or 500 would have chosen. The
+    images stay in the unlabelled pool; only the labels are held out, and they are never trained on.
+    """
+    if size == 0:
+        return torch.empty(0, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(derived_seed(seed, "validation"))
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    outside = torch.ones(len(labels), dtype=torch.bool)
+    outside[labelled.cpu()] = False
+    members = []
+    for c in range(num_classes):
+        quota = size // num_classes + (1 if c < size % num_classes else 0)
+        candidates = torch.nonzero((labels == c) & outside).squeeze(1)
+        if len(candidates) < quota:
+            raise TwinTurboError(
+                f"--val-labels {size}: class {c} has only {len(candidates)} train samples outside the labelled subset, "
+                f"a balanced validation split needs {quota}; lower --val-labels (0 = none)")
+        members.append(candidates[torch.randperm(len(candidates), generator=generator)[:quota]])
+    rounds = max(len(m) for m in members)
+    order = [m[r] for r in range(rounds) for m in members if r < len(m)]
+    return torch.stack(order)
+
+
 @dataclass
 class EpochPlan:
     """One epoch: `unlabelled[i]` and `labelled[i]` are the sample indices of step i's two batches (same length)."""

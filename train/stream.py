@@ -163,6 +163,13 @@ class StreamedSplit(Split):
         self._resident_row[held] = torch.arange(len(held))
         self._free = list(range(self._buffer_start + capacity - 1, self._buffer_start - 1, -1))
 
+    def subset(self, index: torch.Tensor) -> SplitTensors:
+        """Samples `index` read from the store one by one into memory (a validation split: ~100-1000 samples)."""
+        parts = [read_resident(self.reader, i, i + 1) for i in index.tolist()]
+        return SplitTensors(torch.cat([p.cls for p in parts]), torch.cat([p.patches for p in parts]),
+                            self.labels[index.cpu()].clone(),
+                            None if parts[0].patch_scales is None else torch.cat([p.patch_scales for p in parts]))
+
     def _admit(self, count: int) -> None:
         """Move the next `count` samples of the stream (fewer at its end) into free buffer places. The stream is the
         chunks of the reader's order laid end to end, so the next samples are the next rows of the current chunk."""

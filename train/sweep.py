@@ -121,7 +121,8 @@ class RunSpec:
     def run_id(self) -> str:
         """Readable and unique: the options a person scans for, then a hash of everything that defines the run
         (the training flags and the features store too, so an `--extend` onto another store never collides)."""
-        digest = hashlib.sha256(_canonical([self.config(), self.store_fingerprint]).encode()).hexdigest()[:8]
+        identity = self.train_config().identity()
+        digest = hashlib.sha256(_canonical([identity, self.store_fingerprint]).encode()).hexdigest()[:8]
         return (f"s{self.setup}-{self.loss}-{self.rescale}-c{format_weight(self.critic)}-l{format_weight(self.latent)}"
                 f"-n{self.labels}-seed{self.seed}-{digest}")
 
@@ -359,6 +360,11 @@ def prepare_sweep_dir(sweep_dir: str | os.PathLike, grid: SweepGrid, store_ident
             old_grid, old_store = existing["grid"], existing["store"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise TwinTurboError(f"{path} is not a tt-sweep file (unreadable); choose another --out") from None
+        old_precision = old_grid.get("training", {}).get("precision", "fp32")  # sweeps before --precision: fp32
+        new_precision = current["grid"]["training"].get("precision", "fp32")
+        if old_precision != new_precision:  # not even with --extend: one sweep, one precision
+            raise TwinTurboError(f"{sweep_dir} was trained in {old_precision} and this command asks for {new_precision}: "
+                                 f"pass --precision {old_precision} to resume it, or choose another --out")
         changes = []
         if _canonical(old_grid) != _canonical(current["grid"]):
             changes.append(f"the grid changed ({_grid_difference(old_grid, current['grid'])})")
@@ -431,6 +437,20 @@ def build_grid(grid_file: str | None, lists: dict[str, str | None], training: di
     return SweepGrid.from_dict(data, source=f"--grid {grid_file}" if grid_file else "options")
 
 
+def sweep_precision(precision: str, device: str, launcher: str, slurm) -> str:
+    """The sweep's precision, resolved once where the command runs and recorded in sweep.json and every run's config:
+    `auto` is bf16 where the runs' device computes it natively. Jobs sent to GPUs (`--launcher submitit` with
+    `--slurm-gpus-per-node` >= 1 and --device auto or cuda) count as CUDA, whatever the submitting machine has."""
+    from twinturbo.common.device import resolve_device, resolve_precision
+
+    import torch
+
+    if launcher == "submitit" and device in ("auto", "cuda") and slurm is not None and slurm.gpus_per_node > 0:
+        target = torch.device("cuda")  # the jobs' device, which this machine may lack
+        return "bf16" if precision == "auto" else resolve_precision(precision, target)
+    return resolve_precision(precision, resolve_device(device))
+
+
 def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse: int | None, workers: int,
               dry_run: bool, extend: bool, launcher: str, slurm, echo=print, memory_limit: int | None = None) -> None:
     """What tt-sweep does: check the store and SWEEP_DIR, skip finished runs, train the rest in fused groups on the
@@ -446,6 +466,7 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
     with open_store(features) as store:
         store.require_complete()
         identity = store.identity()
+    grid.training["precision"] = sweep_precision(grid.training.get("precision", "auto"), device, launcher, slurm)
     runs = grid.expand(identity["fingerprint"])
     if dry_run:
         finished = finished_run_ids(sweep_dir) if (Path(sweep_dir) / RESULTS_FILE).exists() else set()

@@ -1,0 +1,260 @@
+"""How far the head step is from what this machine can do: its peak matmul throughput, then the training step's
+achieved FLOP/s for each setup and precision as a fraction of that peak, then the speed choices that could close
+the gap (Acceleration), each timed against the default in the same run.
+
+1. peak: square GEMMs (`--peak-size`) in fp32 and bf16, on 1 thread and on all, best of `--peak-repeats`;
+2. the step: `loop.train_step` exactly as tt-train runs it (the real sampling, distinct-sample gather, both
+   optimisers, diagnostics every 10 steps) for each setup and precision, rounds interleaved, median step time;
+   FLOPs counted by train/flops.py from each step's actual distinct samples and rows;
+3. the choices, setup 2 in bf16 unless `--choices-setup`: K = `--fuse` runs fused (one after another, and as one
+   vmap) against K separate passes; `torch.compile` of the head's forward against eager; two processes of 1 thread
+   against one of 2 threads (total steps/s).
+
+    .venv/bin/python bench/limit.py --features features/fashion-mnist            # the study's shape
+    .venv/bin/python bench/limit.py --smoke                                       # tiny, run by the test suite
+
+Prints one line per figure, the fractions of peak last, and writes bench/limit.json (or --json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch._functorch.config
+
+from twinturbo.common.device import Acceleration, host_description, native_bf16
+from twinturbo.train.config import TrainConfig, derived_seed
+from twinturbo.train.data import SplitTensors
+from twinturbo.train.diagnostics import GRADIENT_EVERY
+from twinturbo.train.flops import HeadShape, StepRows, train_step_flops
+from twinturbo.train.heads import RunHeads
+from twinturbo.train.loop import Optimisers, make_optimisers, step_inputs, train_step
+from twinturbo.train.sampling import start_run_draws
+from twinturbo.train.sweep import SETUPS
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def peak_gflops(size: int, dtype: torch.dtype, repeats: int) -> float:
+    """Best GFLOP/s of a size x size x size matmul."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def load_tokens(features: str | None, samples: int, tokens: tuple[int, int, int], num_classes: int) -> SplitTensors:
+    """The train split of `features` (first `samples`), or random fp16 tokens of shape `tokens` (T, Dp, Dc)."""
+    if features:
+        from twinturbo.common.store import open_store
+        from twinturbo.train.data import load_split
+
+        with open_store(features) as store:
+            split = load_split(store, "train", torch.device("cpu"), progress=False)
+        n = min(samples, len(split))
+        return SplitTensors(split.cls[:n], split.patches[:n], split.labels[:n], None if split.patch_scales is None
+                            else split.patch_scales[:n])
+    generator = torch.Generator().manual_seed(0)
+    t, dp, dc = tokens
+    return SplitTensors(torch.randn(samples, dc, generator=generator).half(),
+                        torch.randn(samples, t, dp, generator=generator).half(),
+                        torch.arange(samples) % num_classes)
+
+
+class StepTimer:
+    """K runs of one fused pass on `split`, stepped with loop.train_step over the epoch plan's batches."""
+
+    def __init__(self, configs: list[TrainConfig], split: SplitTensors, num_classes: int,
+                 acceleration: Acceleration, compiled: bool = False):
+        device, first = torch.device("cpu"), configs[0]
+        self.configs, self.split, self.bf16 = configs, split, first.precision == "bf16"
+        self.heads = RunHeads.build(len(configs), split.cls_dim, split.patch_dim, num_classes, first.proj_dim,
+                                    first.pred_dim, first.disc_dim, derived_seed(first.seed, "init"), device,
+                                    batched=acceleration.batched_runs)
+        if compiled:
+            torch._functorch.config.donated_buffer = False  # the gradient diagnostics backward with retain_graph
+            self.heads._forward_one = torch.compile(self.heads._forward_one, dynamic=True)
+        self.optimisers = Optimisers(*make_optimisers(self.heads.model_parameters(),
+                                                      self.heads.discriminator_parameters(), first,
+                                                      fused=acceleration.fused_adamw))
+        self.draws = start_run_draws(first, split.labels, num_classes, device)
+        self.shape = HeadShape(split.num_patches, split.patch_dim, split.cls_dim, num_classes, first.proj_dim,
+                               first.pred_dim, first.disc_dim)
+        self.steps, self.plan = 0, None
+
+    def step(self) -> tuple[float, int]:
+        """One step: (seconds, FLOPs of all K runs)."""
+        if not self.plan:
+            plan = self.split.epoch_plan(self.draws.subset, self.configs[0].batch_size, self.draws.data)
+            self.plan = list(zip(plan.unlabelled, plan.labelled))
+        unlabelled, labelled = self.plan.pop(0)
+        start = time.perf_counter()
+        batch, mask = step_inputs(self.configs, self.draws, self.split, unlabelled, labelled, torch.device("cpu"))
+        self.steps += 1
+        train_step(self.heads, self.configs, batch, mask, self.optimisers, self.draws.prior, self.bf16,
+                   measure_gradients=self.steps % GRADIENT_EVERY == 0)
+        seconds = time.perf_counter() - start
+        rows = StepRows(len(batch.cls), len(batch.labelled_rows),
+                        0 if batch.star_rows is None else len(batch.star_rows),
+                        0 if batch.unlabelled_rows is None else len(batch.unlabelled_rows))
+        flops = sum(train_step_flops(self.shape, replace(rows, star=rows.star if c.latent_weight > 0 else 0,
+                                                         unlabelled=rows.unlabelled if c.critic_weight > 0 else 0))
+                    for c in self.configs)
+        return seconds, flops
+
+
+def setup_config(setup: int, base: TrainConfig, precision: str, critic: float, latent: float) -> TrainConfig:
+    spec = SETUPS[setup]
+    return replace(base, loss=spec.loss, rescale=spec.rescale, critic_weight=critic if spec.critic else 0.0,
+                   latent_weight=latent if spec.latent else 0.0, precision=precision)
+
+
+def time_steps(timer: StepTimer, steps: int, warmup: int) -> tuple[float, float]:
+    """(median seconds per step, FLOP/s over the timed steps) after `warmup` untimed steps."""
+    for _ in range(warmup):
+        timer.step()
+    times, flops = zip(*(timer.step() for _ in range(steps)))
+    return statistics.median(times), sum(flops) / sum(times)
+
+
+def _process_throughput(args: tuple) -> float:
+    """A worker of the processes-vs-threads figure: steps/s of `steps` steps on `threads` threads."""
+    config, features, samples, tokens, num_classes, threads, steps, warmup = args
+    torch.set_num_threads(threads)
+    split = load_tokens(features, samples, tokens, num_classes)
+    timer = StepTimer([config], split, num_classes, Acceleration.for_run(torch.device("cpu"), config.precision))
+    for _ in range(warmup):
+        timer.step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        timer.step()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", help="a store (its train split); default: random tokens of --tokens")
+    parser.add_argument("--tokens", default="4,320,1280", help="T,Dp,Dc of random tokens (effnet-lite0:320 at 64 px)")
+    parser.add_argument("--samples", type=int, default=20480, help="train samples held")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--widths", default="1024,256,128", help="proj,pred,disc (the study's)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--labels", type=int, default=100)
+    parser.add_argument("--setups", default="1,2,4,7")
+    parser.add_argument("--critic", type=float, default=1.0)
+    parser.add_argument("--latent", type=float, default=0.1)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the step figures")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peak-size", type=int, default=2048)
+    parser.add_argument("--peak-repeats", type=int, default=10)
+    parser.add_argument("--choices-setup", type=int, default=2)
+    parser.add_argument("--fuse", type=int, default=4)
+    parser.add_argument("--no-choices", action="store_true", help="skip part 3")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
+    args = parser.parse_args()
+    if args.smoke:
+        args.tokens, args.samples, args.widths, args.batch_size, args.labels = "2,8,12", 128, "16,8,4", 16, 10
+        args.steps, args.warmup, args.rounds, args.peak_size, args.peak_repeats, args.fuse = 2, 1, 1, 64, 1, 2
+
+    cpus = torch.get_num_threads()
+    result: dict = {"host": host_description(torch.device("cpu")), "native_bf16": native_bf16(torch.device("cpu")),
+                    "cpu_threads": cpus, "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
+
+    # 1. the machine's peak
+    peak: dict[str, dict[int, float]] = {}
+    for threads in sorted({1, cpus}):
+        torch.set_num_threads(threads)
+        for name, dtype in DTYPES.items():
+            peak.setdefault(name, {})[threads] = peak_gflops(args.peak_size, dtype, args.peak_repeats)
+            print(f"peak {name} {threads} thread(s): {peak[name][threads]:.0f} GFLOP/s "
+                  f"({args.peak_size}^3 matmul)", flush=True)
+    result["peak_gflops"] = peak
+
+    # 2. the step, per setup and precision
+    torch.set_num_threads(args.threads)
+    tokens = tuple(int(x) for x in args.tokens.split(","))
+    widths = [int(x) for x in args.widths.split(",")]
+    split = load_tokens(args.features, args.samples, tokens, args.num_classes)
+    base = TrainConfig(labels=args.labels, batch_size=args.batch_size, proj_dim=widths[0], pred_dim=widths[1],
+                       disc_dim=widths[2], val_labels=0)
+    setups = [int(s) for s in args.setups.split(",")]
+    precisions = args.precisions.split(",")
+    samples: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    timers = {(s, p): StepTimer([setup_config(s, base, p, args.critic, args.latent)], split, args.num_classes,
+                                Acceleration.for_run(torch.device("cpu"), p)) for s in setups for p in precisions}
+    for _ in range(args.rounds):
+        for key, timer in timers.items():
+            samples.setdefault(key, []).append(time_steps(timer, args.steps, args.warmup))
+    steps = []
+    for (setup, precision), values in samples.items():
+        seconds = statistics.median(v[0] for v in values)
+        rate = statistics.median(v[1] for v in values) / 1e9
+        fraction = rate / peak[precision][min(args.threads, max(peak[precision]))]
+        steps.append({"setup": setup, "precision": precision, "ms_per_step": 1e3 * seconds, "gflops": rate,
+                      "fraction_of_peak": fraction})
+    result["steps"] = steps
+    result["step_settings"] = {"threads": args.threads, "tokens": tokens, "widths": widths,
+                               "batch_size": args.batch_size, "labels": args.labels, "critic": args.critic,
+                               "latent": args.latent, "features": args.features, "samples": len(split)}
+
+    # 3. the choices
+    if not args.no_choices:
+        precision = "bf16" if "bf16" in precisions else precisions[0]
+        config = setup_config(args.choices_setup, base, precision, args.critic, args.latent)
+        group = [replace(config, critic_weight=config.critic_weight * (1 + i)) for i in range(args.fuse)]
+        default = Acceleration.for_run(torch.device("cpu"), precision)
+        choices: dict[str, float] = {}
+        candidates = {
+            "separate": lambda: [StepTimer([c], split, args.num_classes, default) for c in group],
+            "fused": lambda: [StepTimer(group, split, args.num_classes, default)],
+            "fused_vmap": lambda: [StepTimer(group, split, args.num_classes, replace(default, batched_runs=True))],
+            "eager": lambda: [StepTimer([config], split, args.num_classes, default)],
+            "compiled": lambda: [StepTimer([config], split, args.num_classes, default, compiled=True)],
+        }
+        built = {name: make() for name, make in candidates.items()}
+        for _ in range(args.rounds):  # interleaved; seconds per run-step (a fused pass's step covers K runs)
+            for name, timers_of in built.items():
+                per_run = len(group) if name != "eager" and name != "compiled" else 1
+                seconds = sum(time_steps(t, args.steps, args.warmup)[0] for t in timers_of)
+                choices[name] = min(choices.get(name, float("inf")), seconds / per_run)
+        result["choices_ms_per_run_step"] = {k: 1e3 * v for k, v in choices.items()}
+        print(f"fused x{args.fuse} one after another vs separate: {choices['separate'] / choices['fused']:.2f}x; "
+              f"fused x{args.fuse} as one vmap vs separate: {choices['separate'] / choices['fused_vmap']:.2f}x")
+        print(f"torch.compile of the head's forward vs eager: {choices['eager'] / choices['compiled']:.2f}x")
+        if cpus >= 2:
+            total_steps = 3 * args.steps
+            work = (config, args.features, args.samples, tokens, args.num_classes)
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
+                two = sum(pool.map(_process_throughput, [work + (1, total_steps, args.warmup)] * 2))
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                one = pool.map(_process_throughput, [work + (2, total_steps, args.warmup)])[0]
+            result["processes_vs_threads"] = {"two_processes_1_thread_steps_per_s": two,
+                                              "one_process_2_threads_steps_per_s": one}
+            print(f"2 processes x 1 thread vs 1 process x 2 threads: {two:.2f} vs {one:.2f} steps/s = {two / one:.2f}x")
+
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    for row in steps:
+        print(f"setup {row['setup']} {row['precision']}: {row['ms_per_step']:.1f} ms/step, {row['gflops']:.0f} GFLOP/s "
+              f"= {100 * row['fraction_of_peak']:.0f}% of the {row['precision']} peak on {args.threads} thread(s)")
+
+
+if __name__ == "__main__":
+    main()
