@@ -36,17 +36,48 @@ def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path, qu
     sweep.mkdir()
     row = {"run_id": "r1", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
            "config": {"loss": "cat_cross", "rescale": "softmax", "critic_weight": 0.0, "latent_weight": 0.0,
-                      "labels": 30, "seed": 1337}}
+                      "labels": 30, "seed": 1337, "val_labels": 30}}
     (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
     make_report(sweep)
     summary = (sweep / "summary.md").read_text()
-    assert f"| 30 | {100 * expected:.2f} | {100 * expected:.2f} | {100 * expected:.2f} | 1 |" in summary
     spreading = spreading_baseline(str(path), 30, [1337])[1337]
-    assert "Baseline: scikit-learn LabelSpreading" in summary
-    assert f"| 30 | {100 * spreading:.2f} | {100 * spreading:.2f} | {100 * spreading:.2f} | 1 |" in summary
-    # the paired table: setup 1 at 50% on seed 1337, each baseline paired with it on that seed
-    assert f"| LogisticRegression | 30 | | | {100 * expected:.2f} | {100 * expected:.2f}-{100 * expected:.2f} | " \
-           f"{100 * expected - 50:+.2f} ({100 * expected - 50:+.2f}..{100 * expected - 50:+.2f}) | 1 |" in summary
+    assert "LabelSpreading: scikit-learn LabelSpreading" in summary
+    # the main table pairs each baseline with setup 1 (50% on seed 1337) on the same seed
+    assert f"| LogisticRegression | 30 | - | - | {100 * expected:.2f} (n=1) | {100 * expected - 50:+.2f} (n=1) | " \
+           f"{int(100 * expected > 50)}/1 |" in summary
+    assert f"| LabelSpreading | 30 | - | - | {100 * spreading:.2f} (n=1) |" in summary
+    assert "| SelfTraining | 30 |" in summary
+    cached = json.loads((sweep / "baselines.json").read_text())
+    assert len(cached) == 3 and any(v == 100 * expected for k, v in cached.items() if "LogisticRegression" in k)
+    make_report(sweep)  # from the cache: the same summary
+    assert (sweep / "summary.md").read_text() == summary
+
+
+def test_self_training_matches_an_independent_sklearn_fit_with_the_threshold_best_on_validation(
+        tmp_path, write_synthetic_store):
+    from sklearn.semi_supervised import SelfTrainingClassifier
+
+    from twinturbo.train.baseline import SELF_TRAINING_THRESHOLDS, self_training_baseline
+    from twinturbo.train.sampling import validation_subset
+
+    path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=1.5, cls_dim=40)
+    with open_store(path) as store:
+        x_train = store.split("train").read_cls(0, 300).astype(np.float32)
+        y_train = store.split("train").labels()
+        x_test = store.split("test").read_cls(0, 120).astype(np.float32)
+        y_test = store.split("test").labels()
+    seed = 42
+    subset = run_labelled_subset(y_train, 20, 10, seed)
+    val = validation_subset(torch.as_tensor(y_train), 40, 10, torch.as_tensor(subset), seed).numpy()
+    partial = np.full(300, -1)
+    partial[subset] = y_train[subset]  # the validation labels stay hidden, like every other unlabelled vector
+    scores = {}
+    for threshold in SELF_TRAINING_THRESHOLDS:
+        model = SelfTrainingClassifier(LogisticRegression(max_iter=5000), threshold=threshold).fit(x_train, partial)
+        scores[threshold] = (float(np.mean(model.predict(x_train[val]) == y_train[val])), threshold,
+                             float(np.mean(model.predict(x_test) == y_test)))
+    expected = max(scores.values())[2]  # best validation accuracy, ties to the higher threshold
+    assert self_training_baseline(str(path), 20, [seed], val_labels=40) == {seed: expected}
 
 
 def test_label_spreading_matches_an_independent_sklearn_fit_on_the_same_subset(tmp_path, write_synthetic_store):

@@ -142,18 +142,29 @@ def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str
 @click.argument("sweep_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Where to write the report [SWEEP_DIR; required for several sweeps].")
+@click.option("--select", "protocol", type=click.Choice(["val", "test", "paper"]), default="val", show_default=True,
+              help="How λ is chosen per setup: val = best seed-mean validation accuracy (rows without a validation "
+                   "split fall back to test); test = best seed-mean test accuracy; paper = best single seed on test "
+                   "(the paper's Figures 2-4). The paper's protocol is always reported beside it.")
+@click.option("--epoch", "epoch_rule", type=click.Choice(["last", "best-val"]), default="last", show_default=True,
+              help="Read each run at its last epoch (the paper) or at its epoch of best validation accuracy.")
+@click.option("--val-size", type=int,
+              help="Choose on the first N validation labels of each run (a prefix is itself a class-balanced "
+                   "validation split)  [default: as many as the run's --labels, or all it recorded]")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Fit LogisticRegression and LabelSpreading on each seed's labelled subset of the sweep's store and "
-                   "show them.")
+              help="Fit LogisticRegression, SelfTraining and LabelSpreading on each seed's labelled subset of the "
+                   "sweep's store and show them (cached in OUT/baselines.json).")
 @click.option("--features", type=click.Path(),
               help="The sweep's store when it is no longer where the sweep recorded it (checked by fingerprint).")
-def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, baseline: bool, features: str | None) -> None:
-    """tt-report: figure_<dataset>.png (Figures 2-4), all_<dataset>.png (Appendix C), diagnostics_<dataset>.png (the
-    critic over training), summary.md, results.csv, from one or more SWEEP_DIRs (e.g. the 100- and the 1000-label
-    sweeps of one store)."""
+def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, protocol: str, epoch_rule: str,
+                val_size: int | None, baseline: bool, features: str | None) -> None:
+    """tt-report: summary.md (what ran, the protocol, the finding with its 95% intervals, the tables),
+    figure_<dataset>.png (Figures 2-4 with validation-chosen λ), all_<dataset>.png (Appendix C),
+    diagnostics_<dataset>.png (the critic over training) and results.csv, from one or more SWEEP_DIRs (e.g. the 100-
+    and the 1000-label sweeps of one store)."""
     from twinturbo.train.report import make_report
 
-    written = make_report(list(sweep_dirs), out_dir, baseline, features)
+    written = make_report(list(sweep_dirs), out_dir, baseline, features, protocol, epoch_rule, val_size)
     click.echo(next(p for p in written if p.name == "summary.md").read_text())
     for path in written:
         click.echo(f"wrote {path}")

@@ -1,378 +1,295 @@
-"""`tt-report`: a sweep's results.jsonl as the paper's figures (section 4.4, Figures 2-4 and Appendix C), a summary
-table and a CSV.
+"""`tt-report`: a sweep's results.jsonl as summary.md (what ran, the protocol, the finding with its uncertainty, then
+the tables), the figures of train/figures.py, and results.csv.
 
-Selection rule of Figures 2-4: for each setup and label budget, the lambda combination whose best seed is highest
-(ties: higher seed mean) is shown; its bar is that best seed, its vertical line the range (min-max) over its seeds.
+The default protocol chooses λ on the validation split (`--select val`, train/selection.py) wherever the rows have
+one, reads each run at its last epoch (`--epoch last`, as the paper does), and quotes seed means with 95% t
+intervals and paired differences to setup 1 on the same seeds (train/stats.py). The paper's protocol (λ and seed
+chosen on the test set) is reported beside it, so that its optimism is one number per setup.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import open_store
-from twinturbo.train.sweep import RESULTS_FILE, SETUPS, format_weight, read_rows
-
-# One colour per label budget, in budget order (colour-blind safe pairs from matplotlib's tab10).
-BUDGET_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
-
-
-@dataclass
-class Combination:
-    """One lambda combination of one setup and label budget, over its seeds (accuracies in %)."""
-
-    setup: int
-    labels: int
-    critic: float
-    latent: float
-    accuracies: dict[int, float]  # seed -> test accuracy %
-
-    @property
-    def best(self) -> float:
-        return max(self.accuracies.values())
-
-    @property
-    def worst(self) -> float:
-        return min(self.accuracies.values())
-
-    @property
-    def mean(self) -> float:
-        return sum(self.accuracies.values()) / len(self.accuracies)
-
-    @property
-    def lambda_text(self) -> str:
-        spec = SETUPS.get(self.setup)
-        parts = []
-        if spec is None or spec.critic or self.critic:
-            parts.append(f"λC={format_weight(self.critic)}")
-        if spec is None or spec.latent or self.latent:
-            parts.append(f"λL={format_weight(self.latent)}")
-        return "\n".join(parts)
-
-
-def _row_key(row: dict) -> tuple[str, str]:
-    store = row.get("store") or {}
-    return str(store.get("dataset") or "unknown"), str(store.get("backbone") or "unknown")
-
-
-def combinations(rows: list[dict]) -> dict[tuple[str, str], list[Combination]]:
-    """(dataset, backbone) -> every lambda combination, sorted by setup, label budget, lambda_C, lambda_L."""
-    grouped: dict[tuple, dict[int, float]] = defaultdict(dict)
-    for row in rows:
-        config = row["config"]
-        key = _row_key(row) + (int(row["setup"]), int(config["labels"]), float(config["critic_weight"]),
-                               float(config["latent_weight"]))
-        grouped[key][int(config["seed"])] = 100.0 * float(row["test_accuracy"])
-    out: dict[tuple[str, str], list[Combination]] = defaultdict(list)
-    for key in sorted(grouped):
-        dataset, backbone, setup, labels, critic, latent = key
-        out[(dataset, backbone)].append(Combination(setup, labels, critic, latent, grouped[key]))
-    return dict(out)
-
-
-def best_combinations(combos: list[Combination]) -> dict[tuple[int, int], Combination]:
-    """(setup, labels) -> the combination shown in Figures 2-4: highest best seed, then highest mean."""
-    best: dict[tuple[int, int], Combination] = {}
-    for combo in combos:
-        key = (combo.setup, combo.labels)
-        current = best.get(key)
-        if current is None or (combo.best, combo.mean) > (current.best, current.mean):
-            best[key] = combo
-    return best
-
-
-def _axis_floor(values: list[float]) -> float:
-    """Start the y axis near the data (the differences between setups are a few %), at a multiple of 5."""
-    low = min(values)
-    return max(0.0, 5.0 * math.floor((low - 3.0) / 5.0))
-
-
-BASELINE_STYLES = {"LogisticRegression": ("--", "LogReg"), "LabelSpreading": (":", "LabelSpreading")}
-
-
-def plot_best(combos: list[Combination], dataset: str, backbone: str, path: Path,
-              baselines: dict[str, dict[int, dict[int, float]]] | None = None) -> None:
-    """Figures 2-4: x = setups, one bar per label budget, bar = best seed of the best lambdas, line = seed range.
-
-    `baselines` (method -> label budget -> seed -> accuracy %) are drawn like the bars: a line at the best seed in
-    the budget's colour (dashed LogisticRegression, dotted LabelSpreading) and a band over their seed range.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = best_combinations(combos)
-    setups = sorted({s for s, _ in best})
-    budgets = sorted({n for _, n in best})
-    width = 0.8 / len(budgets)
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.5 * len(setups) + 2), 5.5))
-    for b_index, budget in enumerate(budgets):
-        for s_index, setup in enumerate(setups):
-            combo = best.get((setup, budget))
-            if combo is None:
-                continue
-            x = s_index + (b_index - (len(budgets) - 1) / 2) * width
-            ax.bar(x, combo.best, width * 0.92, color=BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)],
-                   label=f"{budget} labels" if s_index == 0 or (setups[0], budget) not in best else None)
-            ax.vlines(x, combo.worst, combo.best, colors="black", linewidth=2)
-            ax.hlines([combo.worst, combo.best], x - width * 0.15, x + width * 0.15, colors="black", linewidth=1.5)
-            text = f"{combo.best:.1f}" + (f"\n{combo.lambda_text}" if combo.lambda_text else "")
-            ax.annotate(text, (x, combo.best), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
-                        fontsize=7)
-    baseline_values = []
-    for method, per_budget in (baselines or {}).items():
-        style, short = BASELINE_STYLES.get(method, ("-.", method))
-        for b_index, budget in enumerate(budgets):
-            seeds = per_budget.get(budget)
-            if not seeds:
-                continue
-            colour = BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)]
-            values = list(seeds.values())
-            baseline_values += values
-            ax.axhline(max(values), color=colour, linestyle=style, linewidth=1.3,
-                       label=f"{short}, {budget} labels: {max(values):.1f} best seed ({min(values):.1f}-"
-                             f"{max(values):.1f})")
-            ax.axhspan(min(values), max(values), color=colour, alpha=0.08, linewidth=0)
-    all_values = [c.worst for c in best.values()] + baseline_values
-    ax.set_ylim(_axis_floor(all_values), min(100.0, max(c.best for c in best.values()) + 8.0) + 4.0)
-    ax.set_xticks(range(len(setups)), [SETUPS[s].short_label if s in SETUPS else str(s) for s in setups], fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{dataset} ({backbone}): best λ combination per setup\n"
-                 "bar = best seed, black line = range over seeds; baselines likewise (line = best seed, band = range)",
-                 fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    ax.legend(loc="upper left", fontsize=7, ncol=len(budgets))
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def plot_all(combos: list[Combination], dataset: str, backbone: str, path: Path) -> None:
-    """Appendix C: every lambda combination, one panel per label budget, grouped by setup."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.transforms
-
-    budgets = sorted({c.labels for c in combos})
-    per_budget = {n: [c for c in combos if c.labels == n] for n in budgets}
-    widest = max(len(v) for v in per_budget.values())
-    fig, axes = plt.subplots(len(budgets), 1, figsize=(max(8.0, 0.4 * widest + 5), 4.6 * len(budgets)),
-                             squeeze=False)
-    for b_index, (budget, ax) in enumerate(zip(budgets, axes[:, 0])):
-        items = per_budget[budget]
-        xs, x, previous_setup, bounds = [], 0.0, None, []
-        for combo in items:
-            if previous_setup is not None and combo.setup != previous_setup:
-                x += 1.2  # a gap between setups, room for their names
-            if combo.setup != previous_setup:
-                bounds.append([combo.setup, x, x])
-            bounds[-1][2] = x
-            xs.append(x)
-            previous_setup = combo.setup
-            x += 1.0
-        colour = BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)]
-        ax.bar(xs, [c.best for c in items], 0.8, color=colour)
-        ax.vlines(xs, [c.worst for c in items], [c.best for c in items], colors="black", linewidth=1.5)
-        floor = _axis_floor([c.worst for c in items])
-        ax.set_ylim(floor, min(100.0, max(c.best for c in items)) + 2.0)
-        ax.set_xlim(xs[0] - 0.8, xs[-1] + 0.8)
-        ax.set_xticks(xs, [c.lambda_text.replace("\n", " ") or "no λ" for c in items], rotation=90, fontsize=7)
-        above = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
-        for setup, first, last in bounds:
-            label = SETUPS[setup].short_label if setup in SETUPS else str(setup)
-            ax.text((first + last) / 2, 1.02, label, transform=above, ha="center", va="bottom", fontsize=6.5)
-            if first > 0:
-                ax.axvline(first - 1.1, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_ylabel(f"{budget} labels\ntest accuracy (%)")
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-    fig.suptitle(f"{dataset} ({backbone}): every λ combination (bar = best seed, line = range over seeds)",
-                 fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-DIAGNOSTIC_PANELS = (  # (title, function of one epoch's diagnostics dict) -- train/diagnostics.py
-    ("D accuracy on the prior's one-hots (real)", lambda d: d.get("d_real_acc")),
-    ("D accuracy on sigma(f) of unlabelled (fake)", lambda d: d.get("d_fake_acc")),
-    ("entropy of unlabelled predictions (nats)", lambda d: d.get("unlabelled_entropy")),
-    ("total variation: predicted marginal vs p(y)", lambda d: d.get("marginal_tv")),
-    ("|λC ∇ critic| / |∇ task| at the projector",
-     lambda d: d["grad_critic"] / d["grad_task"] if d.get("grad_critic") and d.get("grad_task") else None),
-)
-
-
-def plot_diagnostics(rows: list[dict], combos: list[Combination], dataset: str, backbone: str, path: Path) -> bool:
-    """What the critic does over training, per epoch, for the figure's λ of every setup with a critic (seed mean;
-    one row of panels per label budget). Returns False (and draws nothing) when the rows hold no diagnostics."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = {key: combo for key, combo in best_combinations(combos).items() if SETUPS.get(key[0]) and
-            SETUPS[key[0]].critic}
-    curves: dict[tuple[int, int], list[list[dict]]] = defaultdict(list)
-    for row in rows:
-        config = row["config"]
-        key = (int(row["setup"]), int(config["labels"]))
-        combo = best.get(key)
-        if combo and (float(config["critic_weight"]), float(config["latent_weight"])) == (combo.critic, combo.latent):
-            curves[key].append(row.get("epoch_diagnostics") or [])
-    if not any(any(epochs) for runs in curves.values() for epochs in runs):
-        return False
-    budgets = sorted({n for _, n in best})
-    fig, axes = plt.subplots(len(budgets), len(DIAGNOSTIC_PANELS), figsize=(4.2 * len(DIAGNOSTIC_PANELS),
-                                                                            3.6 * len(budgets)), squeeze=False)
-    for b_index, budget in enumerate(budgets):
-        for p_index, (title, value) in enumerate(DIAGNOSTIC_PANELS):
-            ax = axes[b_index, p_index]
-            for (setup, n), runs in sorted(curves.items()):
-                if n != budget:
-                    continue
-                epochs = max(len(r) for r in runs)
-                means = []
-                for epoch in range(epochs):
-                    values = [value(r[epoch]) for r in runs if epoch < len(r) and value(r[epoch]) is not None]
-                    means.append(sum(values) / len(values) if values else float("nan"))
-                ax.plot(range(1, epochs + 1), means, marker="o", markersize=3,
-                        label=f"{setup}: λC={format_weight(best[(setup, n)].critic)}")
-            ax.set_title(f"{title}\n{budget} labels", fontsize=8)
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.grid(alpha=0.3)
-            if p_index == 0:
-                ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-                ax.legend(fontsize=6)
-    fig.suptitle(f"{dataset} ({backbone}): the critic over training (seed mean, the figure's λ per setup)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-BASELINE_TEXT = {
-    "LogisticRegression": "scikit-learn LogisticRegression on the CLS vectors of each seed's labelled subset",
-    "LabelSpreading": "scikit-learn LabelSpreading (kNN graph, 64 PCA components) over each seed's labelled subset "
-                      "plus all other train CLS vectors as unlabelled",
-}
+from twinturbo.train.figures import plot_all, plot_diagnostics, plot_selected
+from twinturbo.train.selection import (EPOCH_RULES, PROTOCOLS, Combination, by_setup, choose, combinations,
+                                       grid_edges, row_group, swept_weights, validation_size_study, weight_symbol)
+from twinturbo.train.stats import mean_interval, paired_difference
+from twinturbo.train.sweep import RESULTS_FILE, read_rows
 
 Baselines = dict[str, dict[int, dict[int, float]]]  # method -> label budget -> seed -> accuracy %
+BASELINE_TEXT = {
+    "LogisticRegression": "scikit-learn LogisticRegression on the CLS vectors of each seed's labelled subset "
+                          "(supervised)",
+    "SelfTraining": "scikit-learn SelfTrainingClassifier around that LogisticRegression, over the labelled subset plus "
+                    "every other train CLS vector as unlabelled; its confidence threshold chosen on the validation "
+                    "split (self-training / pseudo-labelling)",
+    "LabelSpreading": "scikit-learn LabelSpreading (kNN graph, 64 PCA components) over the labelled subset plus every "
+                      "other train CLS vector as unlabelled",
+}
+VALIDATION_SIZES = (50, 100, 250, 500, 1000)
+PROTOCOL_SENTENCE = {
+    "val": "for each setup and label budget, the λ combination with the best seed-mean accuracy on {val} (train "
+           "images outside the labelled subset whose labels are never trained on, `--val-labels`)",
+    "test": "for each setup and label budget, the λ combination with the best seed-mean accuracy on the test set "
+            "(optimistic: the test set chooses)",
+    "paper": "for each setup and label budget, the λ combination with the best single seed on the test set, as in "
+             "the paper (optimistic: the test set chooses, and the best of three seeds is quoted)",
+}
 
 
-def _spread(values: list[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}"
+# ---- baselines, fitted once per store, labelled subset and validation size -------------------------------------
 
-
-def paired_table(combos: list[Combination], baseline: Baselines | None) -> list[str]:
-    """Per label budget and setup (the figure's λ): mean and range over seeds, and the paired difference to setup 1
-    on the same seeds (mean, and its range over seeds); then the baselines, paired the same way."""
-    best = best_combinations(combos)
-    lines = ["| setup | labels | λ_C | λ_L | mean % | min-max % | Δ vs setup 1, same seed: mean (min..max) | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for budget in sorted({n for _, n in best}):
-        reference = best.get((1, budget))
-
-        def paired(accuracies: dict[int, float]) -> str:
-            if reference is None:
-                return "no setup 1"
-            common = sorted(set(accuracies) & set(reference.accuracies))
-            if not common:
-                return "no common seed"
-            deltas = [accuracies[seed] - reference.accuracies[seed] for seed in common]
-            return f"{sum(deltas) / len(deltas):+.2f} ({min(deltas):+.2f}..{max(deltas):+.2f})"
-
-        for (setup, n), combo in sorted(best.items()):
-            if n != budget:
-                continue
-            name = SETUPS[setup].name if setup in SETUPS else str(setup)
-            values = list(combo.accuracies.values())
-            lines.append(f"| setup {setup}: {name} | {budget} | {format_weight(combo.critic)} | "
-                         f"{format_weight(combo.latent)} | {combo.mean:.2f} | {_spread(values)} | "
-                         f"{paired(combo.accuracies)} | {len(values)} |")
-        for method, per_budget in (baseline or {}).items():
-            seeds = per_budget.get(budget)
-            if seeds:
-                values = list(seeds.values())
-                lines.append(f"| {method} | {budget} | | | {sum(values) / len(values):.2f} | {_spread(values)} | "
-                             f"{paired(seeds)} | {len(values)} |")
-    return lines
-
-
-def summary_markdown(by_dataset: dict[tuple[str, str], list[Combination]],
-                     baselines: dict[tuple[str, str], Baselines | str] | None = None) -> str:
-    """One section per dataset: setup x label budget, best lambdas, best/mean/min accuracy over that combination's
-    seeds; the baselines on the same labelled subsets (or why they are missing); the paired comparison."""
-    lines = []
-    for (dataset, backbone), combos in sorted(by_dataset.items()):
-        baseline = (baselines or {}).get((dataset, backbone))
-        best = best_combinations(combos)
-        lines += [f"### {dataset} ({backbone})", "",
-                  "| setup | labels | λ_C | λ_L | best % | mean % | min % | seeds |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for (setup, budget), combo in sorted(best.items()):
-            name = SETUPS[setup].name if setup in SETUPS else str(setup)
-            lines.append(f"| {setup}: {name} | {budget} | {format_weight(combo.critic)} | {format_weight(combo.latent)} | "
-                         f"{combo.best:.2f} | {combo.mean:.2f} | {combo.worst:.2f} | {len(combo.accuracies)} |")
-        lines.append("")
-        if isinstance(baseline, str):
-            lines += [f"Baselines not computed: {baseline}", ""]
-        elif baseline:
-            for method, per_budget in baseline.items():
-                lines += [f"Baseline: {BASELINE_TEXT.get(method, method)}.", "",
-                          "| labels | best % | mean % | min % | seeds |", "|---:|---:|---:|---:|---:|"]
-                for budget, seeds in sorted(per_budget.items()):
-                    values = list(seeds.values())
-                    lines.append(f"| {budget} | {max(values):.2f} | {sum(values) / len(values):.2f} | "
-                                 f"{min(values):.2f} | {len(values)} |")
-                lines.append("")
-        lines += ["Paired with setup 1 (same seed, same labelled subset; λ as selected above):", ""]
-        lines += paired_table(combos, baseline if isinstance(baseline, dict) else None) + [""]
-    return "\n".join(lines)
-
-
-def baselines_of(rows: list[dict], features: str | None = None) -> dict[tuple[str, str], Baselines | str]:
+def baselines_of(rows: list[dict], features: str | None = None, cache: Path | None = None) \
+        -> dict[tuple[str, str], Baselines | str]:
     """(dataset, backbone) -> method -> label budget -> seed -> accuracy % on the rows' own store (or on `features`,
-    when it holds the same extraction: a sweep moved to another machine), or the reason it could not be computed."""
+    when it holds the same extraction), or the reason it could not be computed. Results are kept in `cache` (a JSON
+    file keyed by store fingerprint, method, budget, validation size and seed): a report is redrawn in seconds."""
     from twinturbo.train.baseline import BASELINES, read_cls_vectors
 
-    wanted: dict[tuple[str, str], dict] = defaultdict(lambda: {"store": None, "budgets": defaultdict(set)})
+    stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    wanted: dict[tuple[str, str], dict] = {}
     for row in rows:
-        entry = wanted[_row_key(row)]
-        entry["store"] = row.get("store") or {}
-        entry["budgets"][int(row["config"]["labels"])].add(int(row["config"]["seed"]))
+        entry = wanted.setdefault(row_group(row), {"store": row.get("store") or {}, "budgets": {}})
+        budget = int(row["config"]["labels"])
+        entry["budgets"].setdefault(budget, {"seeds": set(), "val": row["config"].get("val_labels", budget)})
+        entry["budgets"][budget]["seeds"].add(int(row["config"]["seed"]))
     out: dict[tuple[str, str], Baselines | str] = {}
     for key, entry in wanted.items():
-        fingerprint = entry["store"].get("fingerprint")
-        path = entry["store"].get("path")
+        fingerprint, path = entry["store"].get("fingerprint"), entry["store"].get("path")
+        result: Baselines = {method: {} for method in BASELINES}
+        missing = [(method, budget, seed, spec["val"]) for method in BASELINES
+                   for budget, spec in sorted(entry["budgets"].items()) for seed in sorted(spec["seeds"])
+                   if _cache_key(fingerprint, method, budget, spec["val"], seed) not in stored]
         try:
-            if features is not None:
-                with open_store(features) as store:
-                    if store.identity()["fingerprint"] == fingerprint:
-                        path = features
-            with open_store(path) as store:
-                if store.identity()["fingerprint"] != fingerprint:
-                    out[key] = f"the store at {path} changed since the sweep"
-                    continue
-            vectors = read_cls_vectors(path)
-            out[key] = {method: {budget: {seed: 100.0 * acc for seed, acc in fit(path, budget, sorted(seeds),
-                                                                                 vectors).items()}
-                                 for budget, seeds in sorted(entry["budgets"].items())}
-                        for method, fit in BASELINES.items()}
+            if missing:
+                if features is not None:
+                    with open_store(features) as store:
+                        if store.identity()["fingerprint"] == fingerprint:
+                            path = features
+                with open_store(path) as store:
+                    if store.identity()["fingerprint"] != fingerprint:
+                        out[key] = f"the store at {path} changed since the sweep"
+                        continue
+                vectors = read_cls_vectors(path)
+                for method, budget, seed, val in missing:
+                    fit = BASELINES[method]
+                    kwargs = {"val_labels": val} if method == "SelfTraining" else {}
+                    accuracy = fit(path, budget, [seed], vectors, **kwargs)[seed]
+                    stored[_cache_key(fingerprint, method, budget, val, seed)] = 100.0 * accuracy
         except TwinTurboError as err:
             out[key] = str(err)
+            continue
+        for method in BASELINES:
+            for budget, spec in entry["budgets"].items():
+                result[method][budget] = {seed: stored[_cache_key(fingerprint, method, budget, spec["val"], seed)]
+                                          for seed in spec["seeds"]}
+        out[key] = result
+    if cache is not None and stored:
+        cache.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     return out
 
 
+def _cache_key(fingerprint, method: str, budget: int, val: int, seed: int) -> str:
+    from twinturbo.train.baseline import SELF_TRAINING_THRESHOLDS
+
+    recipe = list(SELF_TRAINING_THRESHOLDS) if method == "SelfTraining" else []
+    digest = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:6]
+    return f"{fingerprint}/{method}-{digest}/n{budget}/val{val if method == 'SelfTraining' else 0}/seed{seed}"
+
+
+# ---- summary.md ----------------------------------------------------------------------------------------------------
+
+def _lambdas(combo: Combination, candidates: list[Combination]) -> str:
+    return combo.lambda_text(swept_weights(candidates), ", ") or "-"
+
+
+def describe_grid(candidates: list[Combination]) -> str:
+    """'λ_C over {0.01, 0.1, 1}, λ_L over {0.1, 1}' for one setup's candidates."""
+    parts = []
+    for name in swept_weights(candidates):
+        values = sorted({c.weight(name) for c in candidates})
+        parts.append(f"{weight_symbol(name)} over {{{', '.join(f'{v:g}' for v in values)}}}")
+    return ", ".join(parts)
+
+
+def what_ran(rows: list[dict], combos: list[Combination]) -> str:
+    """One sentence: how many runs of which setups, budgets, seeds, steps, data and precision."""
+    seeds = sorted({int(r["config"]["seed"]) for r in rows})
+    budgets = sorted({int(r["config"]["labels"]) for r in rows})
+    steps = sorted({int(r["steps"]) for r in rows if "steps" in r})
+    config = rows[0]["config"]
+    samples = {(r.get("train_samples"), r.get("test_samples")) for r in rows if r.get("train_samples")}
+    precisions = sorted({r.get("precision") or r["config"].get("precision") or "fp32" for r in rows})
+    setups = list(dict.fromkeys(c.setup for c in combos))
+    grids = sorted({describe_grid(v) for v in by_setup(combos).values() if describe_grid(v)}, key=len)
+    text = (f"{len(rows)} runs: setups {', '.join(map(str, setups))} at {', '.join(map(str, budgets))} labels, "
+            f"seeds {', '.join(map(str, seeds))}; {'/'.join(map(str, steps))} steps each "
+            f"({config.get('epochs')} epochs of batch {config.get('batch_size')}")
+    if len(samples) == 1:
+        train, test = samples.pop()
+        text += f" over {train} train images, {test} test images"
+    text += f"), head widths {config.get('proj_dim')}/{config.get('pred_dim')}/{config.get('disc_dim')}, "
+    text += f"{'/'.join(precisions)}"
+    if grids:
+        text += f"; the widest grid: {grids[-1]}"
+    return text + "."
+
+
+def _budget_val_size(candidates: list[Combination], val_size: int | None) -> int | None:
+    """The validation size the selection uses for one setup: `val_size` (capped at what was recorded), else the
+    label budget (the --val-labels default), else everything recorded."""
+    recorded = min(c.val_samples for c in candidates)
+    wanted = val_size if val_size is not None else candidates[0].labels
+    return min(wanted, recorded) if recorded else None
+
+
+def selected_table(combos: list[Combination], baselines: Baselines | None, protocol: str, epoch_rule: str,
+                   val_size: int | None) -> tuple[list[str], dict[tuple, Combination], dict[tuple, list[str]]]:
+    """The main table: per setup and budget the chosen λ, its validation and test accuracy (seed mean ± 95% t
+    interval), its paired difference to setup 1 (± interval) and how many seeds are above setup 1; then the
+    baselines, paired the same way. Returns the lines, the choices and the grid-edge notes."""
+    lines = ["| setup | labels | λ | validation % | test %: mean ± 95% CI | Δ vs setup 1 (same seeds) ± 95% CI "
+             "| seeds above setup 1 |", "|---|---:|---|---:|---:|---:|---:|"]
+    groups, chosen, edges = by_setup(combos), {}, {}
+    for budget in sorted({labels for _, labels in groups}):
+        reference = None
+        for (setup, labels), candidates in groups.items():
+            if labels != budget:
+                continue
+            size = _budget_val_size(candidates, val_size)
+            rule = protocol if (protocol != "val" or all(c.has_validation for c in candidates)) else "test"
+            combo = choose(candidates, rule, epoch_rule, size)
+            chosen[(setup, labels)] = combo
+            edges[(setup, labels)] = grid_edges(combo, candidates)
+            test = combo.test(epoch_rule)
+            if reference is None and setup in (1, "1"):
+                reference = test
+            val = f"{mean_interval(list(combo.val(epoch_rule, size).values())).mean:.2f}" \
+                if combo.has_validation else "-"
+            paired = paired_difference(test, reference) if reference is not None else None
+            lines.append(f"| {setup}: {combo.setup_name} | {budget} | {_lambdas(combo, candidates)} | {val} | "
+                         f"{mean_interval(list(test.values())).text()} | "
+                         + (f"{paired.difference.text(signed=True)} | {paired.positive}/{len(paired.seeds)} |"
+                            if paired is not None and setup not in (1, "1") else " | |"))
+        for method, per_budget in (baselines or {}).items():
+            seeds = per_budget.get(budget)
+            if not seeds:
+                continue
+            paired = paired_difference(seeds, reference) if reference is not None else None
+            lines.append(f"| {method} | {budget} | - | - | {mean_interval(list(seeds.values())).text()} | "
+                         + (f"{paired.difference.text(signed=True)} | {paired.positive}/{len(paired.seeds)} |"
+                            if paired is not None else " | |"))
+    return lines, chosen, edges
+
+
+def optimism_table(combos: list[Combination], chosen: dict[tuple, Combination], epoch_rule: str) -> list[str]:
+    """The paper's protocol beside the chosen one: its bar (best seed of the λ best on test), the seed mean of the
+    λ best on test, the chosen λ's seed mean, and the optimism = paper's bar - chosen seed mean."""
+    lines = ["| setup | labels | λ, paper's protocol | paper's bar (best seed) % | λ best on test: seed mean % | "
+             "λ chosen here: seed mean % | optimism of the paper's protocol (points) | of which λ on test |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for (setup, labels), candidates in by_setup(combos).items():
+        paper, on_test = choose(candidates, "paper", epoch_rule), choose(candidates, "test", epoch_rule)
+        here = chosen[(setup, labels)]
+        bar = max(paper.test(epoch_rule).values())
+        test_mean = mean_interval(list(on_test.test(epoch_rule).values())).mean
+        here_mean = mean_interval(list(here.test(epoch_rule).values())).mean
+        lines.append(f"| {setup}: {here.setup_name} | {labels} | {_lambdas(paper, candidates)} | {bar:.2f} | "
+                     f"{test_mean:.2f} | {here_mean:.2f} | {bar - here_mean:+.2f} | {test_mean - here_mean:+.2f} |")
+    return lines
+
+
+def size_table(combos: list[Combination]) -> list[str]:
+    """How the choice depends on the number of validation labels (when the runs recorded more than one size): per
+    label budget and size, averaged over the setups with a λ to choose."""
+    findings = validation_size_study(combos, list(VALIDATION_SIZES))
+    if len({f.size for f in findings}) < 2:
+        return []
+    lines = ["| labels | validation labels | setups | chooses the test-best λ (mean over setups and 200 draws) | "
+             "test points lost vs the test-best λ: mean (worst setup) |", "|---:|---:|---:|---:|---:|"]
+    for labels, size in sorted({(f.labels, f.size) for f in findings}):
+        group = [f for f in findings if (f.labels, f.size) == (labels, size)]
+        chance = sum(f.picks_test_best for f in group) / len(group)
+        gap = sum(f.mean_gap for f in group) / len(group)
+        lines.append(f"| {labels} | {size} | {len(group)} | {100 * chance:.0f}% | {gap:.2f} "
+                     f"({max(f.mean_gap for f in group):.2f}) |")
+    return lines
+
+
+def finding_sentence(combos: list[Combination], chosen: dict[tuple, Combination], epoch_rule: str) -> str:
+    """Per label budget, the setup with the largest paired gain over setup 1, with its interval."""
+    sentences = []
+    for budget in sorted({labels for _, labels in chosen}):
+        reference = next((c for (s, n), c in chosen.items() if n == budget and s in (1, "1")), None)
+        if reference is None:
+            continue
+        gains = [(paired_difference(c.test(epoch_rule), reference.test(epoch_rule)), c)
+                 for (s, n), c in chosen.items() if n == budget and s not in (1, "1")]
+        gains = [(p, c) for p, c in gains if p is not None]
+        if not gains:
+            continue
+        best, combo = max(gains, key=lambda item: item[0].difference.mean)
+        low, high = best.difference.low, best.difference.high
+        verdict = "its interval excludes 0" if math.isfinite(low) and (low > 0 or high < 0) else \
+            "its interval includes 0"
+        sentences.append(f"at {budget} labels the largest gain over setup 1 is setup {combo.setup} "
+                         f"({combo.setup_name}): {best.difference.text(signed=True)} points, above setup 1 on "
+                         f"{best.positive} of {len(best.seeds)} seeds ({verdict})")
+    return ("Finding: " + "; ".join(sentences) + ".") if sentences else ""
+
+
+def summary_markdown(rows: list[dict], by_group: dict[tuple[str, str], list[Combination]],
+                     baselines: dict[tuple[str, str], Baselines | str], protocol: str, epoch_rule: str,
+                     val_size: int | None) -> tuple[str, dict]:
+    """summary.md's text, and per group the choices and grid-edge notes (for the figures)."""
+    lines, drawn = [], {}
+    for (dataset, backbone), combos in sorted(by_group.items()):
+        group_rows = [r for r in rows if row_group(r) == (dataset, backbone)]
+        baseline = baselines.get((dataset, backbone))
+        has_val = all(c.has_validation for c in combos)
+        used = protocol if (protocol != "val" or has_val) else "test"
+        sizes = sorted({_budget_val_size(v, val_size) for v in by_setup(combos).values()} - {None})
+        table, chosen, edges = selected_table(combos, baseline if isinstance(baseline, dict) else None, used,
+                                              epoch_rule, val_size)
+        drawn[(dataset, backbone)] = (chosen, edges, used)
+        lines += [f"### {dataset} ({backbone})", "", f"What ran: {what_ran(group_rows, combos)}", ""]
+        protocol_text = PROTOCOL_SENTENCE[used].format(
+            val=f"{' or '.join(map(str, sizes))} validation labels" if sizes else "the validation split")
+        lines.append(f"Protocol: {protocol_text}; each run read at its "
+                     f"{'last epoch' if epoch_rule == 'last' else 'epoch of best validation accuracy'}. The figures "
+                     "are that combination's test accuracy: the mean over seeds ± the half-width of its 95% t "
+                     "interval, and its difference to setup 1 on the same seeds (same labelled subsets) ± its own.")
+        if protocol == "val" and not has_val:
+            lines.append("These rows have no validation split (trained before --val-labels): λ is chosen on the "
+                         "test set below, which is optimistic.")
+        lines += ["", finding_sentence(combos, chosen, epoch_rule), "", *table, ""]
+        notes = [f"- setup {s} at {n} labels: {note}" for (s, n), found in edges.items() for note in found]
+        if notes:
+            lines += ["Grid edges (the chosen λ may lie beyond the grid):", "", *notes, ""]
+        if isinstance(baseline, str):
+            lines += [f"Baselines not computed: {baseline}", ""]
+        elif baseline:
+            lines += ["Baselines, on the same labelled subsets: " + "; ".join(
+                f"{method}: {BASELINE_TEXT.get(method, method)}" for method in baseline) + ".", ""]
+        lines += ["The paper's protocol beside it (optimism = the paper's bar minus the seed mean of the λ chosen "
+                  "here; 'of which λ on test' is the part due to choosing λ on the test set, the rest is quoting the "
+                  "best seed):", "", *optimism_table(combos, chosen, epoch_rule), ""]
+        sizes_lines = size_table(combos) if has_val else []
+        if sizes_lines:
+            lines += ["How many validation labels it takes: class-balanced draws of N of the validation samples every "
+                      "run was scored on, λ chosen by seed-mean validation accuracy on them:", "", *sizes_lines, ""]
+    return "\n".join(lines), drawn
+
+
 CSV_COLUMNS = ("run_id", "dataset", "backbone", "store_fingerprint", "setup", "loss", "rescale", "critic_weight",
-               "latent_weight", "labels", "seed", "test_accuracy", "wall_time_s", "fused_runs", "device")
+               "latent_weight", "labels", "seed", "test_accuracy", "val_accuracy", "precision", "wall_time_s",
+               "fused_runs", "device")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -380,33 +297,26 @@ def write_csv(rows: list[dict], path: Path) -> None:
     flags = sorted({k for row in rows for k in row["config"]} - set(CSV_COLUMNS))
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(list(CSV_COLUMNS) + flags + ["epoch_accuracies"])
+        writer.writerow(list(CSV_COLUMNS) + flags + ["epoch_accuracies", "epoch_val_accuracies"])
         for row in rows:
-            dataset, backbone = _row_key(row)
+            dataset, backbone = row_group(row)
             config = row["config"]
             base = {"run_id": row["run_id"], "dataset": dataset, "backbone": backbone,
                     "store_fingerprint": (row.get("store") or {}).get("fingerprint"), "setup": row["setup"],
-                    "test_accuracy": row["test_accuracy"], "wall_time_s": row.get("wall_time_s"),
-                    "fused_runs": row.get("fused_runs"), "device": row.get("device"), **config}
-            curve = ";".join(f"{a:.6g}" for a in row.get("epoch_accuracies", []))
-            writer.writerow([base.get(c) for c in CSV_COLUMNS] + [config.get(f) for f in flags] + [curve])
+                    "test_accuracy": row["test_accuracy"], "val_accuracy": row.get("val_accuracy"),
+                    "wall_time_s": row.get("wall_time_s"), "fused_runs": row.get("fused_runs"),
+                    "device": row.get("device"), **config, "precision": row.get("precision") or config.get("precision")}
+            curves = [";".join(f"{a:.6g}" for a in row.get(key) or []) for key in ("epoch_accuracies",
+                                                                                  "epoch_val_accuracies")]
+            writer.writerow([base.get(c) for c in CSV_COLUMNS] + [config.get(f) for f in flags] + curves)
 
 
 def _file_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path | None = None, baseline: bool = True,
-                features: str | None = None) -> list[Path]:
-    """Write figure_<dataset>.png, all_<dataset>.png, diagnostics_<dataset>.png (when the rows hold training
-    diagnostics), summary.md and results.csv from one or more sweeps' rows
-    (e.g. a 100-label and a 1000-label sweep of one store); return their paths.
-
-    With `baseline`, the LogisticRegression and LabelSpreading baselines are fitted on the sweep's store (when it is
-    still there and unchanged, or at `features`) and shown in the figure and the summary."""
-    directories = [Path(d) for d in (sweep_dirs if isinstance(sweep_dirs, (list, tuple)) else [sweep_dirs])]
-    if out_dir is None and len(directories) > 1:
-        raise TwinTurboError("tt-report of several sweeps needs --out (where to write the joint report)")
+def read_sweeps(directories: list[Path]) -> list[dict]:
+    """Every finished run of the sweeps, first occurrence per run id."""
     rows, seen = [], set()
     for directory in directories:
         results = directory / RESULTS_FILE
@@ -419,28 +329,51 @@ def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path |
     if not rows:
         files = " and ".join(str(d / RESULTS_FILE) for d in directories)
         raise TwinTurboError(f"{files} {'holds' if len(directories) == 1 else 'hold'} no finished run yet")
+    return rows
+
+
+def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path | None = None, baseline: bool = True,
+                features: str | None = None, protocol: str = "val", epoch_rule: str = "last",
+                val_size: int | None = None) -> list[Path]:
+    """Write figure_<dataset>.png, all_<dataset>.png, diagnostics_<dataset>.png (when the rows hold training
+    diagnostics), summary.md and results.csv from one or more sweeps' rows (e.g. a 100-label and a 1000-label sweep
+    of one store); return their paths. `protocol`, `epoch_rule` and `val_size` as tt-report's --select, --epoch and
+    --val-size; with `baseline`, the three baselines are fitted on the sweep's store (cached in baselines.json)."""
+    if protocol not in PROTOCOLS:
+        raise TwinTurboError(f"--select {protocol}: expected one of {', '.join(PROTOCOLS)}")
+    if epoch_rule not in EPOCH_RULES:
+        raise TwinTurboError(f"--epoch {epoch_rule}: expected one of {', '.join(EPOCH_RULES)}")
+    if val_size is not None and val_size < 1:
+        raise TwinTurboError(f"--val-size {val_size}: expected a positive number of validation labels")
+    directories = [Path(d) for d in (sweep_dirs if isinstance(sweep_dirs, (list, tuple)) else [sweep_dirs])]
+    if out_dir is None and len(directories) > 1:
+        raise TwinTurboError("tt-report of several sweeps needs --out (where to write the joint report)")
+    rows = read_sweeps(directories)
     try:
-        by_dataset = combinations(rows)
+        by_group = combinations(rows)
     except (KeyError, TypeError, ValueError) as err:
         raise TwinTurboError(f"{directories[0] / RESULTS_FILE}: a row lacks {err} (not written by tt-sweep?)") from None
     out = Path(out_dir) if out_dir is not None else directories[0]
     out.mkdir(parents=True, exist_ok=True)
-    baselines = baselines_of(rows, features) if baseline else {}
+    baselines = baselines_of(rows, features, out / "baselines.json") if baseline else {}
+    text, drawn = summary_markdown(rows, by_group, baselines, protocol, epoch_rule, val_size)
     written = []
-    several_backbones = len(by_dataset) > len({dataset for dataset, _ in by_dataset})
-    for (dataset, backbone), combos in sorted(by_dataset.items()):
+    several_backbones = len(by_group) > len({dataset for dataset, _ in by_group})
+    for (dataset, backbone), combos in sorted(by_group.items()):
         stem = _file_name(f"{dataset}_{backbone}" if several_backbones else dataset)
-        figure, everything = out / f"figure_{stem}.png", out / f"all_{stem}.png"
+        chosen, edges, used = drawn[(dataset, backbone)]
         found = baselines.get((dataset, backbone))
-        plot_best(combos, dataset, backbone, figure, found if isinstance(found, dict) else None)
-        plot_all(combos, dataset, backbone, everything)
+        figure, everything = out / f"figure_{stem}.png", out / f"all_{stem}.png"
+        plot_selected(combos, chosen, found if isinstance(found, dict) else None, dataset, backbone, figure, used,
+                      epoch_rule, edges)
+        plot_all(combos, chosen, dataset, backbone, everything, used, epoch_rule)
         written += [figure, everything]
         diagnostics = out / f"diagnostics_{stem}.png"
-        dataset_rows = [row for row in rows if _row_key(row) == (dataset, backbone)]
-        if plot_diagnostics(dataset_rows, combos, dataset, backbone, diagnostics):
+        if plot_diagnostics([r for r in rows if row_group(r) == (dataset, backbone)], chosen, dataset, backbone,
+                            diagnostics):
             written.append(diagnostics)
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(by_dataset, baselines))
+    summary.write_text(text)
     csv_path = out / "results.csv"
     write_csv(rows, csv_path)
     return written + [summary, csv_path]

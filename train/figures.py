@@ -1,0 +1,235 @@
+"""tt-report's figures: the selected λ per setup with its interval (Figures 2-4, redrawn with validation selection),
+every λ combination (Appendix C), and what the semi-supervised terms do over training (train/diagnostics.py).
+
+Every figure is drawn for a reader who has not seen the code: its title says what a bar is and how λ was chosen,
+baselines stand apart from the setups, and fonts stay readable at the saved size.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from twinturbo.train.selection import Combination, by_setup, choose, swept_weights, weight_symbol
+from twinturbo.train.stats import mean_interval
+
+# One colour per label budget, in budget order (colour-blind safe pairs from matplotlib's tab10).
+BUDGET_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+PROTOCOL_TEXT = {"val": "λ chosen on the validation split", "test": "λ chosen on the test set (seed mean)",
+                 "paper": "λ chosen on the test set"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def setup_label(setup: int | str, name: str) -> str:
+    """'3: cat_twin/softmax\n+ critic' for an x axis."""
+    head, _, terms = name.partition(" + ")
+    return f"{setup}: {head}" + ("\n+ " + terms if terms else "\nalone")
+
+
+def _axis_floor(values: list[float]) -> float:
+    """Start the y axis near the data (the differences between setups are a few points), at a multiple of 5."""
+    return max(0.0, 5.0 * math.floor((min(values) - 3.0) / 5.0))
+
+
+def plot_selected(combos: list[Combination], chosen: dict[tuple, Combination],
+                  baselines: dict[str, dict[int, dict[int, float]]] | None, dataset: str, backbone: str, path: Path,
+                  protocol: str, epoch_rule: str = "last", edges: dict[tuple, list[str]] | None = None) -> None:
+    """Figures 2-4 for a defensible protocol: per setup and label budget the chosen combination's seed-mean test
+    accuracy (bar) with its 95% t interval (black) and each seed (dots); a diamond marks the paper's protocol (λ on
+    the test set, best seed). Baselines (same labelled subsets) are hatched bars to the right of a divider."""
+    plt = _pyplot()
+    groups = by_setup(combos)
+    setups = list(dict.fromkeys(setup for setup, _ in groups))
+    names = {c.setup: c.setup_name for c in combos}
+    budgets = sorted({labels for _, labels in groups})
+    methods = [m for m in (baselines or {}) if any((baselines[m].get(b) for b in budgets))]
+    width = 0.8 / len(budgets)
+    slots = len(setups) + (len(methods) + 0.6 if methods else 0)
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.25 * slots + 2.5), 6.0))
+    values: list[float] = []
+
+    def bar(x: float, seeds: dict[int, float], colour: str, hatch: str | None = None, label: str | None = None):
+        interval = mean_interval(list(seeds.values()))
+        ax.bar(x, interval.mean, width * 0.9, color=colour if hatch is None else "white", edgecolor=colour,
+               hatch=hatch, linewidth=1.2, label=label)
+        if math.isfinite(interval.half_width):
+            ax.errorbar(x, interval.mean, yerr=interval.half_width, color="black", capsize=3, linewidth=1.2)
+        ax.scatter([x] * len(seeds), list(seeds.values()), s=9, color="black", zorder=3)
+        values.extend([interval.low if math.isfinite(interval.half_width) else interval.mean, *seeds.values()])
+        return interval
+
+    texts: list[tuple[float, str]] = []  # written inside the bars, at their foot, once the axis is set
+    for b_index, budget in enumerate(budgets):
+        colour = BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)]
+        for s_index, setup in enumerate(setups):
+            candidates = groups.get((setup, budget))
+            if not candidates:
+                continue
+            x = s_index + (b_index - (len(budgets) - 1) / 2) * width
+            choice = chosen[(setup, budget)]
+            interval = bar(x, choice.test(epoch_rule), colour, label=f"{budget} labels" if s_index == 0 else None)
+            paper = choose(candidates, "paper", epoch_rule)
+            best_seed = max(paper.test(epoch_rule).values())
+            ax.scatter([x], [best_seed], marker="D", s=22, facecolor="white", edgecolor="black", zorder=4,
+                       label="paper's protocol: λ on test, best seed" if b_index == 0 and s_index == 0 else None)
+            values.append(best_seed)
+            text = choice.lambda_text(swept_weights(candidates), "\n")
+            if edges and edges.get((setup, budget)):
+                text += "\nedge!"
+            texts.append((x, f"{interval.mean:.1f}" + (f"\n{text}" if text else "")))
+        for m_index, method in enumerate(methods):
+            seeds = (baselines[method] or {}).get(budget)
+            if seeds:
+                x = len(setups) + 0.6 + m_index + (b_index - (len(budgets) - 1) / 2) * width
+                interval = bar(x, seeds, colour, hatch="///")
+                texts.append((x, f"{interval.mean:.1f}"))
+    ticks = list(range(len(setups))) + [len(setups) + 0.6 + i for i in range(len(methods))]
+    labels = [setup_label(s, names[s]) for s in setups] + [m.replace("Classifier", "\nClassifier") for m in methods]
+    ax.set_xticks(ticks, labels, fontsize=8)
+    if methods:
+        ax.axvline(len(setups) - 0.2, color="grey", linewidth=0.8, linestyle=":")
+        ax.text(len(setups) + 0.6 + (len(methods) - 1) / 2, 1.01, "baselines (hatched)", ha="center", va="bottom",
+                transform=ax.get_xaxis_transform(), fontsize=8)
+    floor = _axis_floor(values)
+    ax.set_ylim(floor, min(100.0, max(values) + 2.0))
+    for x, text in texts:
+        ax.text(x, floor + 0.5, text, ha="center", va="bottom", fontsize=6.5,
+                bbox=dict(facecolor="white", alpha=0.8, linewidth=0, pad=1))
+    ax.set_ylabel("test accuracy (%)")
+    epoch_text = "last epoch" if epoch_rule == "last" else "epoch of best validation accuracy"
+    ax.set_title(f"{dataset} ({backbone}): {PROTOCOL_TEXT[protocol]}, {epoch_text}\n"
+                 "bar = seed mean of test accuracy, black = 95% t interval, dots = seeds; "
+                 "'edge!' = the chosen λ is on its grid's edge", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=len(budgets) + 1, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_all(combos: list[Combination], chosen: dict[tuple, Combination], dataset: str, backbone: str, path: Path,
+             protocol: str, epoch_rule: str = "last") -> None:
+    """Appendix C: every λ combination, one panel per label budget, grouped by setup: bar = seed mean of test
+    accuracy, line = range over seeds; the combination the protocol chooses is marked with a star."""
+    plt = _pyplot()
+    import matplotlib.transforms
+
+    budgets = sorted({c.labels for c in combos})
+    groups = by_setup(combos)
+    widest = max(sum(len(v) for (s, n), v in groups.items() if n == budget) for budget in budgets)
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(max(9.0, 0.42 * widest + 5), 4.8 * len(budgets)),
+                             squeeze=False)
+    for b_index, (budget, ax) in enumerate(zip(budgets, axes[:, 0])):
+        x, xs, bounds, means, lows, highs, ticks, stars = 0.0, [], [], [], [], [], [], []
+        for (setup, n), candidates in groups.items():
+            if n != budget:
+                continue
+            choice = chosen[(setup, n)]
+            active = swept_weights(candidates)
+            if xs:
+                x += 1.2
+            bounds.append((candidates[0].setup_name, setup, x, x + len(candidates) - 1))
+            for combo in candidates:
+                seeds = list(combo.test(epoch_rule).values())
+                xs.append(x)
+                means.append(sum(seeds) / len(seeds))
+                lows.append(min(seeds))
+                highs.append(max(seeds))
+                ticks.append(combo.lambda_text(active) or "no λ")
+                if combo is choice:
+                    stars.append((x, max(seeds)))
+                x += 1.0
+        colour = BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)]
+        ax.bar(xs, means, 0.8, color=colour)
+        ax.vlines(xs, lows, highs, colors="black", linewidth=1.4)
+        ax.scatter([s[0] for s in stars], [s[1] + 0.4 for s in stars], marker="*", s=60, color="black", zorder=3,
+                   label=f"chosen: {PROTOCOL_TEXT[protocol]}")
+        ax.set_ylim(_axis_floor(lows), min(100.0, max(highs)) + 2.5)
+        ax.set_xlim(xs[0] - 0.8, xs[-1] + 0.8)
+        ax.set_xticks(xs, ticks, rotation=90, fontsize=7)
+        above = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
+        for name, setup, first, last in bounds:
+            ax.text((first + last) / 2, 1.02, setup_label(setup, name), transform=above, ha="center", va="bottom",
+                    fontsize=6.5)
+            if first > 0:
+                ax.axvline(first - 1.1, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_ylabel(f"{budget} labels\ntest accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.legend(loc="lower right", fontsize=7)
+    fig.suptitle(f"{dataset} ({backbone}): every λ combination (bar = seed mean, line = range over seeds)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+DIAGNOSTIC_PANELS = (  # (title, function of one epoch's diagnostics dict) -- train/diagnostics.py
+    ("D's accuracy on the prior's one-hots (real)", lambda d: d.get("d_real_acc")),
+    ("D's accuracy on σ(f) of unlabelled images (fake)", lambda d: d.get("d_fake_acc")),
+    ("entropy of unlabelled predictions (nats)", lambda d: d.get("unlabelled_entropy")),
+    ("total variation: predicted marginal vs p(y)", lambda d: d.get("marginal_tv")),
+    ("|λ_C ∇ critic| / |∇ task| at the projector",
+     lambda d: d["grad_critic"] / d["grad_task"] if d.get("grad_critic") and d.get("grad_task") else None),
+)
+
+
+def plot_diagnostics(rows: list[dict], chosen: dict[tuple, Combination], dataset: str, backbone: str,
+                     path: Path) -> bool:
+    """What the critic does over training, per epoch, for the chosen λ of every setup with a critic (seed mean):
+    one row of panels per label budget, one shared legend. Returns False (draws nothing) without diagnostics."""
+    plt = _pyplot()
+    curves: dict[tuple, list[list[dict]]] = defaultdict(list)
+    for row in rows:
+        config = row["config"]
+        combo = chosen.get((row["setup"], int(config["labels"])))
+        if combo is not None and combo.weight("critic_weight") > 0 and all(
+                float(config.get(name, 0.0)) == value for name, value in combo.weights):
+            curves[(row["setup"], int(config["labels"]))].append(row.get("epoch_diagnostics") or [])
+    if not any(any(epochs) for runs in curves.values() for epochs in runs):
+        return False
+    budgets = sorted({n for _, n in curves})
+    columns = 3
+    panel_rows = math.ceil(len(DIAGNOSTIC_PANELS) / columns)
+    fig, axes = plt.subplots(panel_rows * len(budgets), columns,
+                             figsize=(5.2 * columns, 3.6 * panel_rows * len(budgets) + 1.2), squeeze=False)
+    handles = {}
+    for b_index, budget in enumerate(budgets):
+        for p_index, (title, value) in enumerate(DIAGNOSTIC_PANELS):
+            ax = axes[b_index * panel_rows + p_index // columns, p_index % columns]
+            for (setup, n), runs in curves.items():
+                if n != budget:
+                    continue
+                epochs = max(len(r) for r in runs)
+                means = []
+                for epoch in range(epochs):
+                    found = [value(r[epoch]) for r in runs if epoch < len(r) and value(r[epoch]) is not None]
+                    means.append(sum(found) / len(found) if found else float("nan"))
+                line, = ax.plot(range(1, epochs + 1), means, marker="o", markersize=3)
+                handles.setdefault(setup, line)
+            ax.set_title(f"{title}, {budget} labels", fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.3)
+            if p_index < 2:
+                ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)  # chance
+        for p_index in range(len(DIAGNOSTIC_PANELS), panel_rows * columns):
+            axes[b_index * panel_rows + p_index // columns, p_index % columns].axis("off")
+    names = {setup: combo.setup_name for (setup, _), combo in chosen.items()}
+    fig.legend(list(handles.values()), [f"setup {s}: {names.get(s, s)}" for s in handles], loc="lower center",
+               ncol=min(4, len(handles)), fontsize=9, frameon=False)
+    fig.suptitle(f"{dataset} ({backbone}): the critic over training (seed mean at each setup's chosen λ; "
+                 "dotted = chance)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
