@@ -11,6 +11,19 @@ from twinturbo.common.errors import Command, TwinTurboError
 BACKBONE_HELP = "effnet-lite0 | effnet-lite0:320 | timm:<model> | radio (RADIOv2.5-B via torch.hub)"
 
 
+def backbone_options(command):
+    """--weights, --radio-checkpoint, --hub-dir: where a backbone's weights come from (tt-extract, tt-predict)."""
+    for option in reversed((
+            click.option("--weights", type=click.Path(path_type=Path), default=None,
+                         help="Local weights file for timm:<model>."),
+            click.option("--radio-checkpoint", type=click.Path(path_type=Path), default=None,
+                         help="Local RADIO checkpoint (.pth.tar)."),
+            click.option("--hub-dir", type=click.Path(path_type=Path), default=None,
+                         help="Local copy of the NVlabs/RADIO hub repo."))):
+        command = option(command)
+    return command
+
+
 class ExtractCommand(Command):
     interrupt_hint = "interrupted; rerun the same command to resume from the first chunk not done"
 
@@ -30,9 +43,7 @@ class ExtractCommand(Command):
 @click.option("--data-root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
               help="Where the raw dataset files are.")
 @click.option("--download", is_flag=True, help="Fetch missing MNIST/Fashion-MNIST/CIFAR-10/SVHN files (checksum-verified).")
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local weights file for timm:<model>.")
-@click.option("--radio-checkpoint", type=click.Path(path_type=Path), default=None, help="Local RADIO checkpoint (.pth.tar).")
-@click.option("--hub-dir", type=click.Path(path_type=Path), default=None, help="Local copy of the NVlabs/RADIO hub repo.")
+@backbone_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing store that holds a different extraction.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--verify", "verify_path", type=click.Path(path_type=Path), default=None,

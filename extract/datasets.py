@@ -435,7 +435,7 @@ def _load_folder(dataset: str, folder: Path, split: str) -> DatasetSplit:
         labels += [index] * len(files)
     if not paths:
         raise TwinTurboError(f"{dataset}: no images ({', '.join(IMAGE_SUFFIXES)}) in {split_dir}/<class>/")
-    size = _image_size(paths[0])
+    size = image_size(paths[0])
     return DatasetSplit(
         dataset=dataset, split=split, labels=np.asarray(labels, dtype=np.int64), class_names=class_names,
         source_files={f"{split}/": _manifest_sha256(paths, split_dir)}, images=ImageFiles(paths, size),
@@ -450,7 +450,7 @@ def _manifest_sha256(paths: list[Path], base: Path) -> str:
     return manifest.hexdigest()
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     from PIL import Image
 
     try:

@@ -64,7 +64,7 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
 
     from twinturbo.common.device import resolve_device, resolve_precision
     from twinturbo.train.data import parse_size
-    from twinturbo.train.loop import train_from_store
+    from twinturbo.train.rundir import train_from_store
 
     torch_device = resolve_device(device)
     config = TrainConfig(**options).validate()
@@ -101,6 +101,9 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
               help=_with_default("Local launcher: train this many fused groups at once, in separate processes sharing "
                                  "the CPU threads equally (on a 2-core CPU, 2 workers of 1 thread beat 1 of 2).", 1))
 @click.option("--dry-run", is_flag=True, help="Print the run table and count (done/pending), train nothing.")
+@click.option("--save-heads", is_flag=True,
+              help="Keep every run's head in SWEEP_DIR/runs/<run id>/ (head.pt, config.json, metrics.json) for "
+                   "tt-predict.")
 @click.option("--extend", is_flag=True,
               help="Accept a grid or store different from SWEEP_DIR/sweep.json: add its runs.")
 @click.option("--launcher", type=click.Choice(["local", "submitit"]), default="local", show_default=True,
@@ -116,7 +119,7 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
               show_default=True, help="submitit executor: auto = SLURM when available, else local processes.")
 def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str, memory_limit: str | None,
                fuse: int | None, workers: int,
-               dry_run: bool, extend: bool, launcher: str, setups: str | None, labels: str | None,
+               dry_run: bool, save_heads: bool, extend: bool, launcher: str, setups: str | None, labels: str | None,
                seeds: str | None, critic_grid: str | None, latent_grid: str | None, slurm_partition: str | None,
                slurm_time: int, slurm_gpus_per_node: int, slurm_cpus_per_task: int, slurm_mem: int,
                slurm_array_parallelism: int, submitit_cluster: str, **training) -> None:
@@ -133,7 +136,7 @@ def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str
     slurm = SlurmOptions(slurm_partition, slurm_time, slurm_gpus_per_node, slurm_cpus_per_task, slurm_mem,
                          slurm_array_parallelism, submitit_cluster)
     run_sweep(features, sweep_dir, grid, device, fuse, workers, dry_run, extend, launcher, slurm, echo=click.echo,
-              memory_limit=parse_size(memory_limit) if memory_limit is not None else None)
+              memory_limit=parse_size(memory_limit) if memory_limit is not None else None, save_heads=save_heads)
 
 
 # ---- tt-report ---------------------------------------------------------------------------------------------------

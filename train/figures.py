@@ -10,7 +10,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from twinturbo.train.selection import Combination, by_setup, choose, swept_weights, weight_symbol
+from twinturbo.train.selection import Combination, by_setup, choose, swept_weights
 from twinturbo.train.stats import mean_interval
 
 # One colour per label budget, in budget order (colour-blind safe pairs from matplotlib's tab10).

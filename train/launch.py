@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -74,11 +74,26 @@ def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, f
     }
 
 
-def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str,
-               on_group_done: Callable[[list[dict]], None] | None = None, progress: bool = True,
-               memory_limit: int | None = None) -> int:
-    """Train `groups` (each one fused pass) on one store opened once; append each run's row. Returns runs done.
-    The splits are held as data.load_splits decides for `memory_limit` bytes (None: what the machine has).
+@dataclass(frozen=True)
+class SweepWork:
+    """What every process that trains a sweep's groups needs: the store, SWEEP_DIR, the device, the memory the
+    splits may take (None: what the machine has; data.load_splits) and whether each run's head is kept."""
+
+    features: str
+    sweep_dir: str
+    device: str
+    memory_limit: int | None = None
+    save_heads: bool = False
+
+    def run_dir(self, run: RunSpec) -> Path:
+        """SWEEP_DIR/runs/<run id>: where --save-heads keeps a run (tt-predict's RUN_DIR)."""
+        return Path(self.sweep_dir) / "runs" / run.run_id
+
+
+def run_groups(work: SweepWork, groups: list[list[RunSpec]], on_group_done: Callable[[list[dict]], None] | None = None,
+               progress: bool = True) -> int:
+    """Train `groups` (each one fused pass) on one store opened once; append each run's row (and with
+    `work.save_heads` write its RUN_DIR first). Returns runs done.
 
     Runs already in results.jsonl (another job got there first) are skipped, so a resubmitted array is harmless.
     """
@@ -86,22 +101,27 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
     from twinturbo.common.store import open_store
     from twinturbo.train.data import load_splits, num_classes_of
     from twinturbo.train.loop import train_runs
+    from twinturbo.train.rundir import run_dims, save_run
 
-    torch_device = resolve_device(device)
-    results = Path(sweep_dir) / RESULTS_FILE
-    store = open_store(features)
+    torch_device = resolve_device(work.device)
+    results = Path(work.sweep_dir) / RESULTS_FILE
+    store = open_store(work.features)
     store.require_complete()
     identity = store.identity()
-    train_split, test_split = load_splits(store, torch_device, memory_limit, progress=progress)
+    train_split, test_split = load_splits(store, torch_device, work.memory_limit, progress=progress)
     num_classes = num_classes_of(store, train_split.labels)
     done = 0
     for group in groups:
-        finished = finished_run_ids(sweep_dir)
+        finished = finished_run_ids(work.sweep_dir)
         group = [run for run in group if run.run_id not in finished]
         if not group:
             continue
-        trained = train_runs([run.train_config() for run in group], train_split, test_split, num_classes,
-                             torch_device, progress=progress and len(group) > 1)
+        configs = [run.train_config() for run in group]
+        trained = train_runs(configs, train_split, test_split, num_classes, torch_device,
+                             progress=progress and len(group) > 1)
+        if work.save_heads:
+            for run, config, result in zip(group, configs, trained):
+                save_run(result, config, work.run_dir(run), identity, run_dims(train_split, num_classes, config))
         metrics = [result.metrics for result in trained]
         rows = [result_row(run, m, identity, str(torch_device), len(group)) for run, m in zip(group, metrics)]
         for row in rows:
@@ -113,11 +133,10 @@ def run_groups(features: str, sweep_dir: str, groups: list[list[RunSpec]], devic
     return done
 
 
-def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str, workers: int = 1,
-                 memory_limit: int | None = None) -> None:
+def launch_local(work: SweepWork, groups: list[list[RunSpec]], workers: int = 1) -> None:
     """Train `groups` on this machine: in this process, or with `workers` > 1 in that many processes at once, each
     with an equal share of the CPU threads (a run's result depends on its thread count, so it is recorded) and of
-    `memory_limit` (default: what the machine has), since each process holds its own splits."""
+    `work.memory_limit` (default: what the machine has), since each process holds its own splits."""
     if workers < 1:
         raise TwinTurboError(f"--workers {workers}: expected a number of processes >= 1")
     total = sum(len(g) for g in groups)
@@ -127,7 +146,7 @@ def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], dev
             bar.set_postfix(last=f"{100 * max(r['test_accuracy'] for r in rows):.1f}%")
 
         if workers == 1 or len(groups) < 2:
-            run_groups(features, sweep_dir, groups, device, on_group_done=advance, memory_limit=memory_limit)
+            run_groups(work, groups, on_group_done=advance)
             return
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -135,11 +154,11 @@ def launch_local(features: str, sweep_dir: str, groups: list[list[RunSpec]], dev
         from twinturbo.train.data import default_memory_limit
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-        limit = default_memory_limit() if memory_limit is None else memory_limit
-        share = None if limit is None else limit // workers
+        limit = default_memory_limit() if work.memory_limit is None else work.memory_limit
+        share = replace(work, memory_limit=None if limit is None else limit // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_worker, initargs=(threads,)) as pool:
-            pending = {pool.submit(_worker_run_group, features, sweep_dir, group, device, share) for group in groups}
+            pending = {pool.submit(_worker_run_group, share, group) for group in groups}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -156,19 +175,17 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_run_group(features: str, sweep_dir: str, group: list[RunSpec], device: str,
-                      memory_limit: int | None) -> list[dict]:
+def _worker_run_group(work: SweepWork, group: list[RunSpec]) -> list[dict]:
     """One group in a worker process of `launch_local`; returns its rows (already appended to results.jsonl)."""
     rows: list[dict] = []
-    run_groups(features, sweep_dir, [group], device, on_group_done=rows.extend, progress=False,
-               memory_limit=memory_limit)
+    run_groups(work, [group], on_group_done=rows.extend, progress=False)
     return rows
 
 
-def launch_submitit(features: str, sweep_dir: str, groups: list[list[RunSpec]], device: str,
-                    slurm: SlurmOptions, poll_s: float = 2.0, memory_limit: int | None = None) -> None:
+def launch_submitit(work: SweepWork, groups: list[list[RunSpec]], slurm: SlurmOptions, poll_s: float = 2.0) -> None:
     """One array task per group (`map_array`); waits, with a bar counting rows as the tasks append them. Each task
-    holds its splits within `memory_limit` (default: what its node has)."""
+    holds its splits within `work.memory_limit` (default: what its node has)."""
+    sweep_dir = work.sweep_dir
     import submitit
 
     if slurm.cluster not in SUBMITIT_CLUSTERS:
@@ -183,8 +200,7 @@ def launch_submitit(features: str, sweep_dir: str, groups: list[list[RunSpec]], 
             params["slurm_partition"] = slurm.partition
     executor.update_parameters(**params)
     n = len(groups)
-    jobs = executor.map_array(run_groups, [features] * n, [sweep_dir] * n, [[g] for g in groups], [device] * n,
-                              [None] * n, [False] * n, [memory_limit] * n)
+    jobs = executor.map_array(run_groups, [work] * n, [[g] for g in groups], [None] * n, [False] * n)
     print(f"tt-sweep: submitted {n} jobs to {executor.cluster} (logs under {folder.parent})", flush=True)
     wanted = {run.run_id for g in groups for run in g}
     failures = []

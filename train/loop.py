@@ -33,14 +33,12 @@ another kind it may differ in the last bits.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -49,9 +47,8 @@ from tqdm import tqdm
 
 from twinturbo.common.device import Acceleration, resolve_precision
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig, derived_seed
-from twinturbo.train.data import Split, load_splits, num_classes_of
+from twinturbo.train.data import Split
 from twinturbo.train.diagnostics import GRADIENT_EVERY, critic_figures, epoch_means, term_gradient_norms
 from twinturbo.train.heads import RunHeads
 from twinturbo.train.losses import critic, critic_nonsaturating, get_task_loss, latent_infonce, log_rescale
@@ -471,49 +468,3 @@ def active_terms(config: TrainConfig) -> tuple[str, ...]:
     if config.critic_weight > 0:
         names.append("disc")
     return tuple(names)
-
-
-def save_run(result: TrainResult, config: TrainConfig, out_dir: Path, store_identity: dict,
-             dims: dict) -> None:
-    """RUN_DIR/config.json, metrics.json and head.pt (state_dict + config + widths, enough to rebuild the head)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    metrics = dict(result.metrics, store=store_identity)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    state = {k: v.detach().cpu() for k, v in result.head.state_dict().items()}
-    torch.save({"state_dict": state, "config": config.to_dict(), "dims": dims}, out_dir / "head.pt")
-
-
-def load_head(path: str | Path) -> TwinTurboHead:
-    """Rebuild a trained head from RUN_DIR/head.pt."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    dims = checkpoint["dims"]
-    head = TwinTurboHead(dims["cls_dim"], dims["patch_dim"], dims["num_classes"], dims["proj_dim"],
-                         dims["pred_dim"], dims["disc_dim"])
-    head.load_state_dict(checkpoint["state_dict"])
-    return head
-
-
-def train_from_store(features: str | Path, config: TrainConfig, device: torch.device, out_dir: Path | None = None,
-                     progress: bool = True, memory_limit: int | None = None) -> tuple[TrainResult, Path]:
-    """What `tt-train` does: open and check the store, hold both splits (in memory, or the train split streamed
-    when they exceed `memory_limit` bytes: data.load_splits), train, write RUN_DIR (its config.json records the
-    precision the run computed in, `auto` resolved)."""
-    config = replace(config.validate(), precision=resolve_precision(config.precision, device))
-    with open_store(features) as store:
-        store.require_complete()
-        for split in ("train", "test"):
-            if split not in store.splits:
-                raise TwinTurboError(f"{store.path} has no '{split}' split (it has: {', '.join(store.splits)})")
-        train_split, test_split = load_splits(store, device, memory_limit, progress)
-        num_classes = num_classes_of(store, train_split.labels)
-        identity = store.identity()
-        dataset = store.attrs.get("dataset") or store.path.name
-        if out_dir is None:
-            out_dir = Path("runs") / str(dataset).replace(":", "_").replace("/", "_") / config.run_name()
-        result = train(config, train_split, test_split, num_classes, device, progress)
-    dims = {"cls_dim": train_split.cls_dim, "patch_dim": train_split.patch_dim,
-            "num_patches": train_split.num_patches, "num_classes": num_classes,
-            "proj_dim": config.proj_dim, "pred_dim": config.pred_dim, "disc_dim": config.disc_dim}
-    save_run(result, config, out_dir, identity, dims)
-    return result, out_dir

@@ -452,7 +452,8 @@ def sweep_precision(precision: str, device: str, launcher: str, slurm) -> str:
 
 
 def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse: int | None, workers: int,
-              dry_run: bool, extend: bool, launcher: str, slurm, echo=print, memory_limit: int | None = None) -> None:
+              dry_run: bool, extend: bool, launcher: str, slurm, echo=print, memory_limit: int | None = None,
+              save_heads: bool = False) -> None:
     """What tt-sweep does: check the store and SWEEP_DIR, skip finished runs, train the rest in fused groups on the
     chosen launcher (rows are appended to results.jsonl as runs finish); `memory_limit` as in data.load_splits."""
     from twinturbo.common.device import resolve_device
@@ -477,8 +478,9 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
     echo(f"tt-sweep: {len(runs)} runs in the grid, {len(runs) - len(todo)} already done, {len(todo)} to train "
          f"(fused by up to {fuse})")
     groups = list(fusion_groups(todo, fuse))
+    work = launch.SweepWork(features, sweep_dir, device, memory_limit, save_heads)
     if launcher == "local":
-        launch.launch_local(features, sweep_dir, groups, device, workers, memory_limit)
+        launch.launch_local(work, groups, workers)
     else:
-        launch.launch_submitit(features, sweep_dir, groups, device, slurm, memory_limit=memory_limit)
+        launch.launch_submitit(work, groups, slurm)
     echo(f"tt-sweep: results in {Path(sweep_dir) / RESULTS_FILE}; figures: tt-report {sweep_dir}")

@@ -1,0 +1,100 @@
+"""A run's directory, RUN_DIR: config.json, metrics.json and head.pt, written by tt-train (and by tt-sweep with
+--save-heads) and read by tt-predict.
+
+head.pt holds the state_dict, the config and the widths (`dims`), enough to rebuild the head without the store.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from twinturbo.common.device import resolve_precision
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.store import open_store
+from twinturbo.train.config import TrainConfig
+from twinturbo.train.data import load_splits, num_classes_of
+from twinturbo.train.loop import TrainResult, train
+from twinturbo.train.model import TwinTurboHead
+
+HEAD_FILE, CONFIG_FILE, METRICS_FILE = "head.pt", "config.json", "metrics.json"
+
+
+@dataclass
+class RunDir:
+    """A trained run as tt-predict needs it."""
+
+    path: Path
+    head: TwinTurboHead
+    config: TrainConfig
+    metrics: dict
+    dims: dict
+
+
+def save_run(result: TrainResult, config: TrainConfig, out_dir: Path, store_identity: dict, dims: dict) -> None:
+    """RUN_DIR/config.json, metrics.json and head.pt (state_dict + config + widths, enough to rebuild the head)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    metrics = dict(result.metrics, store=store_identity)
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    state = {k: v.detach().cpu() for k, v in result.head.state_dict().items()}
+    torch.save({"state_dict": state, "config": config.to_dict(), "dims": dims}, out_dir / HEAD_FILE)
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from a saved config; runs saved before --precision computed in fp32."""
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{"precision": "fp32", **{k: v for k, v in values.items() if k in known}})
+
+
+def load_run(path: str | Path) -> RunDir:
+    """Rebuild a trained run from RUN_DIR; a directory without head.pt is a one-line error."""
+    path = Path(path)
+    head_file = path / HEAD_FILE
+    if not head_file.is_file():
+        hint = " (a sweep keeps its runs' heads only with tt-sweep --save-heads)" if (path / "results.jsonl").exists() \
+            or path.parent.name == "runs" else ""
+        raise TwinTurboError(f"{path}: no {HEAD_FILE}, not a trained run directory{hint}")
+    try:
+        checkpoint = torch.load(head_file, map_location="cpu", weights_only=True)
+        dims = checkpoint["dims"]
+        head = TwinTurboHead(dims["cls_dim"], dims["patch_dim"], dims["num_classes"], dims["proj_dim"],
+                             dims["pred_dim"], dims["disc_dim"])
+        head.load_state_dict(checkpoint["state_dict"])
+    except Exception as err:  # a damaged or foreign file: which file, and what was wrong
+        raise TwinTurboError(f"{head_file}: not a twinturbo head ({type(err).__name__}: {err})".splitlines()[0]) \
+            from None
+    metrics_file = path / METRICS_FILE
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return RunDir(path, head.eval(), config_from_dict(checkpoint["config"]), metrics, dims)
+
+
+def train_from_store(features: str | Path, config: TrainConfig, device: torch.device, out_dir: Path | None = None,
+                     progress: bool = True, memory_limit: int | None = None) -> tuple[TrainResult, Path]:
+    """What `tt-train` does: open and check the store, hold both splits (in memory, or the train split streamed
+    when they exceed `memory_limit` bytes: data.load_splits), train, write RUN_DIR (its config.json records the
+    precision the run computed in, `auto` resolved)."""
+    config = replace(config.validate(), precision=resolve_precision(config.precision, device))
+    with open_store(features) as store:
+        store.require_complete()
+        for split in ("train", "test"):
+            if split not in store.splits:
+                raise TwinTurboError(f"{store.path} has no '{split}' split (it has: {', '.join(store.splits)})")
+        train_split, test_split = load_splits(store, device, memory_limit, progress)
+        num_classes = num_classes_of(store, train_split.labels)
+        identity = store.identity()
+        dataset = store.attrs.get("dataset") or store.path.name
+        if out_dir is None:
+            out_dir = Path("runs") / str(dataset).replace(":", "_").replace("/", "_") / config.run_name()
+        result = train(config, train_split, test_split, num_classes, device, progress)
+    save_run(result, config, out_dir, identity, run_dims(train_split, num_classes, config))
+    return result, out_dir
+
+
+def run_dims(train_split, num_classes: int, config: TrainConfig) -> dict:
+    """The widths head.pt records: the store's token shapes, the class count and the head's widths."""
+    return {"cls_dim": train_split.cls_dim, "patch_dim": train_split.patch_dim,
+            "num_patches": train_split.num_patches, "num_classes": num_classes,
+            "proj_dim": config.proj_dim, "pred_dim": config.pred_dim, "disc_dim": config.disc_dim}
