@@ -32,7 +32,7 @@ RSS_CHILD = textwrap.dedent("""
     import json, pathlib, sys
     import torch
     from twinturbo.train.config import TrainConfig
-    from twinturbo.train.loop import train_from_store
+    from twinturbo.train.rundir import train_from_store
     torch.set_num_threads(1)
     big, small, out, limit = sys.argv[1:]
     config = TrainConfig(labels=100, epochs=1, batch_size=512, critic_weight=0.1, proj_dim=32, pred_dim=16,
