@@ -1,7 +1,7 @@
 """The digits demo against the baseline a user tries first: TwinTURBO heads vs LogisticRegression on the CLS vectors.
 
 For each feature store (`--features`, repeatable: e.g. the float16 and the int8 extraction of the same images), each
-seed and each requested setup of DESIGN.md, trains one head exactly as `tt-train` does (`twinturbo.train.loop.train`
+seed and each requested setup (train/setups.py), trains one head exactly as `tt-train` does (`twinturbo.train.loop.train`
 on the store's splits loaded once) and fits scikit-learn's `LogisticRegression(max_iter=5000)` on the CLS vectors of
 the *same* labelled subset (the first draw of the run's data stream; checked against each run's
 `labelled_indices`). Prints one table per store (per setup: mean/min/max test accuracy over the seeds, the baseline's,
@@ -26,13 +26,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
+from twinturbo.train.setups import PAPER_SETUPS
 
-# setup -> (loss, rescale, uses critic, uses latent): DESIGN.md, "The ablation".
-SETUPS = {1: ("cat_cross", "softmax", False, False), 2: ("cat_cross", "softmax", True, False),
-          3: ("cat_twin", "softmax", True, False), 4: ("cat_twin", "sigmoid", True, False),
-          5: ("cat_twin", "sigmoid", True, True), 6: ("bin_cross", "softmax", True, True),
-          7: ("bin_cross", "sigmoid", True, True)}
 TRAINING = ("epochs", "batch_size", "lr", "warmup", "proj_dim", "pred_dim", "disc_dim", "prior", "weight_decay")
 
 
@@ -81,13 +76,13 @@ def run_one(features: str, setup: int, seed: int, labels: int, critic: float, la
     from twinturbo.train.config import TrainConfig
     from twinturbo.train.loop import train
 
-    loss, rescale, use_critic, use_latent = SETUPS[setup]
+    spec = PAPER_SETUPS[setup]
     options = {k: v for k, v in training.items() if v is not None}
     warmup = options.pop("warmup", None)
     if warmup is not None:
         options["warmup_steps"] = warmup
-    config = TrainConfig(loss=loss, rescale=rescale, critic_weight=critic if use_critic else 0.0,
-                         latent_weight=latent if use_latent else 0.0, labels=labels, seed=seed, **options)
+    config = TrainConfig(loss=spec.loss, rescale=spec.rescale, critic_weight=critic if "critic" in spec.terms else 0.0,
+                         latent_weight=latent if "latent" in spec.terms else 0.0, labels=labels, seed=seed, **options)
     train_split, test_split, num_classes = _splits(features)
     cpu_start = time.process_time()
     result = train(config, train_split, test_split, num_classes, torch.device("cpu"), progress=False)
@@ -110,15 +105,14 @@ def baseline(features: str, seed: int, labels: int) -> dict:
 
 def table(features: str, rows: list[dict], base: dict[int, float]) -> str:
     """Markdown table: per setup mean/min/max over seeds, baseline, paired mean difference, seeds won."""
-    lines = [f"| setup | head mean | min | max | logreg mean | min | max | mean diff | won | s/run | CPU s/run |",
+    lines = ["| setup | head mean | min | max | logreg mean | min | max | mean diff | won | s/run | CPU s/run |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for setup in sorted({r["setup"] for r in rows}):
         mine = sorted((r for r in rows if r["setup"] == setup), key=lambda r: r["seed"])
         acc = [r["test_accuracy"] for r in mine]
         ref = [base[r["seed"]] for r in mine]
         diff = [a - b for a, b in zip(acc, ref)]
-        loss, rescale, c, l = SETUPS[setup]
-        name = f"{setup} {loss}/{rescale}" + (" +C" if c else "") + (" +L" if l else "")
+        name = f"{setup} {PAPER_SETUPS[setup].name}"
         lines.append(f"| {name} | {statistics.mean(acc):.3f} | {min(acc):.3f} | {max(acc):.3f} | "
                      f"{statistics.mean(ref):.3f} | {min(ref):.3f} | {max(ref):.3f} | {statistics.mean(diff):+.3f} | "
                      f"{sum(d > 0 for d in diff)}/{len(diff)} | {statistics.mean(r['wall_time_s'] for r in mine):.1f} | "
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         report["stores"][features] = {"bytes": size, "baseline": base}
         print(f"\n{features} ({size} bytes), --labels {args.labels}, seeds {seeds}")
         if base:
-            print(f"logreg on CLS: " + ", ".join(f"seed {s} {a:.4f}" for s, a in sorted(base.items())))
+            print("logreg on CLS: " + ", ".join(f"seed {s} {a:.4f}" for s, a in sorted(base.items())))
             print(table(features, mine, base))
     for row in rows:
         row.pop("labelled_indices")

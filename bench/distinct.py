@@ -3,9 +3,9 @@
 With 100 labels and batch 512 the labelled rows repeat each labelled sample ~5 times and the x* partners come from the
 same 100 samples, so a step has far fewer distinct samples than rows (setup 1: 100 of 512; setup 7: <= 612 of 1536).
 `StepBatch.gather` reads each distinct sample once and the head runs its token mixer and projector Linear once per
-distinct sample (TwinTurboHead.encode); `StepBatch.from_tensors` gives every row its own copy (the plain step).
-Both run the same model + discriminator step of twinturbo.train.loop, interleaved, on batches drawn by the real
-sampling code (a class-balanced labelled subset of a 60k split, the epoch plan, the partners).
+distinct sample (TwinTurboHead.encode); the plain step (`plain_batch` below) gives every row its own copy. Both run
+the same step of twinturbo.train.step, interleaved, on batches drawn by the real sampling code (a class-balanced
+labelled subset of a 60k split, the epoch plan, the partners).
 
 Tokens are random (timing does not depend on their values) in the shape of a store: --tokens T,Dp,Dc.
 
@@ -29,12 +29,22 @@ import torch
 
 from twinturbo.common.device import resolve_device
 from twinturbo.train.data import SplitTensors
-from twinturbo.train.loop import StepBatch
-from twinturbo.train.model import build_head
 from twinturbo.train.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
-from twinturbo.train.sweep import SETUPS, RunSpec
+from twinturbo.train.setups import PAPER_SETUPS
+from twinturbo.train.step import StepBatch
+from twinturbo.train.sweep import RunSpec
 
-from head_step import make_step  # bench/head_step.py, next to this script
+from head_step import HeadStep  # bench/head_step.py, next to this script
+
+
+def plain_batch(split: SplitTensors, device: torch.device, indices: dict[str, torch.Tensor],
+                real: torch.Tensor) -> StepBatch:
+    """The step without the distinct-sample gather: every row of every group its own copy of its sample's tokens."""
+    groups = [g for g in ("labelled", "star", "unlabelled") if g in indices]
+    parts = [split.batch(indices[g], device) for g in groups]
+    starts = torch.cumsum(torch.tensor([0] + [len(indices[g]) for g in groups]), 0).tolist()
+    rows = {g: torch.arange(a, b, device=device) for g, a, b in zip(groups, starts[:-1], starts[1:])}
+    return StepBatch(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), parts[0][2], rows, real)
 
 
 def main() -> None:
@@ -66,8 +76,8 @@ def main() -> None:
     steps_per_run = 5 * -(-args.samples // args.batch_size)
     results = {}
     for setup in (int(s) for s in args.setups.split(",")):
-        spec = SETUPS[setup]
-        run = RunSpec(setup, 0.1 if spec.critic else 0.0, 0.1 if spec.latent else 0.0, args.labels, 42,
+        spec = PAPER_SETUPS[setup]
+        run = RunSpec(spec, tuple((term, 0.1) for term in spec.terms), args.labels, 42,
                       tuple(sorted(dict(batch_size=args.batch_size, proj_dim=proj, pred_dim=pred,
                                         disc_dim=disc).items())))
         config = run.train_config()
@@ -78,19 +88,19 @@ def main() -> None:
             labelled, unlabelled = plan.labelled[i], plan.unlabelled[i]
             star = draw_partners(draws.partners, labelled, draws.data)
             real = draw_prior_onehot(draws.prior, len(unlabelled), draws.data).to(device)
-            batches.append((labelled, unlabelled if spec.critic else None, star if spec.latent else None, real))
+            batches.append((labelled, unlabelled if "critic" in spec.terms else None,
+                            star if "latent" in spec.terms else None, real))
+        step = HeadStep([config], cls_dim, patch_dim, classes, device)
 
-        head = build_head(cls_dim, patch_dim, classes, proj, pred, disc, init_seed=0).to(device)
-        step = make_step(head, config, device, draws.dropout)
+        def indices(labelled, unlabelled, star) -> dict[str, torch.Tensor]:
+            found = {"labelled": labelled, "unlabelled": unlabelled, "star": star}
+            return {g: i for g, i in found.items() if i is not None}
 
         def plain(labelled, unlabelled, star, real) -> StepBatch:
-            l_cls, l_patches, labels = split.batch(labelled, device)
-            u_cls, u_patches, _ = split.batch(unlabelled if unlabelled is not None else labelled[:0], device)
-            s_cls, s_patches = split.batch(star, device)[:2] if star is not None else (None, None)
-            return StepBatch.from_tensors(l_cls, l_patches, labels, u_cls, u_patches, s_cls, s_patches, real)
+            return plain_batch(split, device, indices(labelled, unlabelled, star), real)
 
         def distinct(labelled, unlabelled, star, real) -> StepBatch:
-            return StepBatch.gather(split, device, labelled, unlabelled, star, real)
+            return StepBatch.gather(split, device, indices(labelled, unlabelled, star), real)
 
         def timed(make) -> float:
             step(make(*batches[0]))  # warm-up

@@ -28,7 +28,7 @@ import torch
 
 from twinturbo.common.device import resolve_device
 from twinturbo.extract.backbones import BackboneOptions, build_backbone
-from twinturbo.extract.datasets import DatasetSplit, load_split
+from twinturbo.extract.datasets import DatasetSplit, read_dataset_split
 from twinturbo.extract.extract import ExtractConfig, batch_grid, forward_features, prepare_images, run_extraction
 
 
@@ -86,7 +86,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     out = args.out or workdir / "features"
     backbone = build(args, workdir).to(device).eval()
-    data = load_split(args.dataset, args.split)
+    data = read_dataset_split(args.dataset, args.split)
     n = args.limit or len(data)
     batch_size, chunk_size, _ = batch_grid(args.batch_size, args.chunk_size)
 

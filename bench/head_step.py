@@ -1,31 +1,41 @@
-"""One training step of a single head as twinturbo.train.loop takes it (model step, then discriminator step), for
-the benchmarks that time head steps (bench/train.py, bench/distinct.py)."""
+"""K heads and their optimisers, stepped by the product's own `step.train_step`, for the benchmarks that time head
+steps (bench/train.py, bench/distinct.py, bench/limit.py, bench/gpu_check.py through them)."""
 from __future__ import annotations
 
 import torch
+import torch._functorch.config
 
 from twinturbo.common.device import Acceleration
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.loop import StepBatch, discriminator_loss, make_optimisers, model_losses
-from twinturbo.train.model import TwinTurboHead, draw_dropout_mask
+from twinturbo.train.heads import RunHeads
+from twinturbo.train.model import draw_dropout_mask
+from twinturbo.train.step import Optimisers, StepBatch, StepRecord, train_step
 
 
-def make_step(head: TwinTurboHead, config: TrainConfig, device: torch.device, dropout_gen: torch.Generator | None = None):
-    """`step(batch) -> total loss`: Eq. 22's model step and the discriminator's, with the head's own optimisers."""
-    model_opt, disc_opt, _ = make_optimisers(head.model_parameters(), head.discriminator.parameters(), config,
-                                             fused=Acceleration.for_device(device).fused_adamw)
-    dropout_gen = dropout_gen or torch.Generator(device=device).manual_seed(0)
+class HeadStep:
+    """`step(batch, measure_gradients) -> StepRecord`: forward, Eq. 22's terms, both optimiser steps, as tt-train
+    takes them for `configs` (runs fused when K > 1), with dropout masks from a generator of its own. `compiled`
+    wraps the heads' forward in torch.compile (a candidate bench/limit.py measures)."""
 
-    def step(batch: StepBatch) -> torch.Tensor:
-        mask = draw_dropout_mask((3 * len(batch.labels), config.proj_dim), config.dropout, dropout_gen, device)
-        losses, fake = model_losses(head, batch, mask, config)
-        model_opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        model_opt.step()
-        if fake is not None:
-            disc_opt.zero_grad(set_to_none=True)
-            discriminator_loss(head.discriminator, batch.real, fake).backward()
-            disc_opt.step()
-        return losses["total"]
+    def __init__(self, configs: list[TrainConfig], cls_dim: int, patch_dim: int, num_classes: int,
+                 device: torch.device, acceleration: Acceleration | None = None, compiled: bool = False):
+        first = configs[0]
+        acceleration = acceleration or Acceleration.for_run(device, first.precision)
+        self.configs, self.device, self.bf16 = configs, device, first.precision == "bf16"
+        self.heads = RunHeads.build(len(configs), cls_dim, patch_dim, num_classes, first.proj_dim, first.pred_dim,
+                                    first.disc_dim, 0, device, batched=acceleration.batched_runs)
+        if compiled:
+            torch._functorch.config.donated_buffer = False  # the gradient diagnostics backward with retain_graph
+            self.heads._forward_one = torch.compile(self.heads._forward_one, dynamic=True)
+        self.optimisers = Optimisers.build(self.heads, first, fused=acceleration.fused_adamw)
+        self.dropout = torch.Generator(device=device).manual_seed(0)
+        self.prior = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
 
-    return step
+    def mask(self, batch: StepBatch) -> torch.Tensor:
+        first = self.configs[0]
+        return draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, self.dropout, self.device)
+
+    def __call__(self, batch: StepBatch, measure_gradients: bool = False,
+                 mask: torch.Tensor | None = None) -> StepRecord:
+        return train_step(self.heads, self.configs, batch, self.mask(batch) if mask is None else mask,
+                          self.optimisers, self.prior, self.bf16, measure_gradients)

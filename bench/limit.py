@@ -27,17 +27,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch._functorch.config
 
 from twinturbo.common.device import Acceleration, host_description, native_bf16
-from twinturbo.train.config import TrainConfig, derived_seed
+from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import SplitTensors
 from twinturbo.train.diagnostics import GRADIENT_EVERY
 from twinturbo.train.flops import HeadShape, StepRows, train_step_flops
-from twinturbo.train.heads import RunHeads
-from twinturbo.train.loop import Optimisers, make_optimisers, step_inputs, train_step
 from twinturbo.train.sampling import start_run_draws
-from twinturbo.train.sweep import SETUPS
+from twinturbo.train.setups import PAPER_SETUPS
+from twinturbo.train.step import step_inputs
+from twinturbo.train.terms import rows_needed
+
+from head_step import HeadStep  # bench/head_step.py, next to this script
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -74,21 +75,14 @@ def load_tokens(features: str | None, samples: int, tokens: tuple[int, int, int]
 
 
 class StepTimer:
-    """K runs of one fused pass on `split`, stepped with loop.train_step over the epoch plan's batches."""
+    """K runs of one fused pass on `split` (bench/head_step.py: the product's train_step), stepped over the batches
+    of the real sampling code (step.step_inputs: epoch plan, partners, prior draws, the distinct-sample gather)."""
 
     def __init__(self, configs: list[TrainConfig], split: SplitTensors, num_classes: int,
                  acceleration: Acceleration, compiled: bool = False):
-        device, first = torch.device("cpu"), configs[0]
-        self.configs, self.split, self.bf16 = configs, split, first.precision == "bf16"
-        self.heads = RunHeads.build(len(configs), split.cls_dim, split.patch_dim, num_classes, first.proj_dim,
-                                    first.pred_dim, first.disc_dim, derived_seed(first.seed, "init"), device,
-                                    batched=acceleration.batched_runs)
-        if compiled:
-            torch._functorch.config.donated_buffer = False  # the gradient diagnostics backward with retain_graph
-            self.heads._forward_one = torch.compile(self.heads._forward_one, dynamic=True)
-        self.optimisers = Optimisers(*make_optimisers(self.heads.model_parameters(),
-                                                      self.heads.discriminator_parameters(), first,
-                                                      fused=acceleration.fused_adamw))
+        first, device = configs[0], torch.device("cpu")
+        self.configs, self.split = configs, split
+        self.step_fn = HeadStep(configs, split.cls_dim, split.patch_dim, num_classes, device, acceleration, compiled)
         self.draws = start_run_draws(first, split.labels, num_classes, device)
         self.shape = HeadShape(split.num_patches, split.patch_dim, split.cls_dim, num_classes, first.proj_dim,
                                first.pred_dim, first.disc_dim)
@@ -103,22 +97,22 @@ class StepTimer:
         start = time.perf_counter()
         batch, mask = step_inputs(self.configs, self.draws, self.split, unlabelled, labelled, torch.device("cpu"))
         self.steps += 1
-        train_step(self.heads, self.configs, batch, mask, self.optimisers, self.draws.prior, self.bf16,
-                   measure_gradients=self.steps % GRADIENT_EVERY == 0)
+        self.step_fn(batch, self.steps % GRADIENT_EVERY == 0, mask)
         seconds = time.perf_counter() - start
-        rows = StepRows(len(batch.cls), len(batch.labelled_rows),
-                        0 if batch.star_rows is None else len(batch.star_rows),
-                        0 if batch.unlabelled_rows is None else len(batch.unlabelled_rows))
-        flops = sum(train_step_flops(self.shape, replace(rows, star=rows.star if c.latent_weight > 0 else 0,
-                                                         unlabelled=rows.unlabelled if c.critic_weight > 0 else 0))
-                    for c in self.configs)
+        flops = 0
+        for config in self.configs:
+            needed = rows_needed(config)
+            flops += train_step_flops(self.shape, StepRows(
+                len(batch.cls), len(batch.rows["labelled"]),
+                len(batch.rows["star"]) if "star" in needed else 0,
+                len(batch.rows["unlabelled"]) if "unlabelled" in needed else 0))
         return seconds, flops
 
 
 def setup_config(setup: int, base: TrainConfig, precision: str, critic: float, latent: float) -> TrainConfig:
-    spec = SETUPS[setup]
-    return replace(base, loss=spec.loss, rescale=spec.rescale, critic_weight=critic if spec.critic else 0.0,
-                   latent_weight=latent if spec.latent else 0.0, precision=precision)
+    spec = PAPER_SETUPS[setup]
+    return replace(base, loss=spec.loss, rescale=spec.rescale, critic_weight=critic if "critic" in spec.terms else 0.0,
+                   latent_weight=latent if "latent" in spec.terms else 0.0, precision=precision)
 
 
 def time_steps(timer: StepTimer, steps: int, warmup: int) -> tuple[float, float]:

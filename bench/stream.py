@@ -101,7 +101,8 @@ def speed_figures(features: Path, rounds: int, widths: tuple[int, int, int], thr
 
     from twinturbo.common.store import open_store
     from twinturbo.train.config import TrainConfig
-    from twinturbo.train.data import load_splits, num_classes_of
+    from twinturbo.train.data import num_classes_of
+    from twinturbo.train.memory import load_splits
     from twinturbo.train.loop import train
 
     torch.set_num_threads(threads)

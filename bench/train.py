@@ -5,8 +5,8 @@ the step needs (labelled x, partners x*, unlabelled x: 3 x batch for setups 5-7)
 head step of twinturbo.train.loop (model step, then discriminator step) in the same process on the same batch size.
 The cached variant gathers its batches from tokens resident in memory (on the GPU when there is one), as tt-train does.
 
-Also reports the head step's achieved TFLOP/s, counted analytically from the widths (matmul FLOPs x 3 for forward +
-backward, plus attention), against --peak-tflops (the card's dense bf16 peak; on CPU give the fp32 peak or leave 0).
+Also reports the head step's achieved TFLOP/s, counted by train/flops.py from the widths and the step's rows (every
+row its own sample here), against --peak-tflops (the card's dense bf16 peak; on CPU bench/limit.py measures the peak).
 
     .venv/bin/python bench/train.py                                   # CPU, effnet-lite0 @64, small widths
     .venv/bin/python bench/train.py --device cuda --backbone timm:vit_base_patch16_224 --random-weights \
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from twinturbo.common.device import resolve_device
+from twinturbo.common.device import resolve_device, resolve_precision
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import SplitTensors
-from twinturbo.train.loop import StepBatch, autocast
-from twinturbo.train.model import build_head
+from twinturbo.train.flops import HeadShape, StepRows, train_step_flops
+from twinturbo.train.step import StepBatch, autocast
 
-from head_step import make_step  # bench/head_step.py, next to this script
+from head_step import HeadStep  # bench/head_step.py, next to this script
 
 
 def build_backbone(spec: str, resolution: int, random_weights: bool):
@@ -58,19 +58,6 @@ def build_backbone(spec: str, resolution: int, random_weights: bool):
     from twinturbo.extract.backbones import BackboneOptions, build_backbone as build
 
     return build(spec, BackboneOptions(resolution=resolution))
-
-
-def head_step_flops(config: TrainConfig, batch: int, cls_dim: int, num_patches: int, patch_dim: int,
-                    num_classes: int) -> float:
-    """Analytic FLOPs of one training step (model + discriminator), matmuls and attention, fwd + bwd = 3 x fwd."""
-    t, dp, dc = num_patches, patch_dim, cls_dim
-    mixer = t * 2 * (dp * 3 * dp + dp * dp + dp * 2 * dp + dp * dp) + 2 * 2 * t * t * dp
-    per_sample = mixer + 2 * (dc + dp) * config.proj_dim + 2 * config.proj_dim * config.pred_dim \
-        + 2 * config.pred_dim * num_classes
-    samples = batch * (1 + (config.latent_weight > 0) + (config.critic_weight > 0))
-    disc = 2 * (num_classes * config.disc_dim + config.disc_dim ** 2 + config.disc_dim)
-    disc_evals = 4 * batch if config.critic_weight > 0 else 0  # real + fake in the model step and in the D step
-    return 3.0 * (samples * per_sample + disc_evals * disc)
 
 
 def timed(step_fn, steps: int, warmup: int, device: torch.device) -> float:
@@ -113,14 +100,16 @@ def main() -> None:
     device = resolve_device(args.device)
     widths = (8000, 1024, 500) if args.paper_widths else (args.proj_dim, args.pred_dim, args.disc_dim)
     config = TrainConfig(loss="bin_cross", rescale="sigmoid", critic_weight=args.critic, latent_weight=args.latent,
-                         batch_size=args.batch_size, proj_dim=widths[0], pred_dim=widths[1], disc_dim=widths[2])
+                         batch_size=args.batch_size, proj_dim=widths[0], pred_dim=widths[1], disc_dim=widths[2],
+                         precision=resolve_precision("auto", device))
+    bf16 = config.precision == "bf16"
     backbone = build_backbone(args.backbone, args.resolution, args.random_weights).to(device)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(args.samples, 3, args.resolution, args.resolution, generator=generator)
     labels = torch.arange(args.samples) % args.num_classes
 
     def tokens_of(image_batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device, bf16):
             cls, patches = backbone(image_batch.to(device, non_blocking=True))
         return cls.float(), patches.float()
 
@@ -133,32 +122,37 @@ def main() -> None:
     resident = SplitTensors(torch.cat(cls_parts), torch.cat(patch_parts), labels.to(device))
     cls_dim, (num_patches, patch_dim) = resident.cls.shape[1], resident.patches.shape[1:]
 
-    head = build_head(cls_dim, patch_dim, args.num_classes, *widths, init_seed=0).to(device)
-    if args.compile:
-        head.compile()
-    step = make_step(head, config, device)
+    step = HeadStep([config], cls_dim, patch_dim, args.num_classes, device, compiled=args.compile)
     real = torch.eye(args.num_classes, device=device)[torch.arange(args.batch_size) % args.num_classes]
+
+    def batch_of(parts: dict[str, tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor) -> StepBatch:
+        """Every row its own sample: groups laid end to end, labelled first."""
+        groups = [g for g in ("labelled", "star", "unlabelled") if g in parts]
+        starts = torch.cumsum(torch.tensor([0] + [len(parts[g][0]) for g in groups]), 0).tolist()
+        rows = {g: torch.arange(a, b, device=device) for g, a, b in zip(groups, starts[:-1], starts[1:])}
+        return StepBatch(torch.cat([parts[g][0] for g in groups]), torch.cat([parts[g][1] for g in groups]), labels,
+                         rows, real)
 
     def index_of(i: int, part: int) -> torch.Tensor:
         start = ((3 * i + part) * args.batch_size) % (args.samples - args.batch_size + 1)
         return torch.arange(start, start + args.batch_size)
 
+    groups = {"labelled": 0, **({"star": 1} if config.latent_weight > 0 else {}),
+              **({"unlabelled": 2} if config.critic_weight > 0 else {})}
+
     def cached_step(i: int) -> None:
-        l_cls, l_patches, l_labels = resident.batch(index_of(i, 0), device)
-        s_cls, s_patches, _ = resident.batch(index_of(i, 1), device)
-        u_cls, u_patches, _ = resident.batch(index_of(i, 2), device)
-        step(StepBatch.from_tensors(l_cls, l_patches, l_labels, u_cls, u_patches, s_cls, s_patches, real))
+        parts = {g: resident.batch(index_of(i, part), device) for g, part in groups.items()}
+        step(batch_of({g: p[:2] for g, p in parts.items()}, parts["labelled"][2]))
 
     def backbone_step(i: int) -> None:
-        l_cls, l_patches = tokens_of(images[index_of(i, 0)])
-        s_cls, s_patches = tokens_of(images[index_of(i, 1)]) if config.latent_weight > 0 else (None, None)
-        u_cls, u_patches = tokens_of(images[index_of(i, 2)]) if config.critic_weight > 0 else (l_cls, l_patches)
-        step(StepBatch.from_tensors(l_cls, l_patches, labels[index_of(i, 0)].to(device), u_cls, u_patches, s_cls, s_patches,
-                       real))
+        parts = {g: tokens_of(images[index_of(i, part)]) for g, part in groups.items()}
+        step(batch_of(parts, labels[index_of(i, 0)].to(device)))
 
     cached = timed(cached_step, args.steps, args.warmup_steps, device)
     with_backbone = timed(backbone_step, args.backbone_steps, min(args.warmup_steps, 1), device)
-    flops = head_step_flops(config, args.batch_size, cls_dim, num_patches, patch_dim, args.num_classes)
+    rows = StepRows(args.batch_size * len(groups), args.batch_size, args.batch_size if "star" in groups else 0,
+                    args.batch_size if "unlabelled" in groups else 0)
+    flops = train_step_flops(HeadShape(num_patches, patch_dim, cls_dim, args.num_classes, *widths), rows)
     tflops = flops * cached / 1e12
     result = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -168,6 +162,7 @@ def main() -> None:
                                                    "patch_dim": patch_dim},
         "widths": dict(zip(("proj_dim", "pred_dim", "disc_dim"), widths)),
         "loss_terms": {"critic": args.critic, "latent": args.latent}, "compile": args.compile,
+        "precision": config.precision,
         "cached_steps_per_s": cached, "backbone_in_loop_steps_per_s": with_backbone,
         "speedup_cached_vs_backbone": cached / with_backbone,
         "head_step_gflop": flops / 1e9, "achieved_tflops": tflops, "peak_tflops": args.peak_tflops,

@@ -1,7 +1,7 @@
 """Raw chunk reads. An uncompressed chunk, zarr v3 `bytes` codec or HDF5 without filters, *is* the array's bytes in C
 order, and chunks run along N only, so samples [a, b) of one chunk are one contiguous byte range of one file.
 Copying that range out of a read-only mapping runs at memcpy speed; zarr's `arr[a:b]` reaches ~0.3x of it and
-h5py's ~0.4x (DESIGN.md, measured). Anything that is not plain bytes reads through zarr/h5py instead.
+h5py's ~0.4x (bench/read.py's --sweep table in bench/README.md). Anything that is not plain bytes reads through zarr/h5py instead.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ One store per dataset and backbone. Zarr v3 (a directory, the default) or HDF5 (
         done     (N/chunk,)  bool      chunk k is completely written (resume + integrity)
 
 Chunks run along N only, so a training batch reads whole contiguous chunks. All arrays are stored uncompressed:
-compression saves <= 15% on fp16 tokens and costs 2-10x read speed (DESIGN.md, measured). A store is readable
+compression saves <= 15% on fp16 tokens and costs read speed (bench/README.md, "Reading a split"). A store is readable
 with plain zarr/h5py; this module only adds resume bookkeeping, identity checks and int8 dequantisation.
 """
 from __future__ import annotations

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from twinturbo.common.errors import Command, TwinTurboError
+from twinturbo.common.command import Command
+from twinturbo.common.errors import TwinTurboError
 
 BACKBONE_HELP = "effnet-lite0 | effnet-lite0:320 | timm:<model> | radio (RADIOv2.5-B via torch.hub)"
 

@@ -1,6 +1,6 @@
 """Dataset readers: the official raw files of each dataset -> uint8 HWC images and int64 labels.
 
-Stage 1 input (DESIGN.md, "Layout"). The paper's datasets (section 4.1: MNIST, CIFAR-10, SVHN) are read from the
+Stage 1 input. The paper's datasets (section 4.1: MNIST, CIFAR-10, SVHN) are read from the
 files their publishers distribute, under `data_root` (default `data/`):
 
     data/mnist/    train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz  t10k-images-idx3-ubyte.gz
@@ -135,7 +135,7 @@ def store_name(dataset: str) -> str:
     return name if name not in ("", ".", "..") else folder.resolve().name
 
 
-def load_split(dataset: str, split: str, data_root: Path | str = "data", download: bool = False) -> DatasetSplit:
+def read_dataset_split(dataset: str, split: str, data_root: Path | str = "data", download: bool = False) -> DatasetSplit:
     """Read one split of `dataset` ("mnist", "cifar10", "svhn", "digits" or "folder:PATH") from `data_root`.
 
     With `download=True` the official files of MNIST/CIFAR-10/SVHN are first fetched into `data_root` (kept if

@@ -1,4 +1,4 @@
-"""The extraction loop: images -> frozen backbone -> feature store, once per dataset (DESIGN.md, stage 1).
+"""The extraction loop: images -> frozen backbone -> feature store, once per dataset (stage 1 of README.md's pipeline).
 
 The backbone runs on a FIXED batch grid: batch b is samples [b*B, (b+1)*B) with B a multiple of the store's chunk
 size, so every chunk is always computed inside the same batch. That is what makes a resumed run (after a kill,
@@ -30,13 +30,15 @@ import torch.nn.functional as F
 from twinturbo.common.device import extraction_bf16, resolve_device
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FORMATS, PATCH_DTYPES, FeatureStore, SplitLayout, create_store, open_store
+from twinturbo.extract.backbones import BackboneOptions, build_backbone
+from twinturbo.extract.datasets import read_dataset_split, store_name
 
 SPLIT_NAMES = ("train", "test")
 
 
 @dataclass
 class ExtractConfig:
-    """Everything `tt-extract` needs; the CLI fills it from its options (see docs/readme/20-extract.md)."""
+    """Everything `tt-extract` needs; the CLI fills it from its options (extract/cli.py; README.md, `tt-extract`)."""
 
     dataset: str
     out: Path
@@ -83,8 +85,6 @@ class ExtractConfig:
 
 def store_path(config: ExtractConfig) -> Path:
     """DIR/<store_name(dataset)>/ for zarr, DIR/<store_name(dataset)>.h5 for HDF5."""
-    from twinturbo.extract.datasets import store_name
-
     name = store_name(config.dataset)
     return Path(config.out) / (name + ".h5" if config.format == "hdf5" else name)
 
@@ -350,9 +350,6 @@ def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = Non
     from `config`. `data` may map split names to already loaded `DatasetSplit`s instead of reading
     `config.data_root`. Under torchrun each rank computes its share of the batches and rank 0 alone creates the store.
     """
-    from twinturbo.extract.backbones import BackboneOptions, build_backbone
-    from twinturbo.extract.datasets import load_split
-
     log = log or (lambda message: print(message, file=sys.stderr))
     config.validate()
     ranks = ranks if ranks is not None else detect_ranks()
@@ -367,7 +364,7 @@ def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = Non
 
     # Everything that can fail on user input happens before the store exists.
     splits = {name: data[name] if data and name in data else
-              load_split(config.dataset, name, config.data_root, config.download) for name in config.splits}
+              read_dataset_split(config.dataset, name, config.data_root, config.download) for name in config.splits}
     counts = {name: min(len(split), config.limit) if config.limit else len(split) for name, split in splits.items()}
     for name, count in counts.items():
         if count == 0:

@@ -344,3 +344,21 @@ def synthetic_splits(synthetic_store):
 
     with open_store(synthetic_store) as store:
         return load_split(store, "train", torch.device("cpu")), load_split(store, "test", torch.device("cpu"))
+
+
+def _head_terms(head, batch, mask, config: TrainConfig):
+    """Eq. 22's terms of one head on one step, as train_step computes them (forward_rows, step_views, run_terms)."""
+    from twinturbo.train.step import forward_rows, run_terms, step_views
+
+    def forward(cls, patches, dropout_mask, rows):
+        return tuple(t.unsqueeze(0) for t in head(cls, patches, dropout_mask, rows=rows))
+
+    z, logits, where = forward_rows(forward, batch, mask)
+    (view,) = step_views([config], batch, z, logits, where, lambda run, probs: head.discriminator(probs))
+    return run_terms(view), view
+
+
+@pytest.fixture(scope="session")
+def head_terms():
+    """`head_terms(head, batch, mask, config) -> (values, view)`: Eq. 22's terms of one head on one step."""
+    return _head_terms

@@ -18,7 +18,7 @@ import pytest
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.extract import datasets
-from twinturbo.extract.datasets import DATASET_NAMES, Download, download_dataset, load_split, store_name
+from twinturbo.extract.datasets import DATASET_NAMES, Download, download_dataset, read_dataset_split, store_name
 
 
 def sha256(path: Path) -> str:
@@ -30,9 +30,9 @@ def md5(path: Path) -> str:
 
 
 def user_error(match: str, *args, **kwargs) -> str:
-    """Run load_split(*args, **kwargs), expect a one-line TwinTurboError containing `match`; return its text."""
+    """Run read_dataset_split(*args, **kwargs), expect a one-line TwinTurboError containing `match`; return its text."""
     with pytest.raises(TwinTurboError) as info:
-        load_split(*args, **kwargs)
+        read_dataset_split(*args, **kwargs)
     message = str(info.value)
     assert match in message
     assert "\n" not in message
@@ -55,7 +55,7 @@ def assert_round_trip(split: datasets.DatasetSplit, raw, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["train", "test"])
 def test_mnist_round_trip(mnist_raw, name):
-    split = load_split("mnist", name, mnist_raw.root)
+    split = read_dataset_split("mnist", name, mnist_raw.root)
     assert_round_trip(split, mnist_raw, name)
     assert split.image_shape == (28, 28, 1)
     prefix = "train" if name == "train" else "t10k"
@@ -66,18 +66,18 @@ def test_mnist_round_trip(mnist_raw, name):
 
 
 def test_mnist_reads_uncompressed_files_with_the_same_checksums(mnist_raw):
-    compressed = load_split("mnist", "test", mnist_raw.root).source_files
+    compressed = read_dataset_split("mnist", "test", mnist_raw.root).source_files
     for gz in (mnist_raw.root / "mnist").glob("*.gz"):
         gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
         gz.unlink()
-    split = load_split("mnist", "test", mnist_raw.root)
+    split = read_dataset_split("mnist", "test", mnist_raw.root)
     assert_round_trip(split, mnist_raw, "test")
     assert split.source_files == compressed  # same data, same store fingerprint, however it was packed
     assert set(split.source_files) == {"t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}
 
 
 def test_read_returns_the_requested_range(mnist_raw):
-    split = load_split("mnist", "train", mnist_raw.root)
+    split = read_dataset_split("mnist", "train", mnist_raw.root)
     np.testing.assert_array_equal(split.read(5, 13), mnist_raw.images["train"][5:13])
     assert split.read(7, 7).shape == (0, 28, 28, 1)
     batch = split.read(0, 2)
@@ -139,7 +139,7 @@ def test_mnist_image_and_label_counts_must_agree(mnist_raw):
 
 @pytest.mark.parametrize("name", ["train", "test"])
 def test_cifar10_round_trip_extracted(cifar10_raw, name):
-    split = load_split("cifar10", name, cifar10_raw.root)
+    split = read_dataset_split("cifar10", name, cifar10_raw.root)
     assert_round_trip(split, cifar10_raw, name)
     folder = cifar10_raw.root / "cifar10" / "cifar-10-batches-py"
     batches = [f"data_batch_{i}" for i in range(1, 6)] if name == "train" else ["test_batch"]
@@ -150,7 +150,7 @@ def test_cifar10_round_trip_extracted(cifar10_raw, name):
 def test_cifar10_round_trip_from_the_archive(cifar10_tar_raw, name):
     archive = cifar10_tar_raw.root / "cifar10" / "cifar-10-python.tar.gz"
     assert not (cifar10_tar_raw.root / "cifar10" / "cifar-10-batches-py").exists()
-    split = load_split("cifar10", name, cifar10_tar_raw.root)
+    split = read_dataset_split("cifar10", name, cifar10_tar_raw.root)
     assert_round_trip(split, cifar10_tar_raw, name)
     assert split.source_files == {"cifar-10-python.tar.gz": sha256(archive)}
 
@@ -166,7 +166,7 @@ def test_cifar10_corrupt_batch_names_the_file(cifar10_root):
     path.write_bytes(path.read_bytes()[:500])
     user_error(f"{path} is not a CIFAR-10 python batch", "cifar10", "train", cifar10_root)
     # the test split does not read data_batch_3 and is unaffected
-    assert len(load_split("cifar10", "test", cifar10_root)) == 20
+    assert len(read_dataset_split("cifar10", "test", cifar10_root)) == 20
 
 
 def test_cifar10_truncated_archive_names_the_file(cifar10_tar_root):
@@ -209,7 +209,7 @@ def test_svhn_round_trip_and_label_10_is_0(svhn_raw, name):
     path = svhn_raw.root / "svhn" / f"{name}_32x32.mat"
     file_labels = scipy.io.loadmat(path)["y"].ravel()
     assert (file_labels == 10).any() and not (file_labels == 0).any()
-    split = load_split("svhn", name, svhn_raw.root)
+    split = read_dataset_split("svhn", name, svhn_raw.root)
     assert_round_trip(split, svhn_raw, name)
     np.testing.assert_array_equal(split.labels == 0, file_labels == 10)
     assert split.source_files == {path.name: sha256(path)}
@@ -235,7 +235,7 @@ def test_svhn_wrong_layout_is_refused(svhn_root):
 
 @pytest.mark.parametrize("name", ["train", "test"])
 def test_folder_round_trip(image_folder_raw, name):
-    split = load_split(f"folder:{image_folder_raw.root}", name)
+    split = read_dataset_split(f"folder:{image_folder_raw.root}", name)
     assert split.class_names == ["bird", "cat", "dog"]
     assert_round_trip(split, image_folder_raw, name)
     assert isinstance(split.images, datasets.ImageFiles)  # decoded on read, not at load
@@ -244,7 +244,7 @@ def test_folder_round_trip(image_folder_raw, name):
 
 
 def test_folder_test_split_uses_the_train_classes(image_folder_raw):
-    test = load_split(f"folder:{image_folder_raw.root}", "test")
+    test = read_dataset_split(f"folder:{image_folder_raw.root}", "test")
     assert test.class_names == ["bird", "cat", "dog"]  # 'bird' has no test images, yet keeps index 0
     assert sorted(set(test.labels.tolist())) == [1, 2]
 
@@ -263,7 +263,7 @@ def test_folder_resizes_to_the_first_image(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     Image.fromarray(first).save(tmp_path / "train" / "a" / "0.png")
     Image.fromarray(other).save(tmp_path / "train" / "a" / "1.png")
-    split = load_split(f"folder:{tmp_path}", "train")
+    split = read_dataset_split(f"folder:{tmp_path}", "train")
     images = split.read(0, 2)
     assert images.shape == (2, 10, 12, 3)
     np.testing.assert_array_equal(images[0], first)
@@ -273,7 +273,7 @@ def test_folder_resizes_to_the_first_image(tmp_path):
 def test_folder_corrupt_image_names_the_file(image_folder):
     bad = image_folder / "train" / "cat" / "cat_03.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
-    split = load_split(f"folder:{image_folder}", "train")
+    split = read_dataset_split(f"folder:{image_folder}", "train")
     with pytest.raises(TwinTurboError, match="cat_03.png"):
         split.read(0, len(split))
 
@@ -286,7 +286,7 @@ def test_folder_missing_or_empty(tmp_path):
 
 
 def test_folder_path_may_be_relative_to_the_data_root(image_folder_raw):
-    split = load_split("folder:pets", "train", data_root=image_folder_raw.root.parent)
+    split = read_dataset_split("folder:pets", "train", data_root=image_folder_raw.root.parent)
     assert_round_trip(split, image_folder_raw, "train")
 
 
@@ -300,7 +300,7 @@ def test_digits_split_matches_an_independent_train_test_split():
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
     for name, x_ref, y_ref in (("train", x_train, y_train), ("test", x_test, y_test)):
-        split = load_split("digits", name)
+        split = read_dataset_split("digits", name)
         assert len(split) == {"train": 1257, "test": 540}[name]
         assert split.class_names == [str(d) for d in range(10)]
         np.testing.assert_array_equal(split.labels, y_ref)
@@ -376,7 +376,7 @@ def test_download_over_http_then_load(mnist_raw, served, tmp_path, monkeypatch):
     # first mirror answers 404, second serves the file: the reader must fall through to the second
     point_mnist_at(monkeypatch, source, lambda name: [base + "missing/" + name, base + name])
     root = tmp_path / "fresh"
-    split = load_split("mnist", "train", root, download=True)
+    split = read_dataset_split("mnist", "train", root, download=True)
     assert_round_trip(split, mnist_raw, "train")
     assert sorted(p.name for p in (root / "mnist").iterdir()) == ["train-images-idx3-ubyte.gz",
                                                                    "train-labels-idx1-ubyte.gz"]
@@ -435,7 +435,7 @@ FASHION_MNIST_SHA256 = {
 @pytest.mark.parametrize("name", ["train", "test"])
 def test_fashion_mnist_round_trip_with_its_class_names(fashion_mnist_raw, name, monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
-    split = load_split("fashion-mnist", name, fashion_mnist_raw.root)
+    split = read_dataset_split("fashion-mnist", name, fashion_mnist_raw.root)
     assert_round_trip(split, fashion_mnist_raw, name)
     assert split.class_names[0] == "T-shirt/top" and split.class_names[9] == "Ankle boot"
     assert split.dataset == "fashion-mnist" and store_name("fashion-mnist") == "fashion-mnist"
@@ -445,7 +445,7 @@ def test_fashion_mnist_falls_back_to_debians_system_folder(fashion_mnist_raw, tm
     system = tmp_path / "usr-share-datasets-fashion-mnist"
     shutil.copytree(fashion_mnist_raw.root / "fashion-mnist", system)
     monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", system)
-    split = load_split("fashion-mnist", "test", tmp_path / "empty-data-root")
+    split = read_dataset_split("fashion-mnist", "test", tmp_path / "empty-data-root")
     assert_round_trip(split, fashion_mnist_raw, "test")
     assert split.source_files == {f[:-3]: hashlib.sha256(gzip.decompress((system / f).read_bytes())).hexdigest()
                                   for f in datasets.MNIST_FILES["test"]}
@@ -493,10 +493,10 @@ def test_fashion_mnist_download_over_http_checks_md5(fashion_mnist_raw, served, 
     root = tmp_path / "fresh"
     point_at_server(monkeypatch, "fashion-mnist", source, base, md5_for=lambda path: "f" * 32)
     with pytest.raises(TwinTurboError, match="checksum mismatch"):
-        load_split("fashion-mnist", "train", root, download=True)
+        read_dataset_split("fashion-mnist", "train", root, download=True)
     assert list((root / "fashion-mnist").iterdir()) == []  # no file, no .part
     point_at_server(monkeypatch, "fashion-mnist", source, base)
-    split = load_split("fashion-mnist", "train", root, download=True)
+    split = read_dataset_split("fashion-mnist", "train", root, download=True)
     assert_round_trip(split, fashion_mnist_raw, "train")
     assert sorted(p.name for p in (root / "fashion-mnist").iterdir()) == ["train-images-idx3-ubyte.gz",
                                                                            "train-labels-idx1-ubyte.gz"]
@@ -518,7 +518,7 @@ def test_real_fashion_mnist_files_are_the_publishers_bytes():
         for name in names:
             content = gzip.decompress((folder / name).read_bytes())
             assert hashlib.sha256(content).hexdigest() == FASHION_MNIST_SHA256[name[:-3]], name
-    split = load_split("fashion-mnist", "train", folder.parent)
+    split = read_dataset_split("fashion-mnist", "train", folder.parent)
     assert len(split) == 60000 and np.bincount(split.labels).tolist() == [6000] * 10
     assert split.source_files == {name: FASHION_MNIST_SHA256[name] for name in FASHION_MNIST_SHA256
                                   if name.startswith("train")}

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from twinturbo.train.diagnostics import DIAGNOSTIC_NAMES, critic_figures, epoch_means, term_gradient_norms
-from twinturbo.train.loop import StepBatch, model_losses, train
+from twinturbo.train.loop import train
 from twinturbo.train.model import build_head, draw_dropout_mask
+from twinturbo.train.step import StepBatch
 
 CLASSES = 10  # of the synthetic store (conftest.py)
 SMALL = dict(proj_dim=64, pred_dim=32, disc_dim=16)
@@ -27,28 +28,31 @@ def test_critic_figures_match_a_numpy_computation():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_gradient_norms_equal_separate_backward_passes(synthetic_splits, quick_config):
+def test_gradient_norms_equal_separate_backward_passes(synthetic_splits, quick_config, head_terms):
     train_split, _ = synthetic_splits
-    cls, patches, labels = train_split.batch(torch.arange(16), torch.device("cpu"))
+    index = torch.arange(16)
     real = torch.eye(CLASSES)[torch.arange(16) % CLASSES]
     mask = draw_dropout_mask((48, 64), 0.3, torch.Generator().manual_seed(1))
     config = quick_config(critic_weight=0.3, latent_weight=0.7)
-    batch = StepBatch.from_tensors(cls, patches, labels, cls.flip(0), patches.flip(0), cls, patches, real)
+    batch = StepBatch.gather(train_split, torch.device("cpu"), {"labelled": index, "star": index,
+                                                                "unlabelled": index.flip(0)}, real)
     head = build_head(24, 16, CLASSES, **SMALL, init_seed=2)
-    losses, _ = model_losses(head, batch, mask, config)
-    weights = {"task": 1.0, "critic": 0.3, "latent": 0.7}
-    norms = term_gradient_norms(losses, weights, head.projector.fc.weight)
-    for index, name in enumerate(("task", "critic", "latent")):
+    values, _ = head_terms(head, batch, mask, config)
+    names = DIAGNOSTIC_NAMES[4:]  # grad_task, grad_critic, grad_latent, then the other terms' (off here)
+    norms = dict(zip(names, term_gradient_norms(values, config, head.projector.fc.weight)))
+    for name, weight in (("task", 1.0), ("critic", 0.3), ("latent", 0.7)):
         head.zero_grad()
-        (weights[name] * losses[name]).backward(retain_graph=True)
-        assert math.isclose(float(norms[index]), float(head.projector.fc.weight.grad.norm()), rel_tol=1e-5)
-    setup1 = term_gradient_norms(losses, {"task": 1.0, "critic": 0.0, "latent": 0.0}, head.projector.fc.weight)
+        (weight * values[name]).backward(retain_graph=True)
+        assert math.isclose(float(norms[f"grad_{name}"]), float(head.projector.fc.weight.grad.norm()), rel_tol=1e-5)
+    assert all(math.isnan(float(norms[n])) for n in names if n not in ("grad_task", "grad_critic", "grad_latent"))
+    setup1 = term_gradient_norms(values, quick_config(), head.projector.fc.weight)
     assert not math.isnan(float(setup1[0])) and torch.isnan(setup1[1:]).all()
 
 
 def test_epoch_means_skip_unmeasured_steps():
-    rows = [torch.tensor([1.0, 0.5, 2.0, 0.1, 3.0, math.nan, math.nan]),
-            torch.tensor([0.0, 0.5, 1.0, 0.3, math.nan, math.nan, math.nan])]
+    unmeasured = [math.nan] * (len(DIAGNOSTIC_NAMES) - 5)
+    rows = [torch.tensor([1.0, 0.5, 2.0, 0.1, 3.0] + unmeasured),
+            torch.tensor([0.0, 0.5, 1.0, 0.3, math.nan] + unmeasured)]
     means = epoch_means(rows)
     assert means == pytest.approx({"d_real_acc": 0.5, "d_fake_acc": 0.5, "unlabelled_entropy": 1.5,
                                    "marginal_tv": 0.2, "grad_task": 3.0})
@@ -59,7 +63,7 @@ def test_a_run_records_diagnostics_per_epoch_without_changing_its_result(synthet
     config = quick_config(epochs=2, critic_weight=0.5)
     metrics = train(config, train_split, test_split, CLASSES, torch.device("cpu"), progress=False).metrics
     diagnostics = metrics["epochs"][-1]["diagnostics"]
-    assert set(diagnostics) == set(DIAGNOSTIC_NAMES) - {"grad_latent"}
+    assert set(diagnostics) == {n for n in DIAGNOSTIC_NAMES if not n.startswith("grad_")} | {"grad_task", "grad_critic"}
     assert 0 <= diagnostics["d_real_acc"] <= 1 and 0 <= diagnostics["unlabelled_entropy"] <= math.log(CLASSES)
     assert diagnostics["grad_critic"] > 0
     import twinturbo.train.loop as loop

@@ -104,7 +104,7 @@ def independent_features(images: np.ndarray, resolution: int) -> tuple[np.ndarra
 
 
 def test_digits_store_reopens_with_plain_zarr_and_holds_the_backbone_features(small_store):
-    from twinturbo.extract.datasets import load_split
+    from twinturbo.extract.datasets import read_dataset_split
 
     root = zarr.open_group(str(small_store), mode="r")
     attrs = dict(root.attrs)
@@ -118,11 +118,11 @@ def test_digits_store_reopens_with_plain_zarr_and_holds_the_backbone_features(sm
         assert arrays["cls"].shape == (80, 1280) and arrays["cls"].dtype == np.float16
         assert arrays["patches"].shape == (80, 4, 1280) and arrays["patches"].dtype == np.float16
         assert arrays["labels"].dtype == np.int64 and arrays["done"].tolist() == [True] * 5
-        data = load_split("digits", split)
+        data = read_dataset_split("digits", split)
         np.testing.assert_array_equal(arrays["labels"], data.labels[:80])
     # Numbers: the first and the last batch against a forward written independently here (another batch size, so
     # only float-rounding differences are allowed).
-    data = load_split("digits", "train")
+    data = read_dataset_split("digits", "train")
     for lo, hi in ((0, 8), (72, 80)):
         cls, patches = independent_features(data.read(lo, hi), 64)
         arrays = plain_zarr(small_store, "train")
@@ -135,11 +135,11 @@ def test_bf16_extraction_path_runs_on_the_cpu_close_to_fp32(small_store):
     """The branch a GPU takes (bf16 autocast of the backbone, chosen by Acceleration) on the CPU: float16 tokens within
     bf16's rounding of the fp32 store; by default the CPU extracts in fp32, bit-equal to the store."""
     from twinturbo.extract.backbones import BackboneOptions, build_backbone
-    from twinturbo.extract.datasets import load_split
+    from twinturbo.extract.datasets import read_dataset_split
     from twinturbo.extract.extract import forward_features, prepare_images
 
     backbone = build_backbone("effnet-lite0", BackboneOptions(resolution=64))
-    images = prepare_images(load_split("digits", "train").read(0, 16), 64, torch.device("cpu"))
+    images = prepare_images(read_dataset_split("digits", "train").read(0, 16), 64, torch.device("cpu"))
     stored = plain_zarr(small_store, "train")
     cls_fp32, patches_fp32 = forward_features(backbone, images)
     np.testing.assert_array_equal(cls_fp32.numpy(), stored["cls"][:16])

@@ -19,7 +19,7 @@ NUM_CLASSES = 4  # of the tiny store (conftest.py)
 
 TINY = dict(epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, proj_dim=16, pred_dim=12, disc_dim=8, labels=8,
             eval_batch_size=16, precision="fp32")
-# One run of each setup of DESIGN.md (lambdas off the default grid to exercise per-run weights).
+# One run of each of the paper's setups (train/setups.py) (lambdas off the default grid to exercise per-run weights).
 SETUPS = [("cat_cross", "softmax", 0.0, 0.0), ("cat_cross", "softmax", 0.3, 0.0), ("cat_twin", "softmax", 0.1, 0.0),
           ("cat_twin", "sigmoid", 1.0, 0.0), ("cat_twin", "sigmoid", 0.5, 0.2), ("bin_cross", "softmax", 0.1, 1.0),
           ("bin_cross", "sigmoid", 1.0, 0.1)]

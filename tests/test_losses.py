@@ -9,18 +9,20 @@ import pytest
 import torch
 
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.train.config import TrainConfig
 from twinturbo.train.losses import (
     RESCALINGS,
-    TASK_LOSSES,
     bin_cross,
     cat_cross,
     cat_twin,
     critic,
     critic_nonsaturating,
-    get_task_loss,
     latent_infonce,
     log_rescale,
 )
+from twinturbo.train.terms import TASK_LOSSES as TASK_TERMS
+
+TASK_LOSSES = {"cat_cross": cat_cross, "cat_twin": cat_twin, "bin_cross": bin_cross}  # Eqs. 17-19
 
 # ---- references: loops over the paper's sums, probabilities formed explicitly (fine on moderate logits) ----------
 
@@ -282,27 +284,32 @@ def test_latent_gradient_reaches_both_sides():
     assert z.grad.abs().sum() > 0 and z_star.grad.abs().sum() > 0
 
 
-# ---- user errors ---------------------------------------------------------------------------------------------------
+# ---- bad arguments: programming errors here, one-line user errors at the options ----------------------------------
 
 
 @pytest.mark.parametrize("loss", [cat_cross, cat_twin, bin_cross])
 def test_unknown_rescale_lists_valid_ones(loss):
     logits, labels = batch()
-    with pytest.raises(TwinTurboError) as err:
+    with pytest.raises(ValueError) as err:
         loss(logits, labels, rescale="tanh")
     message = str(err.value)
     assert "tanh" in message and "softmax" in message and "sigmoid" in message and "\n" not in message
+    with pytest.raises(TwinTurboError, match=r"^--rescale tanh: expected one of softmax, sigmoid$"):
+        TrainConfig(rescale="tanh").validate()
 
 
 def test_unknown_loss_name_lists_valid_ones():
-    assert get_task_loss("cat_twin") is cat_twin
+    assert set(TASK_LOSSES) <= set(TASK_TERMS)  # the paper's three are registered task losses
     with pytest.raises(TwinTurboError) as err:
-        get_task_loss("cat-twin")
+        TrainConfig(loss="cat-twin").validate()
     message = str(err.value)
-    assert all(name in message for name in TASK_LOSSES) and "\n" not in message
+    assert message.startswith("--loss cat-twin: expected one of ") and "\n" not in message
+    assert all(name in message for name in TASK_TERMS)
 
 
 def test_nonpositive_temperature_is_refused():
     z = torch.randn(3, 4)
-    with pytest.raises(TwinTurboError, match="temperature"):
+    with pytest.raises(ValueError, match="temperature"):
         latent_infonce(z, z, temperature=0.0)
+    with pytest.raises(TwinTurboError, match=r"^--temperature 0.0: expected a positive number$"):
+        TrainConfig(temperature=0.0).validate()

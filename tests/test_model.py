@@ -29,7 +29,7 @@ def test_paper_size_head_has_the_tables_widths():
     assert shapes["discriminator.net.4.weight"] == (1, 500)
     count = sum(p.numel() for p in head.parameters())
     assert count == expected_param_count(2304, 768, 10, 8000, 1024, 500)
-    assert 36e6 < count < 38e6  # "~37M" of DESIGN.md
+    assert 36e6 < count < 38e6  # ~37M parameters at the paper's widths
     with torch.no_grad():
         z, logits = head(torch.randn(2, 2304), torch.randn(2, 196, 768))
         assert z.shape == (2, 8000) and logits.shape == (2, 10)

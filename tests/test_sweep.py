@@ -31,7 +31,7 @@ def test_default_grid_is_the_papers_222_runs():
     runs = SweepGrid().expand()
     assert len(runs) == (1 + 3 * 3 + 3 * 9) * 2 * 3 == 222
     assert len({r.run_id for r in runs}) == 222
-    # Setup 1 has no lambda; 2-4 only lambda_C; 5-7 both (Eq. 22 terms switched on per DESIGN.md).
+    # Setup 1 has no lambda; 2-4 only lambda_C; 5-7 both (the Eq. 22 terms each setup switches on, train/setups.py).
     assert {(r.critic, r.latent) for r in runs if r.setup == 1} == {(0.0, 0.0)}
     assert all(r.latent == 0 and r.critic > 0 for r in runs if r.setup in (2, 3, 4))
     assert all(r.latent > 0 and r.critic > 0 for r in runs if r.setup >= 5)

@@ -11,10 +11,11 @@ from typing import Callable
 
 import click
 
-from twinturbo.common.errors import Command
-from twinturbo.train.config import MEMORY_HEADROOM, TrainConfig
-from twinturbo.train.sweep import (DEFAULT_CRITIC_GRID, DEFAULT_LABELS, DEFAULT_LATENT_GRID, DEFAULT_SEEDS,
-                                   format_list)
+from twinturbo.common.command import Command
+from twinturbo.train.config import TrainConfig
+from twinturbo.train.memory import MEMORY_HEADROOM
+from twinturbo.train.sweep import DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, format_list, grid_key
+from twinturbo.train.terms import DISPLAY_ORDER
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -35,6 +36,16 @@ def training_options(shared_only: bool) -> Callable:
                                    help=_with_default(spec.metadata["help"], spec.metadata["shown"]))(command)
         return command
     return decorate
+
+
+def grid_options(command: Callable) -> Callable:
+    """--<term>-grid for every additive term of Eq. 22 (train/terms/): the weights a sweep tries for it."""
+    for term in reversed(DISPLAY_ORDER):
+        default = format_list(term.weight.grid) if term.weight.grid else "none: give it when a setup uses the term"
+        command = click.option(f"--{term.name}-grid", grid_key(term.name),
+                               help=_with_default(f"{term.weight.symbol} values of the setups with {term.name} "
+                                                  f"({term.summary}).", default))(command)
+    return command
 
 
 features_option = click.option("--features", required=True, type=click.Path(),
@@ -63,7 +74,7 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
     from pathlib import Path
 
     from twinturbo.common.device import resolve_device, resolve_precision
-    from twinturbo.train.data import parse_size
+    from twinturbo.common.sizes import parse_size
     from twinturbo.train.rundir import train_from_store
 
     torch_device = resolve_device(device)
@@ -82,15 +93,16 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
 @features_option
 @click.option("--out", "sweep_dir", required=True, type=click.Path(file_okay=False),
               help="SWEEP_DIR: sweep.json, results.jsonl (one row per finished run), submitit logs.")
-@click.option("--setups", help=_with_default("Setups to run (the 7 bars of the paper's Figures 2-4, listed in the README), e.g. 1-7 or 1,2,5.", "1-7"))
+@click.option("--setups", help=_with_default("Setups to run: the 7 bars of the paper's Figures 2-4 (listed in the "
+                                             "README) and any a --grid file defines, e.g. 1-7 or 1,2,5.", "1-7"))
 @click.option("--labels", help=_with_default("Label budgets: sizes K of the class-balanced labelled subset.",
                                              format_list(DEFAULT_LABELS)))
 @click.option("--seeds", help=_with_default("Seeds.", format_list(DEFAULT_SEEDS)))
-@click.option("--critic-grid", help=_with_default("lambda_C values (setups 2-7).", format_list(DEFAULT_CRITIC_GRID)))
-@click.option("--latent-grid", help=_with_default("lambda_L values (setups 5-7).", format_list(DEFAULT_LATENT_GRID)))
+@grid_options
 @click.option("--grid", "grid_file", type=click.Path(dir_okay=False),
-              help="TOML/YAML grid file (keys: setups, labels, seeds, critic_grid, latent_grid, setup_grids, "
-                   "training); options given on the command line override it.")
+              help="TOML/YAML grid file (keys: setups, labels, seeds, <term>_grid, setup_grids, training, and [[setup]] "
+                   "tables that add setups, or replace the paper's with replace_setups = true); options given on the "
+                   "command line override it.")
 @training_options(shared_only=True)
 @device_option
 @memory_limit_option
@@ -119,20 +131,19 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
               show_default=True, help="submitit executor: auto = SLURM when available, else local processes.")
 def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str, memory_limit: str | None,
                fuse: int | None, workers: int,
-               dry_run: bool, save_heads: bool, extend: bool, launcher: str, setups: str | None, labels: str | None,
-               seeds: str | None, critic_grid: str | None, latent_grid: str | None, slurm_partition: str | None,
+               dry_run: bool, save_heads: bool, extend: bool, launcher: str, slurm_partition: str | None,
                slurm_time: int, slurm_gpus_per_node: int, slurm_cpus_per_task: int, slurm_mem: int,
-               slurm_array_parallelism: int, submitit_cluster: str, **training) -> None:
-    """tt-sweep: the ablation of section 4.4 (7 setups x lambda grids x label budgets x seeds), fused and resumable.
+               slurm_array_parallelism: int, submitit_cluster: str, **options) -> None:
+    """tt-sweep: the ablation of section 4.4 (setups x lambda grids x label budgets x seeds), fused and resumable.
 
     Rerun the same command after a kill: finished runs are skipped, interrupted ones retrained.
     """
-    from twinturbo.train.data import parse_size
-    from twinturbo.train.launch import SlurmOptions
-    from twinturbo.train.sweep import build_grid, run_sweep
+    from twinturbo.common.sizes import parse_size
+    from twinturbo.train.launch import SlurmOptions, run_sweep
+    from twinturbo.train.sweep import build_grid
 
-    grid = build_grid(grid_file, {"setups": setups, "labels": labels, "seeds": seeds, "critic_grid": critic_grid,
-                                  "latent_grid": latent_grid}, training)
+    lists = {key: options.pop(key) for key in LIST_KINDS}  # the grid's lists; the rest are shared training flags
+    grid = build_grid(grid_file, lists, options)
     slurm = SlurmOptions(slurm_partition, slurm_time, slurm_gpus_per_node, slurm_cpus_per_task, slurm_mem,
                          slurm_array_parallelism, submitit_cluster)
     run_sweep(features, sweep_dir, grid, device, fuse, workers, dry_run, extend, launcher, slurm, echo=click.echo,

@@ -1,24 +1,21 @@
-"""The splits a run trains and evaluates on, held in memory when they fit the memory limit, else streamed.
+"""A split as the training loop reads it (`Split`), and a split held in memory (`SplitTensors`).
 
-In memory (`SplitTensors`): the whole split in host memory (and on the GPU when it fits there) as the store holds it,
-float16 or int8 with a scale per token (dequantised per batch, on the device), so every training batch is an in-memory
-gather: the store is read once per run in whole-chunk ranges, never with scattered indices (DESIGN.md: scattered reads
-of a chunked store are orders of magnitude slower). Beyond the limit (`load_splits`), the train split is streamed in
-shuffled whole-chunk order through a shuffle buffer and the test split is read in order (train/stream.py).
+In memory: the whole split in host memory (and on the GPU when it fits there) as the store holds it, float16 or int8
+with a scale per token (dequantised per batch, on the device), so every training batch is an in-memory gather: the
+store is read once per run in whole-chunk ranges, never with scattered indices (scattered reads of a chunked store
+cost a chunk decode per sample). Whether a split is held or streamed (train/stream.py) is train/memory.py's decision.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
-from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FeatureStore
-from twinturbo.train.config import MEMORY_HEADROOM
 from twinturbo.train.sampling import EpochPlan, epoch_plan
 
 READ_SAMPLES = 512  # samples per read: big enough to amortise per-call overhead, small enough for a smooth bar
+GPU_HEADROOM = 0.7  # the share of a GPU's free memory a split may take there (the rest: model, optimiser, activations)
 
 
 class Split:
@@ -94,31 +91,14 @@ class SplitTensors(Split):
         return cls.float(), patches.float(), labels.to(device, non_blocking=non_blocking)
 
 
-def available_host_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes, or None where there is no such file."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def load_split(store: FeatureStore, split: str, device: torch.device, progress: bool = True) -> SplitTensors:
-    """Read a whole split into memory, int8 patch tokens kept int8: on `device` when it is a GPU with room for it,
-    else in host memory (pinned when training on a GPU). A split larger than the free host memory is refused."""
+    """Read a whole split into memory, int8 patch tokens kept int8: on `device` when it is a GPU with room for it
+    (GPU_HEADROOM of its free memory), else in host memory (pinned when training on a GPU). Whether it should be
+    held at all is train/memory.py's decision."""
     reader = store.split(split)
     quantised = reader.patch_dtype == "int8"
     nbytes = reader.loaded_nbytes(quantised=quantised)
-    free_host = available_host_memory()
-    if free_host is not None and nbytes > MEMORY_HEADROOM * free_host:
-        raise TwinTurboError(
-            f"{store.path}: split '{split}' needs {nbytes / 2**30:.1f} GiB in memory but only "
-            f"{free_host / 2**30:.1f} GiB is available: give a --memory-limit below that to stream it"
-            + ("" if quantised else ", or re-extract with --dtype int8 to halve it"))
-    on_gpu = device.type == "cuda" and nbytes < MEMORY_HEADROOM * torch.cuda.mem_get_info(device)[0]
+    on_gpu = device.type == "cuda" and nbytes < GPU_HEADROOM * torch.cuda.mem_get_info(device)[0]
     pinned = device.type == "cuda"  # page-locked host memory exists only with a CUDA device
     cls = torch.empty((reader.n, reader.cls_dim), dtype=torch.float16, pin_memory=pinned)
     patches = torch.empty((reader.n, reader.num_patches, reader.patch_dim),
@@ -131,57 +111,6 @@ def load_split(store: FeatureStore, split: str, device: torch.device, progress: 
         cls, patches, labels = cls.to(device), patches.to(device), labels.to(device)
         scales = scales.to(device) if quantised else None
     return SplitTensors(cls, patches, labels, scales)
-
-
-def default_memory_limit() -> int | None:
-    """What the machine has for the splits: MEMORY_HEADROOM of the free host memory (None where unknown)."""
-    free_host = available_host_memory()
-    return None if free_host is None else int(MEMORY_HEADROOM * free_host)
-
-
-def load_splits(store: FeatureStore, device: torch.device, memory_limit: int | None = None,
-                progress: bool = True) -> tuple[Split, Split]:
-    """(train, test) for training: both in memory (load_split) when they fit `memory_limit` bytes together (default:
-    default_memory_limit()); else the train split streamed (stream.StreamedSplit: the labelled subset, a shuffle
-    buffer and chunks read ahead stay under the limit) and the test split in memory if what is left holds it, else
-    read in order at each evaluation."""
-    from twinturbo.train.stream import RangeSplit, StreamedSplit
-
-    limit = default_memory_limit() if memory_limit is None else memory_limit
-    readers = {name: store.split(name) for name in ("train", "test")}
-    needed = {name: reader.loaded_nbytes(quantised=reader.patch_dtype == "int8") for name, reader in readers.items()}
-    if limit is None or needed["train"] + needed["test"] <= limit:
-        return tuple(load_split(store, name, device, progress) for name in ("train", "test"))
-    train = StreamedSplit(readers["train"], limit)
-    streaming = train.resident_nbytes(0, 1)
-    test = load_split(store, "test", device, progress) if needed["test"] + streaming <= limit else \
-        RangeSplit(readers["test"])
-    if progress:
-        print(f"{store.path}: the splits ({format_size(needed['train'] + needed['test'])}) are over the memory limit "
-              f"({format_size(limit)}): streaming the train split; test split "
-              + ("in memory" if isinstance(test, SplitTensors) else "read from the store at each evaluation"))
-    return train, test
-
-
-SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
-              "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
-
-
-def format_size(nbytes: float) -> str:
-    """Bytes as the user would write them back to --memory-limit: 512 -> '512B', 3 * 2**20 -> '3.0MiB'."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= size:
-            return f"{nbytes / size:.1f}{unit}"
-    return f"{int(nbytes)}B"
-
-
-def parse_size(text: str, option: str = "--memory-limit") -> int:
-    """'8G', '512MiB', '1.5 GB', '1000000' -> bytes (binary units: K/M/G/T are powers of 1024)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    unit = match.group(2).upper() if match else None
-    if match is None or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
-        raise TwinTurboError(f"{option} {text}: expected a positive size such as 8G, 512M or 1.5GiB")
-    return int(float(match.group(1)) * SIZE_UNITS[unit])
 
 
 def num_classes_of(store: FeatureStore, train_labels: torch.Tensor) -> int:

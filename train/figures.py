@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 from twinturbo.train.selection import Combination, by_setup, choose, swept_weights
 from twinturbo.train.stats import mean_interval
+from twinturbo.train.terms import DISPLAY_ORDER
 
 # One colour per label budget, in budget order (colour-blind safe pairs from matplotlib's tab10).
 BUDGET_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -173,38 +175,45 @@ def plot_all(combos: list[Combination], chosen: dict[tuple, Combination], datase
     plt.close(fig)
 
 
+def _gradient_ratio(term: str) -> Callable[[dict], float | None]:
+    return lambda d: d[f"grad_{term}"] / d["grad_task"] if d.get(f"grad_{term}") and d.get("grad_task") else None
+
+
 DIAGNOSTIC_PANELS = (  # (title, function of one epoch's diagnostics dict) -- train/diagnostics.py
     ("D's accuracy on the prior's one-hots (real)", lambda d: d.get("d_real_acc")),
     ("D's accuracy on σ(f) of unlabelled images (fake)", lambda d: d.get("d_fake_acc")),
     ("entropy of unlabelled predictions (nats)", lambda d: d.get("unlabelled_entropy")),
     ("total variation: predicted marginal vs p(y)", lambda d: d.get("marginal_tv")),
-    ("|λ_C ∇ critic| / |∇ task| at the projector",
-     lambda d: d["grad_critic"] / d["grad_task"] if d.get("grad_critic") and d.get("grad_task") else None),
+    *((f"|{term.weight.symbol} ∇ {term.name}| / |∇ task| at the projector", _gradient_ratio(term.name))
+      for term in DISPLAY_ORDER),
 )
 
 
 def plot_diagnostics(rows: list[dict], chosen: dict[tuple, Combination], dataset: str, backbone: str,
                      path: Path) -> bool:
-    """What the critic does over training, per epoch, for the chosen λ of every setup with a critic (seed mean):
-    one row of panels per label budget, one shared legend. Returns False (draws nothing) without diagnostics."""
+    """What the semi-supervised terms do over training, per epoch, for the chosen λ of every setup with a term (seed
+    mean): one block of panels per label budget (a term's gradient panel only where some setup has it), one shared
+    legend. Returns False (draws nothing) without diagnostics."""
     plt = _pyplot()
     curves: dict[tuple, list[list[dict]]] = defaultdict(list)
     for row in rows:
         config = row["config"]
         combo = chosen.get((row["setup"], int(config["labels"])))
-        if combo is not None and combo.weight("critic_weight") > 0 and all(
+        if combo is not None and any(value > 0 for _, value in combo.weights) and all(
                 float(config.get(name, 0.0)) == value for name, value in combo.weights):
             curves[(row["setup"], int(config["labels"]))].append(row.get("epoch_diagnostics") or [])
     if not any(any(epochs) for runs in curves.values() for epochs in runs):
         return False
     budgets = sorted({n for _, n in curves})
+    panels = [(title, value) for title, value in DIAGNOSTIC_PANELS
+              if any(value(epoch) is not None for runs in curves.values() for run in runs for epoch in run)]
     columns = 3
-    panel_rows = math.ceil(len(DIAGNOSTIC_PANELS) / columns)
+    panel_rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(panel_rows * len(budgets), columns,
                              figsize=(5.2 * columns, 3.6 * panel_rows * len(budgets) + 1.2), squeeze=False)
     handles = {}
     for b_index, budget in enumerate(budgets):
-        for p_index, (title, value) in enumerate(DIAGNOSTIC_PANELS):
+        for p_index, (title, value) in enumerate(panels):
             ax = axes[b_index * panel_rows + p_index // columns, p_index % columns]
             for (setup, n), runs in curves.items():
                 if n != budget:
@@ -222,13 +231,13 @@ def plot_diagnostics(rows: list[dict], chosen: dict[tuple, Combination], dataset
             ax.grid(alpha=0.3)
             if p_index < 2:
                 ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)  # chance
-        for p_index in range(len(DIAGNOSTIC_PANELS), panel_rows * columns):
+        for p_index in range(len(panels), panel_rows * columns):
             axes[b_index * panel_rows + p_index // columns, p_index % columns].axis("off")
     names = {setup: combo.setup_name for (setup, _), combo in chosen.items()}
     fig.legend(list(handles.values()), [f"setup {s}: {names.get(s, s)}" for s in handles], loc="lower center",
                ncol=min(4, len(handles)), fontsize=9, frameon=False)
-    fig.suptitle(f"{dataset} ({backbone}): the critic over training (seed mean at each setup's chosen λ; "
-                 "dotted = chance)", fontsize=11)
+    fig.suptitle(f"{dataset} ({backbone}): the semi-supervised terms over training (seed mean at each setup's "
+                 "chosen λ; dotted = chance)", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,14 +10,21 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm import tqdm
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.train.sweep import RESULTS_FILE, SETUPS, RunSpec, append_row, finished_run_ids
+from twinturbo.common.device import resolve_device, resolve_precision
+from twinturbo.common.store import open_store
+from twinturbo.train.data import num_classes_of
+from twinturbo.train.loop import train_runs
+from twinturbo.train.memory import default_memory_limit, load_splits
+from twinturbo.train.results import RESULTS_FILE, append_row, finished_run_ids, result_row
+from twinturbo.train.rundir import run_dims, save_run
+from twinturbo.train.sweep import (RunSpec, SweepGrid, fusion_groups, pending_runs, prepare_sweep_dir, run_table)
 
 # Runs per fused pass when --fuse is not given. On the CPU fusing measured slower than one run after another
 # (bench/sweep.py: 0.73x on digits, the matmuls are compute-bound there), so runs go one by one.
@@ -38,46 +45,10 @@ class SlurmOptions:
     cluster: str = "auto"  # AutoExecutor(cluster=...): auto = SLURM when sbatch is there, else local processes
 
 
-def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, fused_runs: int) -> dict:
-    """The results.jsonl row of one finished run: full config, ids, accuracy, per-epoch curve, time, store, host."""
-    import torch
-
-    from twinturbo.common.device import host_description
-
-    return {
-        "run_id": run.run_id,
-        "setup": run.setup,
-        "setup_name": SETUPS[run.setup].name,
-        "config": run.config(),
-        "test_accuracy": float(metrics["test_accuracy"]),
-        "epoch_accuracies": [float(e["test_accuracy"]) for e in metrics["epochs"]],
-        "val_accuracy": metrics.get("val_accuracy"),
-        "val_samples": metrics.get("val_samples", 0),
-        "epoch_val_accuracies": [e["val_accuracy"] for e in metrics["epochs"] if "val_accuracy" in e],
-        "epoch_val_correct": [e["val_correct"] for e in metrics["epochs"] if "val_correct" in e],
-        "precision": metrics.get("precision"),
-        "num_classes": metrics["num_classes"],
-        "train_samples": metrics["train_samples"],
-        "test_samples": metrics["test_samples"],
-        "epoch_losses": [e["mean_losses"] for e in metrics["epochs"]],
-        "epoch_diagnostics": [e.get("diagnostics", {}) for e in metrics["epochs"]],
-        "steps": metrics["steps"],
-        "nonfinite_step": metrics.get("nonfinite_step"),
-        "unlabelled_pass": metrics.get("unlabelled_pass"),
-        "wall_time_s": float(metrics["wall_time_s"]),
-        "fused_runs": fused_runs,
-        "device": device,
-        "threads": metrics["threads"],
-        "host": host_description(torch.device(device)),
-        "store": store_identity,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 @dataclass(frozen=True)
 class SweepWork:
     """What every process that trains a sweep's groups needs: the store, SWEEP_DIR, the device, the memory the
-    splits may take (None: what the machine has; data.load_splits) and whether each run's head is kept."""
+    splits may take (None: what the machine has; memory.load_splits) and whether each run's head is kept."""
 
     features: str
     sweep_dir: str
@@ -97,12 +68,6 @@ def run_groups(work: SweepWork, groups: list[list[RunSpec]], on_group_done: Call
 
     Runs already in results.jsonl (another job got there first) are skipped, so a resubmitted array is harmless.
     """
-    from twinturbo.common.device import resolve_device
-    from twinturbo.common.store import open_store
-    from twinturbo.train.data import load_splits, num_classes_of
-    from twinturbo.train.loop import train_runs
-    from twinturbo.train.rundir import run_dims, save_run
-
     torch_device = resolve_device(work.device)
     results = Path(work.sweep_dir) / RESULTS_FILE
     store = open_store(work.features)
@@ -150,8 +115,6 @@ def launch_local(work: SweepWork, groups: list[list[RunSpec]], workers: int = 1)
             return
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        from twinturbo.train.data import default_memory_limit
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         limit = default_memory_limit() if work.memory_limit is None else work.memory_limit
@@ -220,3 +183,48 @@ def launch_submitit(work: SweepWork, groups: list[list[RunSpec]], slurm: SlurmOp
     if failures:
         raise TwinTurboError(f"{len(failures)} of {n} jobs failed (first: {failures[0]}); see the logs under "
                              f"{folder.parent}; rerun the same command to retrain only the missing runs")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The engine behind tt-sweep
+# ---------------------------------------------------------------------------------------------------------------------
+
+def sweep_precision(precision: str, device: str, launcher: str, slurm) -> str:
+    """The sweep's precision, resolved once where the command runs and recorded in sweep.json and every run's config:
+    `auto` is bf16 where the runs' device computes it natively. Jobs sent to GPUs (`--launcher submitit` with
+    `--slurm-gpus-per-node` >= 1 and --device auto or cuda) count as CUDA, whatever the submitting machine has."""
+    if launcher == "submitit" and device in ("auto", "cuda") and slurm is not None and slurm.gpus_per_node > 0:
+        target = torch.device("cuda")  # the jobs' device, which this machine may lack
+        return "bf16" if precision == "auto" else resolve_precision(precision, target)
+    return resolve_precision(precision, resolve_device(device))
+
+
+def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse: int | None, workers: int,
+              dry_run: bool, extend: bool, launcher: str, slurm: SlurmOptions | None, echo=print, memory_limit: int | None = None,
+              save_heads: bool = False) -> None:
+    """What tt-sweep does: check the store and SWEEP_DIR, skip finished runs, train the rest in fused groups on the
+    chosen launcher (rows are appended to results.jsonl as runs finish); `memory_limit` as in memory.load_splits."""
+    if fuse is None:
+        fuse = DEFAULT_FUSE.get(resolve_device(device).type, 1)
+    if fuse < 1:
+        raise TwinTurboError(f"--fuse {fuse}: expected a number of runs >= 1")
+    with open_store(features) as store:
+        store.require_complete()
+        identity = store.identity()
+    grid.training["precision"] = sweep_precision(grid.training.get("precision", "auto"), device, launcher, slurm)
+    runs = grid.expand(identity["fingerprint"])
+    if dry_run:
+        finished = finished_run_ids(sweep_dir) if (Path(sweep_dir) / RESULTS_FILE).exists() else set()
+        echo(run_table(runs, finished))
+        return
+    prepare_sweep_dir(sweep_dir, grid, identity, extend)
+    todo = pending_runs(runs, finished_run_ids(sweep_dir))
+    echo(f"tt-sweep: {len(runs)} runs in the grid, {len(runs) - len(todo)} already done, {len(todo)} to train "
+         f"(fused by up to {fuse})")
+    groups = list(fusion_groups(todo, fuse))
+    work = SweepWork(features, sweep_dir, device, memory_limit, save_heads)
+    if launcher == "local":
+        launch_local(work, groups, workers)
+    else:
+        launch_submitit(work, groups, slurm)
+    echo(f"tt-sweep: results in {Path(sweep_dir) / RESULTS_FILE}; figures: tt-report {sweep_dir}")

@@ -6,17 +6,16 @@ fp16) are computed in float32, as autocast would, and the scalar comes back in f
 log-softmax keeps only ~3 significant digits, enough to flip the sign of a small loss term.
 
 Tensors: `logits` [N, C] (the predictor's f = h_psi(f_phi(x)), before rescaling), `labels` int64 [N] in [0, C),
-`z`, `z_star` [N, D]. Label range is not checked here: that would cost a device sync every step.
+`z`, `z_star` [N, D]. Label range is not checked here: that would cost a device sync every step. Bad arguments are
+programming errors (ValueError): the user's options are checked by TrainConfig.validate. The terms of Eq. 22 that
+use these functions, with the rows they read, are in train/terms/.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
-from twinturbo.common.errors import TwinTurboError
 
 RESCALINGS = ("softmax", "sigmoid")
 
@@ -43,7 +42,7 @@ def log_rescale(logits: torch.Tensor, rescale: str) -> torch.Tensor:
         return F.log_softmax(_compute_dtype(logits), dim=-1)
     if rescale == "sigmoid":
         return F.logsigmoid(_compute_dtype(logits))
-    raise TwinTurboError(f"unknown rescale {rescale!r}; expected one of: {', '.join(RESCALINGS)}")
+    raise ValueError(f"unknown rescale {rescale!r}; expected one of: {', '.join(RESCALINGS)}")
 
 
 def _log_one_minus_rescale(logits: torch.Tensor, rescale: str) -> torch.Tensor:
@@ -57,7 +56,7 @@ def _log_one_minus_rescale(logits: torch.Tensor, rescale: str) -> torch.Tensor:
     if rescale == "sigmoid":
         return F.logsigmoid(-logits)
     if rescale != "softmax":
-        raise TwinTurboError(f"unknown rescale {rescale!r}; expected one of: {', '.join(RESCALINGS)}")
+        raise ValueError(f"unknown rescale {rescale!r}; expected one of: {', '.join(RESCALINGS)}")
     num_classes = logits.shape[-1]
     eye = torch.eye(num_classes, dtype=torch.bool, device=logits.device)
     others = torch.where(eye, torch.full((), _MASKED, dtype=logits.dtype, device=logits.device), logits.unsqueeze(-2))
@@ -133,24 +132,9 @@ def latent_infonce(z: torch.Tensor, z_star: torch.Tensor, temperature: float = 1
     if z.dim() != 2 or z.shape != z_star.shape:
         raise ValueError(f"z and z_star must both be [N, D], got {tuple(z.shape)} and {tuple(z_star.shape)}")
     if not temperature > 0:
-        raise TwinTurboError(f"latent temperature must be > 0, got {temperature}")
+        raise ValueError(f"latent temperature must be > 0, got {temperature}")
     z_unit = F.normalize(_compute_dtype(z), dim=1)
     z_star_unit = F.normalize(_compute_dtype(z_star), dim=1)
     scores = z_unit @ z_star_unit.T / temperature  # [N, N], row i: x_i against every z*_j
     log_batch_mean = torch.logsumexp(scores, dim=1) - math.log(scores.shape[0])
     return -(scores.diagonal() - log_batch_mean).mean()
-
-
-TASK_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "cat_cross": cat_cross,
-    "cat_twin": cat_twin,
-    "bin_cross": bin_cross,
-}
-
-
-def get_task_loss(name: str) -> Callable[..., torch.Tensor]:
-    """The task loss of Eq. 22 by its CLI name; an unknown name is a user error that lists the valid ones."""
-    try:
-        return TASK_LOSSES[name]
-    except KeyError:
-        raise TwinTurboError(f"unknown loss {name!r}; expected one of: {', '.join(TASK_LOSSES)}") from None

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import open_store
+from twinturbo.train.baseline import BASELINES, SELF_TRAINING_THRESHOLDS, read_cls_vectors
 from twinturbo.train.figures import plot_all, plot_diagnostics, plot_selected
 from twinturbo.train.selection import (EPOCH_RULES, PROTOCOLS, Combination, by_setup, choose, combinations,
                                        grid_edges, row_group, swept_weights, validation_size_study, weight_symbol)
 from twinturbo.train.stats import mean_interval, paired_difference
-from twinturbo.train.sweep import RESULTS_FILE, read_rows
+from twinturbo.train.results import RESULTS_FILE, read_rows
 
 Baselines = dict[str, dict[int, dict[int, float]]]  # method -> label budget -> seed -> accuracy %
 BASELINE_TEXT = {
@@ -50,8 +51,6 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
     """(dataset, backbone) -> method -> label budget -> seed -> accuracy % on the rows' own store (or on `features`,
     when it holds the same extraction), or the reason it could not be computed. Results are kept in `cache` (a JSON
     file keyed by store fingerprint, method, budget, validation size and seed): a report is redrawn in seconds."""
-    from twinturbo.train.baseline import BASELINES, read_cls_vectors
-
     stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     wanted: dict[tuple[str, str], dict] = {}
     for row in rows:
@@ -96,8 +95,6 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
 
 
 def _cache_key(fingerprint, method: str, budget: int, val: int, seed: int) -> str:
-    from twinturbo.train.baseline import SELF_TRAINING_THRESHOLDS
-
     recipe = list(SELF_TRAINING_THRESHOLDS) if method == "SelfTraining" else []
     digest = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:6]
     return f"{fingerprint}/{method}-{digest}/n{budget}/val{val if method == 'SelfTraining' else 0}/seed{seed}"

@@ -15,7 +15,8 @@ from twinturbo.common.device import resolve_precision
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.data import load_splits, num_classes_of
+from twinturbo.train.data import num_classes_of
+from twinturbo.train.memory import load_splits
 from twinturbo.train.loop import TrainResult, train
 from twinturbo.train.model import TwinTurboHead
 
@@ -74,7 +75,7 @@ def load_run(path: str | Path) -> RunDir:
 def train_from_store(features: str | Path, config: TrainConfig, device: torch.device, out_dir: Path | None = None,
                      progress: bool = True, memory_limit: int | None = None) -> tuple[TrainResult, Path]:
     """What `tt-train` does: open and check the store, hold both splits (in memory, or the train split streamed
-    when they exceed `memory_limit` bytes: data.load_splits), train, write RUN_DIR (its config.json records the
+    when they exceed `memory_limit` bytes: memory.load_splits), train, write RUN_DIR (its config.json records the
     precision the run computed in, `auto` resolved)."""
     config = replace(config.validate(), precision=resolve_precision(config.precision, device))
     with open_store(features) as store:

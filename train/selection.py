@@ -20,13 +20,12 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from twinturbo.train.config import TERM_WEIGHT_FIELDS
-from twinturbo.train.stats import mean_interval
+from twinturbo.train.terms import DISPLAY_ORDER, WEIGHT_FIELDS
 
 PROTOCOLS = ("val", "test", "paper")
 EPOCH_RULES = ("last", "best-val")
-# How a weight is named in tables and figures, and the tt-sweep option of its grid.
-WEIGHT_NAMES = {"critic_weight": ("λ_C", "--critic-grid"), "latent_weight": ("λ_L", "--latent-grid")}
+# How a weight field is named in tables and figures, and the tt-sweep option of its grid.
+WEIGHT_NAMES = {term.weight_field: (term.weight.symbol, f"--{term.name}-grid") for term in DISPLAY_ORDER}
 
 
 def weight_symbol(name: str) -> str:
@@ -83,7 +82,7 @@ class Combination:
     setup: int | str
     setup_name: str
     labels: int
-    weights: tuple[tuple[str, float], ...]  # (config field, value) of every term weight, in TERM_WEIGHT_FIELDS order
+    weights: tuple[tuple[str, float], ...]  # (config field, value) of every term weight, in WEIGHT_FIELDS order
     runs: dict[int, RunFigures] = field(default_factory=dict)  # seed -> figures
     val_samples: int = 0  # validation samples every run of it was scored on (0 = no validation split)
 
@@ -106,7 +105,7 @@ class Combination:
 
 
 def _weights_of(config: dict) -> tuple[tuple[str, float], ...]:
-    return tuple((name, float(config.get(name, 0.0))) for name in TERM_WEIGHT_FIELDS)
+    return tuple((name, float(config.get(name, 0.0))) for name in WEIGHT_FIELDS)
 
 
 def row_group(row: dict) -> tuple[str, str]:
@@ -141,7 +140,7 @@ def setup_order(setup: int | str) -> tuple:
 
 def swept_weights(combos: list[Combination]) -> tuple[str, ...]:
     """The weights that are not 0 in some combination of these (one setup and budget): the ones it sweeps."""
-    return tuple(name for name in TERM_WEIGHT_FIELDS if any(c.weight(name) for c in combos))
+    return tuple(name for name in WEIGHT_FIELDS if any(c.weight(name) for c in combos))
 
 
 def by_setup(combos: list[Combination]) -> dict[tuple, list[Combination]]:
@@ -235,7 +234,3 @@ def validation_size_study(combos: list[Combination], sizes: list[int], draws: in
             findings.append(SizeFinding(setup, labels, size, hits / draws, sum(gaps) / draws,
                                         best_mean - _mean(prefix.test())))
     return findings
-
-
-def interval_of(values: dict[int, float]):
-    return mean_interval(list(values.values()))

@@ -21,7 +21,8 @@ import torch
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import SplitReader
-from twinturbo.train.data import Split, SplitTensors, format_size
+from twinturbo.common.sizes import format_size
+from twinturbo.train.data import Split, SplitTensors
 from twinturbo.train.sampling import EpochPlan, shuffle_buffer_samples, streamed_epoch_plan
 
 SHUFFLE_BUFFER_CHUNKS = 32  # buffer capacity in whole chunks (at least two batches): part of the streamed order

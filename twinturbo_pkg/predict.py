@@ -22,7 +22,8 @@ import torch
 import click
 
 from twinturbo.common.device import resolve_device
-from twinturbo.common.errors import Command, TwinTurboError
+from twinturbo.common.command import Command
+from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FeatureStore, open_store
 from twinturbo.extract.backbones import BackboneOptions, build_backbone
 from twinturbo.extract.cli import backbone_options
@@ -32,7 +33,7 @@ from twinturbo.train.config import TrainConfig
 from twinturbo.train.data import SplitTensors, load_split, num_classes_of
 from twinturbo.train.loop import autocast
 from twinturbo.train.model import TwinTurboHead
-from twinturbo.train.rundir import RunDir
+from twinturbo.train.rundir import RunDir, load_run
 
 
 @dataclass
@@ -216,8 +217,6 @@ def main(run_dir: Path, features: str | None, split: str, images: Path | None, o
          weights: Path | None, radio_checkpoint: Path | None, hub_dir: Path | None) -> None:
     """tt-predict: apply a trained run (tt-train's RUN_DIR, or SWEEP_DIR/runs/<run id> of tt-sweep --save-heads) to a
     feature store's split or to new images; print the accuracy when the samples have labels."""
-    from twinturbo.train.rundir import load_run
-
     run = load_run(run_dir)
     torch_device = resolve_device(device)
     if images is not None:
