@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import TwinTurboError
+from .hashing import canonical_json
 from .raw_chunks import (RawLayout, Segments, check_out, check_range, chunk_spans,
                          dequantise_into, hdf5_raw_layout, map_rows, read_rows, zarr_raw_layout)
 
@@ -39,6 +40,8 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 IDENTITY_KEYS = (
     "format_version", "dataset", "backbone", "weights_id", "resolution", "patch_dtype", "chunk_size", "layouts",
 )
+# What a complete store's root attributes hold at least (tt-extract --verify checks them).
+REQUIRED_ATTRS = IDENTITY_KEYS + ("splits",)
 
 
 @dataclass(frozen=True)
@@ -73,11 +76,6 @@ def quantise_int8(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale16
 
 
-def dequantise_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Inverse of `quantise_int8`, in float32."""
-    return q.astype(np.float32) * scale.astype(np.float32)[..., None]
-
-
 def detect_format(path: Path) -> str:
     return "hdf5" if path.suffix in HDF5_SUFFIXES else "zarr"
 
@@ -92,10 +90,6 @@ def resolve_store_path(path: str | os.PathLike) -> Path:
         if candidate.exists():
             return candidate
     raise TwinTurboError(f"feature store {path} does not exist (expected a zarr directory or a .h5 file from tt-extract)")
-
-
-def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -343,9 +337,6 @@ class SplitReader:
     def done_mask(self) -> np.ndarray:
         return np.asarray(self._backend.read(self.name, "done", 0, self.num_chunks), dtype=bool)
 
-    def is_complete(self) -> bool:
-        return bool(self.done_mask().all())
-
     def labels(self) -> np.ndarray:
         return np.asarray(self._backend.read(self.name, "labels", 0, self.n), dtype=np.int64)
 
@@ -481,7 +472,7 @@ class FeatureStore:
             "dataset": self.attrs.get("dataset"),
             "backbone": self.attrs.get("backbone"),
             "created": self.attrs.get("created"),
-            "fingerprint": hashlib.sha256(_canonical(key).encode()).hexdigest()[:16],
+            "fingerprint": hashlib.sha256(canonical_json(key).encode()).hexdigest()[:16],
         }
 
     def require_complete(self) -> None:
@@ -552,7 +543,7 @@ def _was_killed_while_created(path: Path) -> bool:
 def identity_mismatch(existing: dict, wanted: dict) -> str | None:
     """The first identity key whose value differs, as 'key: existing != wanted', or None when they agree."""
     for key in IDENTITY_KEYS:
-        if _canonical(existing.get(key)) != _canonical(wanted.get(key)):
+        if canonical_json(existing.get(key)) != canonical_json(wanted.get(key)):
             return f"{key}: store has {existing.get(key)!r}, this run wants {wanted.get(key)!r}"
     return None
 

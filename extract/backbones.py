@@ -13,7 +13,6 @@ Specs accepted by `build_backbone` (the `--backbone` option):
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from twinturbo.common.errors import TwinTurboError, one_line
+from twinturbo.common.hashing import file_digest
 
 DEFAULT_BACKBONE = "radio"
 DEFAULT_RADIO_VERSION = "radio_v2.5-b"
@@ -90,11 +90,7 @@ class Backbone(nn.Module):
 
 def file_sha256_prefix(path: Path, length: int = 16) -> str:
     """The weights id of a local weights file: the first `length` hex digits of its sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
+    return file_digest(path)[:length]
 
 
 def _require_file(path: Path, option: str, expected: str) -> Path:

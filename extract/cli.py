@@ -1,28 +1,63 @@
-"""`tt-extract`: parse options, then call the extraction loop (`extract.py`) or the store check (`verify.py`)."""
+"""`tt-extract`: parse options, then call the extraction loop (`extract.py`) or the store check (`verify.py`).
+
+Every extraction option is built from ExtractConfig's fields (extract/extract.py holds each default and help text).
+"""
 from __future__ import annotations
 
 import shlex
+from dataclasses import fields
 from pathlib import Path
+from typing import Callable
 
 import click
 
 from twinturbo.common.command import Command
-from twinturbo.common.errors import TwinTurboError
+from twinturbo.extract.extract import ExtractConfig, detect_ranks, run_extraction
+from twinturbo.extract.verify import verify_store
 
-BACKBONE_HELP = "effnet-lite0 | effnet-lite0:320 | timm:<model> | radio (RADIOv2.5-B via torch.hub)"
+BACKBONE_SOURCES = ("weights", "radio_checkpoint", "hub_dir")  # where a backbone's weights come from
 
 
-def backbone_options(command):
-    """--weights, --radio-checkpoint, --hub-dir: where a backbone's weights come from (tt-extract, tt-predict)."""
-    for option in reversed((
-            click.option("--weights", type=click.Path(path_type=Path), default=None,
-                         help="Local weights file for timm:<model>."),
-            click.option("--radio-checkpoint", type=click.Path(path_type=Path), default=None,
-                         help="Local RADIO checkpoint (.pth.tar)."),
-            click.option("--hub-dir", type=click.Path(path_type=Path), default=None,
-                         help="Local copy of the NVlabs/RADIO hub repo."))):
-        command = option(command)
-    return command
+def _click_option(spec) -> Callable:
+    meta = spec.metadata
+    shown = "[required]" if meta["shown"] == "required" else f"[default: {meta['shown']}]"
+    help_text = f"{meta['help']}  {shown}" if meta["kind"] is not bool else meta["help"]
+    if meta["kind"] is bool:
+        return click.option(meta["flag"], spec.name, is_flag=True, default=False, help=help_text)
+    kind = click.Path(path_type=Path) if meta["kind"] is Path else meta["kind"]
+    return click.option(meta["flag"], spec.name, type=kind, default=None, help=help_text)
+
+
+def extraction_options(names: tuple[str, ...] | None = None) -> Callable:
+    """click options for ExtractConfig's fields (or only `names`), in field order; unset = the field's default."""
+    def decorate(command: Callable) -> Callable:
+        for spec in reversed(fields(ExtractConfig)):
+            if "flag" in spec.metadata and (names is None or spec.name in names):
+                command = _click_option(spec)(command)
+        return command
+    return decorate
+
+
+backbone_options = extraction_options(BACKBONE_SOURCES)  # tt-predict --images builds the store's backbone too
+
+
+def config_from_options(options: dict, argv: list[str]) -> ExtractConfig:
+    """An ExtractConfig from the parsed options: unset ones keep the field's default, flags that negate a field
+    (--no-progress) switch it off, list options are parsed by the field's own rule."""
+    values = {}
+    for spec in fields(ExtractConfig):
+        meta = spec.metadata
+        if spec.name not in options or options[spec.name] is None:
+            continue
+        value = options[spec.name]
+        if meta.get("negate"):
+            if value:
+                values[spec.name] = False
+            continue
+        if meta["kind"] is bool and not value:
+            continue
+        values[spec.name] = meta["parse"](value) if "parse" in meta else value
+    return ExtractConfig(**values, command=shlex.join(argv))
 
 
 class ExtractCommand(Command):
@@ -30,54 +65,19 @@ class ExtractCommand(Command):
 
 
 @click.command(cls=ExtractCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--dataset", help="mnist | fashion-mnist | cifar10 | svhn | digits | folder:PATH")
-@click.option("--out", type=click.Path(path_type=Path), help="Directory receiving the store <out>/<dataset>[.h5].")
-@click.option("--backbone", default="radio", show_default=True, help=BACKBONE_HELP)
-@click.option("--resolution", type=int, default=None, help="Input side in pixels [default: the backbone's].")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward (a multiple of --chunk-size).")
-@click.option("--chunk-size", type=int, default=64, show_default=True, help="Samples per store chunk (resume unit).")
-@click.option("--format", "store_format", default="zarr", show_default=True, help="zarr | hdf5")
-@click.option("--dtype", default="float16", show_default=True, help="Patch tokens on disk: float16 | int8 (+ a scale per token).")
-@click.option("--splits", default="train,test", show_default=True, help="Comma-separated splits to extract.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
-@click.option("--limit", type=int, default=None, help="Only the first N samples of each split.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
-              help="Where the raw dataset files are.")
-@click.option("--download", is_flag=True, help="Fetch missing MNIST/Fashion-MNIST/CIFAR-10/SVHN files (checksum-verified).")
-@backbone_options
-@click.option("--overwrite", is_flag=True, help="Replace an existing store that holds a different extraction.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@extraction_options()
 @click.option("--verify", "verify_path", type=click.Path(path_type=Path), default=None,
               help="Check the store at PATH instead of extracting (complete, shapes, dtypes, labels, no NaN/Inf).")
-def extract_command(dataset, out, backbone, resolution, batch_size, chunk_size, store_format, dtype, splits, device,
-                    limit, data_root, download, weights, radio_checkpoint, hub_dir, overwrite, no_progress,
-                    verify_path) -> None:
+def extract_command(verify_path: Path | None, **options) -> None:
     """Run a frozen backbone once over a dataset and store its CLS and patch tokens (stage 1)."""
     if verify_path is not None:
-        from twinturbo.extract.verify import verify_store
-
-        for line in verify_store(verify_path, progress=not no_progress).lines():
+        for line in verify_store(verify_path, progress=not options.get("progress")).lines():
             click.echo(line)
         return
-    if not dataset or out is None:
-        raise TwinTurboError("--dataset and --out are required (or --verify PATH to check a store)")
-
-    from twinturbo.extract.extract import ExtractConfig, run_extraction
-
-    config = ExtractConfig(
-        dataset=dataset, out=out, backbone=backbone, resolution=resolution, batch_size=batch_size,
-        chunk_size=chunk_size, format=store_format, dtype=dtype,
-        splits=tuple(s.strip() for s in splits.split(",") if s.strip()), device=device, limit=limit,
-        data_root=data_root, download=download, weights=weights, radio_checkpoint=radio_checkpoint, hub_dir=hub_dir,
-        overwrite=overwrite, progress=not no_progress, command=shlex.join(click.get_current_context().obj["argv"]),
-    )
+    config = config_from_options(options, click.get_current_context().obj["argv"])
     result = run_extraction(config)
-    from twinturbo.extract.extract import detect_ranks
-
     if detect_ranks().rank != 0:
         return
-    from twinturbo.extract.verify import verify_store
-
     summary = verify_store(result.path, progress=False, scan_values=False)
     for line in summary.lines():
         click.echo(line)

@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from twinturbo.common.errors import TwinTurboError, one_line
+from twinturbo.common.hashing import file_digest
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "svhn", "digits")
 FOLDER_PREFIX = "folder:"
@@ -288,7 +289,7 @@ def _load_cifar10(split: str, root: Path) -> DatasetSplit:
     elif archive.is_file():
         blobs = _read_tar_members(archive, [f"{CIFAR10_FOLDER}/{name}" for name in members])
         blobs = {name: blobs[f"{CIFAR10_FOLDER}/{name}"] for name in members}
-        source_files = {archive.name: _sha256_file(archive)}
+        source_files = {archive.name: file_digest(archive)}
         where = {name: f"{archive}:{CIFAR10_FOLDER}/{name}" for name in members}
     else:
         raise TwinTurboError(f"cifar10: expected {folder / missing[0]} or {archive} (or pass --download)")
@@ -361,7 +362,7 @@ def _load_svhn(split: str, root: Path) -> DatasetSplit:
     labels[labels == 10] = 0  # SVHN writes the digit 0 as class 10
     return DatasetSplit(
         dataset="svhn", split=split, labels=labels, class_names=list(DIGIT_CLASSES),
-        source_files={path.name: _sha256_file(path)}, images=np.ascontiguousarray(x.transpose(3, 0, 1, 2)),
+        source_files={path.name: file_digest(path)}, images=np.ascontiguousarray(x.transpose(3, 0, 1, 2)),
     )
 
 
@@ -446,7 +447,7 @@ def _manifest_sha256(paths: list[Path], base: Path) -> str:
     """One sha256 for a whole folder split: over "relative path NUL sha256 of the file" lines, in read order."""
     manifest = hashlib.sha256()
     for path in tqdm(paths, desc=f"hashing {base}", unit="file", leave=False, disable=len(paths) < 1000):
-        manifest.update(f"{path.relative_to(base).as_posix()}\0{_sha256_file(path)}\n".encode())
+        manifest.update(f"{path.relative_to(base).as_posix()}\0{file_digest(path)}\n".encode())
     return manifest.hexdigest()
 
 
@@ -538,7 +539,7 @@ def download_dataset(name: str, data_root: Path | str = "data", splits: Sequence
         if not set(item.splits) & set(splits):
             continue
         path = directory / item.filename
-        if not (path.is_file() and _md5_file(path) == item.md5):
+        if not (path.is_file() and file_digest(path, "md5") == item.md5):
             directory.mkdir(parents=True, exist_ok=True)
             _fetch(name, item, path)
         paths.append(path)
@@ -591,17 +592,3 @@ def _stream_to(url: str, part: Path) -> str:
 # Small helpers
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -30,38 +30,55 @@ import torch.nn.functional as F
 from twinturbo.common.device import extraction_bf16, resolve_device
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FORMATS, PATCH_DTYPES, FeatureStore, SplitLayout, create_store, open_store
-from twinturbo.extract.backbones import BackboneOptions, build_backbone
+from twinturbo.extract.backbones import BACKBONE_SPECS, DEFAULT_BACKBONE, BackboneOptions, build_backbone
 from twinturbo.extract.datasets import read_dataset_split, store_name
 
 SPLIT_NAMES = ("train", "test")
 
 
+def _option(default, flag: str, help: str, kind: type | None = None, shown: str | None = None, **extra):
+    """An ExtractConfig field with its tt-extract flag and help text (the CLI builds its options from these)."""
+    return field(default=default, metadata={"flag": flag, "help": help, "kind": kind or type(default),
+                                            "shown": default if shown is None else shown, **extra})
+
+
 @dataclass
 class ExtractConfig:
-    """Everything `tt-extract` needs; the CLI fills it from its options (extract/cli.py; README.md, `tt-extract`)."""
+    """Everything `tt-extract` needs; extract/cli.py builds its options from these fields (README.md, `tt-extract`)."""
 
-    dataset: str
-    out: Path
-    backbone: str = "radio"
-    resolution: int | None = None
-    batch_size: int = 256
-    chunk_size: int = 64
-    format: str = "zarr"
-    dtype: str = "float16"
-    splits: Sequence[str] = SPLIT_NAMES
-    device: str = "auto"
-    limit: int | None = None
-    data_root: Path = Path("data")
-    download: bool = False
-    weights: Path | None = None
-    radio_checkpoint: Path | None = None
-    hub_dir: Path | None = None
-    overwrite: bool = False
-    progress: bool = True
-    command: str = field(default_factory=lambda: " ".join(sys.argv))
+    dataset: str = _option(None, "--dataset", "mnist | fashion-mnist | cifar10 | svhn | digits | folder:PATH",
+                           kind=str, shown="required")
+    out: Path = _option(None, "--out", "Directory receiving the store <out>/<dataset>[.h5].", kind=Path,
+                        shown="required")
+    backbone: str = _option(DEFAULT_BACKBONE, "--backbone", BACKBONE_SPECS)
+    resolution: int | None = _option(None, "--resolution", "Input side in pixels.", kind=int,
+                                     shown="the backbone's")
+    batch_size: int = _option(256, "--batch-size", "Images per forward (a multiple of --chunk-size).")
+    chunk_size: int = _option(64, "--chunk-size", "Samples per store chunk (the unit of resume).")
+    format: str = _option("zarr", "--format", "zarr | hdf5")
+    dtype: str = _option("float16", "--dtype", "Patch tokens on disk: float16 | int8 (+ a scale per token).")
+    splits: Sequence[str] = _option(SPLIT_NAMES, "--splits", "Comma-separated splits to extract.", kind=str,
+                                    shown=",".join(SPLIT_NAMES), parse=lambda text: tuple(
+                                        s.strip() for s in text.split(",") if s.strip()))
+    device: str = _option("auto", "--device", "auto | cpu | cuda")
+    limit: int | None = _option(None, "--limit", "Only the first N samples of each split.", kind=int, shown="all")
+    data_root: Path = _option(Path("data"), "--data-root", "Where the raw dataset files are.", kind=Path)
+    download: bool = _option(False, "--download", "Fetch missing MNIST/Fashion-MNIST/CIFAR-10/SVHN files "
+                             "(checksum-verified).")
+    weights: Path | None = _option(None, "--weights", "Local weights file for timm:<model>.", kind=Path,
+                                   shown="none")
+    radio_checkpoint: Path | None = _option(None, "--radio-checkpoint", "Local RADIO checkpoint (.pth.tar).",
+                                            kind=Path, shown="none")
+    hub_dir: Path | None = _option(None, "--hub-dir", "Local copy of the NVlabs/RADIO hub repo.", kind=Path,
+                                   shown="none")
+    overwrite: bool = _option(False, "--overwrite", "Replace an existing store that holds a different extraction.")
+    progress: bool = _option(True, "--no-progress", "No progress bars.", negate=True)
+    command: str = field(default_factory=lambda: " ".join(sys.argv))  # recorded in the store's attrs
 
     def validate(self) -> None:
         """Option checks that need no file: each failure is one line naming the option."""
+        if not self.dataset or self.out is None:
+            raise TwinTurboError("--dataset and --out are required (or --verify PATH to check a store)")
         if self.format not in FORMATS:
             raise TwinTurboError(f"--format {self.format}: expected one of {', '.join(FORMATS)}")
         if self.dtype not in PATCH_DTYPES:

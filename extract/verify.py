@@ -14,10 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.store import detect_format, num_chunks, open_store, resolve_store_path
-
-REQUIRED_ATTRS = ("format_version", "dataset", "backbone", "weights_id", "resolution", "patch_dtype", "chunk_size",
-                  "layouts", "splits")
+from twinturbo.common.store import REQUIRED_ATTRS, detect_format, num_chunks, open_store, resolve_store_path
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from twinturbo.train.heads import RunHeads
 from twinturbo.train.model import (Discriminator, Predictor, Projector, TokenMixer, TwinTurboHead, build_head,
                                    draw_dropout_mask)
 
@@ -34,9 +35,10 @@ def test_paper_size_head_has_the_tables_widths():
         z, logits = head(torch.randn(2, 2304), torch.randn(2, 196, 768))
         assert z.shape == (2, 8000) and logits.shape == (2, 10)
         assert head.discriminator(logits.softmax(-1)).shape == (2,)
-    model = {id(p) for p in head.model_parameters()}
-    assert model.isdisjoint(id(p) for p in head.discriminator.parameters())
-    assert len(model) + len(list(head.discriminator.parameters())) == len(list(head.parameters()))
+    stacked = RunHeads([head])  # what the optimisers get: the model's parameters and the discriminator's, apart
+    model, discriminator = stacked.model_parameters(), stacked.discriminator_parameters()
+    assert sum(p.numel() for p in model) + sum(p.numel() for p in discriminator) == count
+    assert sum(p.numel() for p in discriminator) == sum(p.numel() for p in head.discriminator.parameters())
 
 
 def test_small_widths_and_blocks_compose():

@@ -13,6 +13,7 @@ import click
 
 from twinturbo.common.command import Command
 from twinturbo.train.config import TrainConfig
+from twinturbo.train.launch import DEFAULT_FUSE, SlurmOptions
 from twinturbo.train.memory import MEMORY_HEADROOM
 from twinturbo.train.sweep import DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, format_list, grid_key
 from twinturbo.train.terms import DISPLAY_ORDER
@@ -45,6 +46,16 @@ def grid_options(command: Callable) -> Callable:
         command = click.option(f"--{term.name}-grid", grid_key(term.name),
                                help=_with_default(f"{term.weight.symbol} values of the setups with {term.name} "
                                                   f"({term.summary}).", default))(command)
+    return command
+
+
+def slurm_options(command: Callable) -> Callable:
+    """The submitit launcher's options, from SlurmOptions' fields (dest slurm_<field>)."""
+    for spec in reversed(fields(SlurmOptions)):
+        meta = spec.metadata
+        kind = click.Choice(meta["choices"]) if meta["choices"] else (int if spec.type in ("int", int) else str)
+        command = click.option(meta["flag"], f"slurm_{spec.name}", type=kind, default=spec.default,
+                               show_default=spec.default is not None, help=meta["help"])(command)
     return command
 
 
@@ -108,7 +119,7 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
 @memory_limit_option
 @click.option("--fuse", type=int,
               help="At most this many runs (same labels and seed) train in one fused pass; 1 = one at a time "
-                   "[8 on CUDA, 1 on CPU, where fusing measured slower].")
+                   f"[{DEFAULT_FUSE['cuda']} on CUDA, {DEFAULT_FUSE['cpu']} on CPU, where fusing measured slower].")
 @click.option("--workers", default=1, type=int,
               help=_with_default("Local launcher: train this many fused groups at once, in separate processes sharing "
                                  "the CPU threads equally (on a 2-core CPU, 2 workers of 1 thread beat 1 of 2).", 1))
@@ -120,32 +131,21 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
               help="Accept a grid or store different from SWEEP_DIR/sweep.json: add its runs.")
 @click.option("--launcher", type=click.Choice(["local", "submitit"]), default="local", show_default=True,
               help="local: in this process; submitit: one job per fused group (SLURM job array).")
-@click.option("--slurm-partition", help="SLURM partition.")
-@click.option("--slurm-time", default=60, show_default=True, type=int, help="Time limit per job, minutes.")
-@click.option("--slurm-gpus-per-node", default=1, show_default=True, type=int, help="GPUs per job.")
-@click.option("--slurm-cpus-per-task", default=8, show_default=True, type=int, help="CPUs per job.")
-@click.option("--slurm-mem", default=32, show_default=True, type=int, help="Memory per job, GB.")
-@click.option("--slurm-array-parallelism", default=16, show_default=True, type=int,
-              help="At most this many jobs of the array run at once.")
-@click.option("--submitit-cluster", type=click.Choice(["auto", "slurm", "local", "debug"]), default="auto",
-              show_default=True, help="submitit executor: auto = SLURM when available, else local processes.")
+@slurm_options
 def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str, memory_limit: str | None,
-               fuse: int | None, workers: int,
-               dry_run: bool, save_heads: bool, extend: bool, launcher: str, slurm_partition: str | None,
-               slurm_time: int, slurm_gpus_per_node: int, slurm_cpus_per_task: int, slurm_mem: int,
-               slurm_array_parallelism: int, submitit_cluster: str, **options) -> None:
+               fuse: int | None, workers: int, dry_run: bool, save_heads: bool, extend: bool, launcher: str,
+               **options) -> None:
     """tt-sweep: the ablation of section 4.4 (setups x lambda grids x label budgets x seeds), fused and resumable.
 
     Rerun the same command after a kill: finished runs are skipped, interrupted ones retrained.
     """
     from twinturbo.common.sizes import parse_size
-    from twinturbo.train.launch import SlurmOptions, run_sweep
+    from twinturbo.train.launch import run_sweep
     from twinturbo.train.sweep import build_grid
 
     lists = {key: options.pop(key) for key in LIST_KINDS}  # the grid's lists; the rest are shared training flags
     grid = build_grid(grid_file, lists, options)
-    slurm = SlurmOptions(slurm_partition, slurm_time, slurm_gpus_per_node, slurm_cpus_per_task, slurm_mem,
-                         slurm_array_parallelism, submitit_cluster)
+    slurm = SlurmOptions(**{spec.name: options.pop(f"slurm_{spec.name}") for spec in fields(SlurmOptions)})
     run_sweep(features, sweep_dir, grid, device, fuse, workers, dry_run, extend, launcher, slurm, echo=click.echo,
               memory_limit=parse_size(memory_limit) if memory_limit is not None else None, save_heads=save_heads)
 

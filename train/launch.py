@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,22 +27,30 @@ from twinturbo.train.rundir import run_dims, save_run
 from twinturbo.train.sweep import (RunSpec, SweepGrid, fusion_groups, pending_runs, prepare_sweep_dir, run_table)
 
 # Runs per fused pass when --fuse is not given. On the CPU fusing measured slower than one run after another
-# (bench/sweep.py: 0.73x on digits, the matmuls are compute-bound there), so runs go one by one.
+# (bench/sweep.py: 0.73x on digits; bench/limit.py: 0.98-1.04x one after another, 0.75-0.78x as one vmap, at the
+# study's shape), so runs go one by one there.
 DEFAULT_FUSE = {"cuda": 8, "cpu": 1}
 SUBMITIT_CLUSTERS = ("auto", "slurm", "local", "debug")
 
 
+def _slurm(default, flag: str, help: str, choices: tuple = ()):
+    return field(default=default, metadata={"flag": flag, "help": help, "choices": choices})
+
+
 @dataclass
 class SlurmOptions:
-    """The `--slurm-*` options (submitit's own names in brackets)."""
+    """The options of `--launcher submitit` (tt-sweep builds its `--slurm-*` options from these fields); submitit's
+    own names in brackets."""
 
-    partition: str | None = None  # slurm_partition
-    time_min: int = 60  # timeout_min
-    gpus_per_node: int = 1  # gpus_per_node
-    cpus_per_task: int = 8  # cpus_per_task
-    mem_gb: int = 32  # mem_gb
-    array_parallelism: int = 16  # slurm_array_parallelism
-    cluster: str = "auto"  # AutoExecutor(cluster=...): auto = SLURM when sbatch is there, else local processes
+    partition: str | None = _slurm(None, "--slurm-partition", "SLURM partition [the cluster's default].")
+    time_min: int = _slurm(60, "--slurm-time", "Time limit per job, minutes.")  # timeout_min
+    gpus_per_node: int = _slurm(1, "--slurm-gpus-per-node", "GPUs per job.")
+    cpus_per_task: int = _slurm(8, "--slurm-cpus-per-task", "CPUs per job.")
+    mem_gb: int = _slurm(32, "--slurm-mem", "Memory per job, GB.")
+    array_parallelism: int = _slurm(16, "--slurm-array-parallelism", "At most this many jobs of the array run at "
+                                    "once.")  # slurm_array_parallelism
+    cluster: str = _slurm("auto", "--submitit-cluster", "submitit executor: auto = SLURM when sbatch is there, else "
+                          "local processes.", SUBMITIT_CLUSTERS)  # AutoExecutor(cluster=...)
 
 
 @dataclass(frozen=True)

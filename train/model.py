@@ -15,7 +15,9 @@ from torch import nn
 
 
 class TokenMixer(nn.Module):
-    """One pre-norm transformer block on the patch tokens (Table 2): single-head self-attention, then SwiGLU.
+    """One transformer block on the patch tokens: single-head self-attention, then a SwiGLU network (Table 2 names
+    these two and the width 768). The layout is ours, the paper does not give it: pre-norm LayerNorms, a residual
+    around each part, a bias on the q/k/v projection, SwiGLU's hidden width equal to the token width.
 
     The CLS token does not pass through it (footnote 5).
     """
@@ -26,7 +28,7 @@ class TokenMixer(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.attn_out = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, 2 * dim)  # SwiGLU: one Linear, two chunks (Table 2)
+        self.fc1 = nn.Linear(dim, 2 * dim)  # SwiGLU: one Linear, gate and value as its two halves
         self.fc2 = nn.Linear(dim, dim)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,10 +132,6 @@ class TwinTurboHead(nn.Module):
         """(z, logits f) for a batch of cached tokens (for `rows`, see `encode`)."""
         z = self.encode(cls, patches, dropout_mask, rows)
         return z, self.predictor(z)
-
-    def model_parameters(self) -> list[nn.Parameter]:
-        """What the model optimiser trains: mixer, projector, predictor (not the discriminator)."""
-        return [p for name, p in self.named_parameters() if not name.startswith("discriminator.")]
 
 
 def build_head(cls_dim: int, patch_dim: int, num_classes: int, proj_dim: int = 8000, pred_dim: int = 1024,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.hashing import canonical_json
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.setups import PAPER_SETUPS, Setup, setup_key
 from twinturbo.train.terms import DISPLAY_ORDER, TERMS, rows_needed
@@ -48,10 +49,6 @@ def grid_key(term: str) -> str:
 def format_list(values: Iterable) -> str:
     """(100, 1000) -> '100,1000': how the list options show their defaults."""
     return ",".join(format_weight(v) if isinstance(v, float) else str(v) for v in values)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def format_weight(value: float) -> str:
@@ -89,7 +86,7 @@ class RunSpec:
         (the training flags and the features store too, so an `--extend` onto another store never collides). The
         paper's terms always appear (c<lambda_C>-l<lambda_L>), other terms when they are on."""
         identity = self.train_config().identity()
-        digest = hashlib.sha256(_canonical([identity, self.store_fingerprint]).encode()).hexdigest()[:8]
+        digest = hashlib.sha256(canonical_json([identity, self.store_fingerprint]).encode()).hexdigest()[:8]
         weights = "".join(f"-{term.weight.id_letter or term.name}{format_weight(self.weight(term.name))}"
                           for term in DISPLAY_ORDER if term.weight.id_letter or self.weight(term.name))
         return (f"s{self.setup.key}-{self.setup.loss}-{self.setup.rescale}{weights}-n{self.labels}-seed{self.seed}"
@@ -305,8 +302,8 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _grid_difference(old: dict, new: dict) -> str:
-    return "; ".join(f"{key}: {_canonical(old.get(key))} -> {_canonical(new.get(key))}"
-                     for key in sorted(set(old) | set(new)) if _canonical(old.get(key)) != _canonical(new.get(key)))
+    return "; ".join(f"{key}: {canonical_json(old.get(key))} -> {canonical_json(new.get(key))}"
+                     for key in sorted(set(old) | set(new)) if canonical_json(old.get(key)) != canonical_json(new.get(key)))
 
 
 def prepare_sweep_dir(sweep_dir: str | os.PathLike, grid: SweepGrid, store_identity: dict, extend: bool) -> dict:
@@ -331,7 +328,7 @@ def prepare_sweep_dir(sweep_dir: str | os.PathLike, grid: SweepGrid, store_ident
             raise TwinTurboError(f"{sweep_dir} was trained in {old_precision} and this command asks for {new_precision}: "
                                  f"pass --precision {old_precision} to resume it, or choose another --out")
         changes = []
-        if _canonical(old_grid) != _canonical(current["grid"]):
+        if canonical_json(old_grid) != canonical_json(current["grid"]):
             changes.append(f"the grid changed ({_grid_difference(old_grid, current['grid'])})")
         if old_store.get("fingerprint") != store_identity.get("fingerprint"):
             changes.append(f"the features store changed ({old_store.get('path')} [{old_store.get('fingerprint')}] "
