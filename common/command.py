@@ -30,8 +30,8 @@ class Command(click.Command):
         except click.ClickException as err:
             print(f"error: {one_line(err.format_message())}", file=sys.stderr)
             sys.exit(2)
-        except click.exceptions.Abort:
-            print("error: aborted", file=sys.stderr)
+        except click.exceptions.Abort:  # click's form of Ctrl-C (KeyboardInterrupt) and of EOF at a prompt
+            print(f"error: {self.interrupt_hint}", file=sys.stderr)
             sys.exit(130)
         except TwinTurboError as err:
             print(f"error: {one_line(err)}", file=sys.stderr)

@@ -8,6 +8,8 @@ One store per dataset and backbone. Zarr v3 (a directory, the default) or HDF5 (
         patches  (N, T, Dp)  float16   patch tokens (int8 when the store was written with --dtype int8)
         patch_scales (N, T)  float16   only for int8 patches: one absmax scale per token, x ~= q * scale
         labels   (N,)        int64     class index, -1 where the source has none
+        checksums (N/chunk, A) uint64  per chunk, the xxh3-64 digest of each array's rows as stored (A arrays, named
+                                       in the split's attrs); written before the chunk's done flag
         done     (N/chunk,)  bool      chunk k is completely written (resume + integrity)
 
 Chunks run along N only, so a training batch reads whole contiguous chunks. All arrays are stored uncompressed:
@@ -17,6 +19,7 @@ with plain zarr/h5py; this module only adds resume bookkeeping, identity checks 
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import os
 import shutil
@@ -35,6 +38,7 @@ FORMAT_VERSION = 1
 FORMATS = ("zarr", "hdf5")
 PATCH_DTYPES = ("float16", "int8")
 HDF5_SUFFIXES = (".h5", ".hdf5")
+HDF5_CLOSE_RESERVE = 4 << 20  # free bytes an HDF5 store keeps to flush its metadata and close cleanly
 
 # Keys whose values must agree between an existing store and a new extraction for it to be resumed.
 IDENTITY_KEYS = (
@@ -42,6 +46,36 @@ IDENTITY_KEYS = (
 )
 # What a complete store's root attributes hold at least (tt-extract --verify checks them).
 REQUIRED_ATTRS = IDENTITY_KEYS + ("splits",)
+# The digest recorded per chunk and array (bench/checksum.py: xxh3-64 hashed a 160 KiB chunk ~4x faster than crc32c).
+CHECKSUM_ALGORITHM = "xxh3_64"
+
+
+def checksummed_arrays(patch_dtype: str) -> tuple[str, ...]:
+    """The arrays whose chunks carry a digest, in the column order of a split's `checksums` array."""
+    return ("cls", "patches", "labels") + (("patch_scales",) if patch_dtype == "int8" else ())
+
+
+def chunk_digest(rows: np.ndarray) -> int:
+    """The digest of one chunk's rows of one array, as stored (C order bytes)."""
+    import xxhash
+
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(rows).data)
+
+
+class UnreadableChunk(Exception):
+    """Raised by a backend for chunk `chunk` of the array being read, whose file its library cannot decode."""
+
+    def __init__(self, chunk: int, message: str):
+        super().__init__(message)
+        self.chunk = chunk
+
+
+class DamagedChunk(TwinTurboError):
+    """A chunk whose content does not match its checksum, or cannot be read at all."""
+
+    def __init__(self, path: Path, split: str, array: str, chunk: int, lo: int, hi: int, what: str):
+        self.split, self.array, self.chunk, self.samples = split, array, chunk, (lo, hi)
+        super().__init__(f"{path}: split '{split}', {array} chunk {chunk} (samples {lo}-{hi - 1}): {what}")
 
 
 @dataclass(frozen=True)
@@ -185,7 +219,10 @@ class _ZarrBackend:
                     if os.fstat(fd).st_size == layout.chunk_bytes:
                         rows = map_rows(fd, (lo - k * layout.chunk_rows) * layout.row_bytes, layout, hi - lo)
                     else:
-                        rows = self.array(split, name)[lo:hi]
+                        try:  # not plain bytes of the expected size: zarr's own reader decides
+                            rows = self.array(split, name)[lo:hi]
+                        except Exception as err:  # a truncated or garbled chunk file
+                            raise UnreadableChunk(k, f"{type(err).__name__}: {err}".splitlines()[0]) from None
                 finally:
                     os.close(fd)
                 yield lo, hi, rows
@@ -258,6 +295,11 @@ class _Hdf5Backend:
         return self.file[split][name]
 
     def write(self, split: str, name: str, start: int, values: np.ndarray) -> None:
+        # HDF5 reports a full disk only when it evicts the chunk from its cache, inside h5py's deallocation, and
+        # that ended the process with a segmentation fault: stop while there is still room for the file to close.
+        room = os.statvfs(self.path.parent)
+        if room.f_bavail * room.f_frsize < values.nbytes + HDF5_CLOSE_RESERVE:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
         self.file[split][name][start:start + len(values)] = values
 
     def read(self, split: str, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -317,10 +359,14 @@ class SplitReader:
     `load_all`) in order and shuffles in memory. Plain (uncompressed) chunks are copied straight out of the files.
     """
 
-    def __init__(self, backend, name: str, store_attrs: dict):
+    def __init__(self, backend, name: str, store_attrs: dict, path: Path | None = None):
         self._backend = backend
         self.name = name
+        self.path = path
         attrs = backend.split_attrs(name)
+        self.checksum_arrays: tuple[str, ...] = tuple(attrs.get("checksum_arrays", ()))
+        self.check_reads = True  # check every whole chunk read against its checksum (bench/checksum.py turns it off)
+        self._checksums: np.ndarray | None = None
         self.n: int = int(attrs["n"])
         self.chunk_size: int = int(attrs["chunk_size"])
         self.patch_dtype: str = store_attrs.get("patch_dtype", "float16")
@@ -337,19 +383,59 @@ class SplitReader:
     def done_mask(self) -> np.ndarray:
         return np.asarray(self._backend.read(self.name, "done", 0, self.num_chunks), dtype=bool)
 
+    @property
+    def has_checksums(self) -> bool:
+        return bool(self.checksum_arrays)
+
+    def checksums(self) -> np.ndarray:
+        """[num_chunks, len(checksum_arrays)] uint64 digests (stores written before checksums: an empty array)."""
+        if self._checksums is None:
+            self._checksums = np.asarray(self._backend.read(self.name, "checksums", 0, self.num_chunks)) \
+                if self.has_checksums else np.zeros((self.num_chunks, 0), dtype=np.uint64)
+        return self._checksums
+
+    def damaged(self, array: str, chunk: int, what: str) -> DamagedChunk:
+        lo = chunk * self.chunk_size
+        return DamagedChunk(self.path, self.name, array, chunk, lo, min(lo + self.chunk_size, self.n), what)
+
+    def check_rows(self, array: str, start: int, rows: np.ndarray) -> None:
+        """Raise DamagedChunk when a whole chunk among `rows` (samples [start, start + len(rows)) of `array`, as
+        stored) does not match its checksum; partial chunks at either end are not checked."""
+        if not (self.check_reads and array in self.checksum_arrays):
+            return
+        column = self.checksum_arrays.index(array)
+        size, stop = self.chunk_size, start + len(rows)
+        for k in range(-(-start // size), num_chunks(stop, size) if stop == self.n else stop // size):
+            lo, hi = k * size, min((k + 1) * size, self.n)
+            if chunk_digest(rows[lo - start:hi - start]) != int(self.checksums()[k, column]):
+                raise self.damaged(array, k, "does not match its checksum: the store is damaged (tt-extract --verify "
+                                             "names every damaged chunk, --verify --repair marks them for re-extraction)")
+
+    def read_checked(self, array: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, stop) of one array as stored, each whole chunk checked against its checksum; a chunk that
+        cannot be read at all (a truncated file) is a DamagedChunk too."""
+        try:
+            rows = self._backend.read(self.name, array, start, stop, out)
+        except UnreadableChunk as err:
+            raise self.damaged(array, err.chunk, f"cannot be read ({err}): the store is damaged (tt-extract --verify "
+                                                 "--repair marks it for re-extraction)") from None
+        self.check_rows(array, start, rows)
+        return rows
+
     def labels(self) -> np.ndarray:
-        return np.asarray(self._backend.read(self.name, "labels", 0, self.n), dtype=np.int64)
+        return np.asarray(self.read_checked("labels", 0, self.n), dtype=np.int64)
 
     def read_cls(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Summary tokens of samples [start, stop) as float16 [n, Dc], written into `out` when given."""
         check_range(start, stop, self.n)
-        return self._backend.read(self.name, "cls", start, stop, out)
+        return self.read_checked("cls", start, stop, out)
 
     def read_patches(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Patch tokens of samples [start, stop) as float16 [n, T, Dp] (int8 stores dequantised), into `out`."""
+        """Patch tokens of samples [start, stop) as float16 [n, T, Dp] (int8 stores dequantised, not checked: the
+        stored int8 tokens are, by read_stored), into `out`."""
         check_range(start, stop, self.n)
         if self.patch_dtype != "int8":
-            return self._backend.read(self.name, "patches", start, stop, out)
+            return self.read_checked("patches", start, stop, out)
         shape = (stop - start, self.num_patches, self.patch_dim)
         if out is None:
             out = np.empty(shape, dtype=np.float16)
@@ -411,10 +497,10 @@ class SplitReader:
         if self.patch_dtype == "int8":
             if out_scales is None:
                 raise ValueError(f"split {self.name} holds int8 patches: read_stored needs out_scales")
-            self._backend.read(self.name, "patches", start, stop, out_patches)
-            self._backend.read(self.name, "patch_scales", start, stop, out_scales)
+            self.read_checked("patches", start, stop, out_patches)
+            self.read_checked("patch_scales", start, stop, out_scales)
         else:
-            self._backend.read(self.name, "patches", start, stop, out_patches)
+            self.read_checked("patches", start, stop, out_patches)
 
     def stored_row_nbytes(self) -> int:
         """Bytes one sample takes as stored (cls, patch tokens, int8 scales): the unit of a trainer's memory."""
@@ -453,7 +539,7 @@ class FeatureStore:
     def split(self, name: str) -> SplitReader:
         if name not in self._backend.split_names():
             raise TwinTurboError(f"{self.path} has no split '{name}' (it has: {', '.join(self.splits) or 'none'})")
-        return SplitReader(self._backend, name, self.attrs)
+        return SplitReader(self._backend, name, self.attrs, self.path)
 
     @property
     def class_names(self) -> list[str]:
@@ -496,17 +582,29 @@ class FeatureStore:
             raise RuntimeError("store opened read-only")
         chunk_size = int(self.attrs["chunk_size"])
         start = chunk_index * chunk_size
-        self._backend.write(split, "cls", start, np.asarray(cls, dtype=np.float16))
+        stored = {"cls": np.asarray(cls, dtype=np.float16), "labels": np.asarray(labels, dtype=np.int64)}
         if self.attrs["patch_dtype"] == "int8":
-            q, scales = quantise_int8(patches)
-            self._backend.write(split, "patches", start, q)
-            self._backend.write(split, "patch_scales", start, scales)
+            stored["patches"], stored["patch_scales"] = quantise_int8(patches)
         else:
-            self._backend.write(split, "patches", start, np.asarray(patches, dtype=np.float16))
-        self._backend.write(split, "labels", start, np.asarray(labels, dtype=np.int64))
+            stored["patches"] = np.asarray(patches, dtype=np.float16)
+        for name, values in stored.items():
+            self._backend.write(split, name, start, values)
+        arrays = checksummed_arrays(self.attrs["patch_dtype"])
+        digests = np.array([[chunk_digest(stored[name]) for name in arrays]], dtype=np.uint64)
+        self._backend.write(split, "checksums", chunk_index, digests)
         self._backend.flush()
         self._backend.write(split, "done", chunk_index, np.ones(1, dtype=bool))
         self._backend.flush()
+
+    def mark_not_done(self, split: str, chunks: list[int]) -> None:
+        """Clear the done flags of `chunks` (tt-extract --verify --repair): the same tt-extract command redoes them."""
+        for chunk in chunks:
+            self._backend.write(split, "done", chunk, np.zeros(1, dtype=bool))
+        self._backend.flush()
+
+    def chunks_done(self) -> int:
+        """Chunks marked done over every split (0: the store holds nothing computed yet)."""
+        return sum(int(self.done_mask(split).sum()) for split in self.splits if split in self._backend.split_names())
 
     def close(self) -> None:
         self._backend.close()
@@ -572,12 +670,16 @@ def create_store(path: str | os.PathLike, attrs: dict, layouts: dict[str, SplitL
         except TwinTurboError as err:
             raise TwinTurboError(f"{err} (or pass --overwrite to replace it)") from None
         mismatch = identity_mismatch(existing.attrs, full_attrs)
-        if mismatch:
+        if mismatch and existing.chunks_done() == 0:  # nothing computed yet, nothing lost: start it afresh
+            existing.close()
+            _remove(path)
+        elif mismatch:
             existing.close()
             raise TwinTurboError(
                 f"{path} holds a different extraction ({mismatch}); pass --overwrite to replace it or choose another --out"
             )
-        return existing
+        else:
+            return existing
 
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = _open_backend(path, "w")
@@ -592,7 +694,10 @@ def create_store(path: str | os.PathLike, attrs: dict, layouts: dict[str, SplitL
         }
         if patch_dtype == "int8":
             arrays["patch_scales"] = ((layout.n, layout.num_patches), (chunk_size, layout.num_patches), "float16")
-        backend.create_split(split, {"n": layout.n, "chunk_size": int(chunk_size), "split": split}, arrays)
+        summed = checksummed_arrays(patch_dtype)
+        arrays["checksums"] = ((num_chunks(layout.n, chunk_size), len(summed)), (1, len(summed)), "uint64")
+        backend.create_split(split, {"n": layout.n, "chunk_size": int(chunk_size), "split": split,
+                                     "checksum": CHECKSUM_ALGORITHM, "checksum_arrays": list(summed)}, arrays)
     backend.set_attrs({**full_attrs, "twinturbo_creating": False})
     backend.flush()
     return FeatureStore(path, backend, writable=True)

@@ -13,7 +13,9 @@ import click
 
 from twinturbo.common.command import Command
 from twinturbo.extract.extract import ExtractConfig, detect_ranks, run_extraction
-from twinturbo.extract.verify import verify_store
+from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.slurm import options_of, slurm_options
+from twinturbo.extract.verify import repair_store, verify_store
 
 BACKBONE_SOURCES = ("weights", "radio_checkpoint", "hub_dir")  # where a backbone's weights come from
 
@@ -66,15 +68,34 @@ class ExtractCommand(Command):
 
 @click.command(cls=ExtractCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @extraction_options()
+@slurm_options
 @click.option("--verify", "verify_path", type=click.Path(path_type=Path), default=None,
-              help="Check the store at PATH instead of extracting (complete, shapes, dtypes, labels, no NaN/Inf).")
-def extract_command(verify_path: Path | None, **options) -> None:
+              help="Check the store at PATH instead of extracting (complete, shapes, dtypes, labels, every chunk "
+                   "against its checksum, no NaN/Inf); each damaged chunk is named, exit code 2.")
+@click.option("--repair", is_flag=True,
+              help="With --verify: mark the damaged chunks not done, so that the store's tt-extract command "
+                   "recomputes only them.")
+def extract_command(verify_path: Path | None, repair: bool, **options) -> None:
     """Run a frozen backbone once over a dataset and store its CLS and patch tokens (stage 1)."""
     if verify_path is not None:
-        for line in verify_store(verify_path, progress=not options.get("progress")).lines():
+        summary = verify_store(verify_path, progress=not options.get("progress"))
+        for line in summary.lines():
             click.echo(line)
+        for damage in summary.damaged:
+            click.echo(f"damaged: {damage}", err=True)
+        if summary.damaged and repair:
+            marked = repair_store(verify_path, summary.damaged)
+            click.echo(f"repair: {marked} chunk(s) marked not done; rerun the tt-extract command that made "
+                       f"{summary.path} to recompute only them")
+        elif summary.damaged:
+            raise TwinTurboError(f"{summary.path}: {len(summary.damaged)} damaged chunk(s), listed above; tt-extract "
+                                 f"--verify {verify_path} --repair marks them for re-extraction")
         return
+    if repair:
+        raise TwinTurboError("--repair goes with --verify PATH (the store to check and repair)")
+    slurm = options_of(options)
     config = config_from_options(options, click.get_current_context().obj["argv"])
+    config.slurm = slurm
     result = run_extraction(config)
     if detect_ranks().rank != 0:
         return

@@ -403,15 +403,32 @@ def _resolve_folder(folder: Path, root: Path) -> Path:
 
 
 def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Every image file under `directory`, sub-folders included (as torchvision's ImageFolder takes them), sorted."""
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
 def _class_dirs(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(path, why) of every file whose image header does not decode (PIL's `verify`: no pixels decoded)."""
+    from PIL import Image
+
+    bad = []
+    for path in tqdm(paths, desc="checking images", unit="file", leave=False, disable=len(paths) < 2000):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # PIL raises several types for an empty, truncated or foreign file
+            bad.append((path, one_line(err)))
+    return bad
+
+
 def _load_folder(dataset: str, folder: Path, split: str) -> DatasetSplit:
-    """One sub-folder per class; class names sorted; the test split uses the train split's classes."""
+    """One sub-folder per class (images in its own sub-folders count for it); class names sorted; the test split uses
+    the train split's classes. Every image is checked before anything is written: all bad files in one message."""
     train_dir, split_dir = folder / "train", folder / split
     for directory in dict.fromkeys((train_dir, split_dir)):
         if not directory.is_dir():
@@ -419,8 +436,10 @@ def _load_folder(dataset: str, folder: Path, split: str) -> DatasetSplit:
                 f"{dataset}: expected {directory}/<class>/*.png (one sub-folder per class, {', '.join(IMAGE_SUFFIXES)})"
             )
     class_names = _class_dirs(train_dir)
-    if not class_names:
-        raise TwinTurboError(f"{dataset}: expected class sub-folders in {train_dir}, found none")
+    if len(class_names) < 2:
+        found = f"only {class_names[0]!r}" if class_names else "none"
+        raise TwinTurboError(f"{dataset}: {train_dir} holds {found} as class sub-folders: a classifier needs at least "
+                             "two classes")
     unknown = sorted(set(_class_dirs(split_dir)) - set(class_names))
     if unknown:
         raise TwinTurboError(
@@ -436,6 +455,12 @@ def _load_folder(dataset: str, folder: Path, split: str) -> DatasetSplit:
         labels += [index] * len(files)
     if not paths:
         raise TwinTurboError(f"{dataset}: no images ({', '.join(IMAGE_SUFFIXES)}) in {split_dir}/<class>/")
+    bad = unreadable_images(paths)
+    if bad:
+        named = "; ".join(f"{path} ({why})" for path, why in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise TwinTurboError(f"{dataset}: {len(bad)} of {len(paths)} image files in {split_dir} cannot be read: "
+                             f"{named}{more}; fix or remove them (nothing was written)")
     size = image_size(paths[0])
     return DatasetSplit(
         dataset=dataset, split=split, labels=np.asarray(labels, dtype=np.int64), class_names=class_names,

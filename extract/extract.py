@@ -12,8 +12,10 @@ Resize follows Table 1 of the paper (28/32 -> 224): bilinear, grey repeated to 3
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -29,7 +31,10 @@ import torch.nn.functional as F
 
 from twinturbo.common.device import extraction_bf16, resolve_device
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.store import FORMATS, PATCH_DTYPES, FeatureStore, SplitLayout, create_store, open_store
+from twinturbo.common.sizes import format_size
+from twinturbo.common.slurm import SlurmOptions, job_failure, raise_unfinished
+from twinturbo.common.store import (FORMATS, PATCH_DTYPES, FeatureStore, SplitLayout, create_store, num_chunks,
+                                    open_store)
 from twinturbo.extract.backbones import BACKBONE_SPECS, DEFAULT_BACKBONE, BackboneOptions, build_backbone
 from twinturbo.extract.datasets import read_dataset_split, store_name
 
@@ -73,6 +78,10 @@ class ExtractConfig:
                                    shown="none")
     overwrite: bool = _option(False, "--overwrite", "Replace an existing store that holds a different extraction.")
     progress: bool = _option(True, "--no-progress", "No progress bars.", negate=True)
+    launcher: str = _option("local", "--launcher", "local: this process (or torchrun's); submitit: --tasks jobs "
+                            "(SLURM), each writing its own chunks of one zarr store.")
+    tasks: int = _option(1, "--tasks", "With --launcher submitit: how many jobs share the extraction.")
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)  # --launcher submitit's resources (common/slurm.py)
     command: str = field(default_factory=lambda: " ".join(sys.argv))  # recorded in the store's attrs
 
     def validate(self) -> None:
@@ -96,6 +105,11 @@ class ExtractConfig:
             raise TwinTurboError(f"--chunk-size {self.chunk_size}: expected a positive number of samples")
         if self.limit is not None and self.limit < 1:
             raise TwinTurboError(f"--limit {self.limit}: expected a positive number of samples per split")
+        if self.launcher not in ("local", "submitit"):
+            raise TwinTurboError(f"--launcher {self.launcher}: expected local or submitit")
+        if self.tasks < 1 or (self.tasks > 1 and self.launcher != "submitit"):
+            raise TwinTurboError(f"--tasks {self.tasks}: expected a number of jobs >= 1, with --launcher submitit "
+                                 "(several local processes: torchrun)")
         if self.resolution is not None and self.resolution < 1:
             raise TwinTurboError(f"--resolution {self.resolution}: expected a positive number of pixels")
 
@@ -359,27 +373,72 @@ def _store_attrs(config: ExtractConfig, backbone, splits: dict, batch_size: int,
     }
 
 
-def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = None,
-                   ranks: Ranks | None = None, log=None, data: dict | None = None) -> ExtractResult:
-    """Extract every requested split of `config.dataset` into its store; resume a matching store, refuse another.
+def close_after_full_disk(store: FeatureStore) -> None:
+    """Close a store whose last write met a full disk. HDF5 may not manage to flush its metadata then; h5py's object
+    ids must still be released now, while the interpreter is whole: left to its shutdown, their deallocation met
+    the same error and crashed the process (exit 139)."""
+    try:
+        store.close()
+    except Exception:  # the file's tail is lost with the disk space; every chunk marked done is intact
+        pass
+    if store.format == "hdf5":
+        import h5py
 
-    `backbone` may be passed in already built (the benchmark does, to time the same model); otherwise it is built
-    from `config`. `data` may map split names to already loaded `DatasetSplit`s instead of reading
-    `config.data_root`. Under torchrun each rank computes its share of the batches and rank 0 alone creates the store.
-    """
-    log = log or (lambda message: print(message, file=sys.stderr))
+        try:
+            h5py._objects.nonlocal_close()
+        except Exception:
+            pass
+
+
+def progress_of(path: Path, split: str) -> str:
+    """' (k of N chunks done)' for a split of the store at `path`, or '' when the store cannot be read now."""
+    try:
+        with open_store(path) as store:
+            done = store.done_mask(split)
+        return f" ({int(done.sum())} of {len(done)} chunks done)"
+    except Exception:
+        return ""
+
+
+def check_free_space(path: Path, layouts: dict[str, SplitLayout], chunk_size: int, patch_dtype: str) -> None:
+    """Refuse, before writing, an extraction whose store would not fit on its filesystem: the bytes its arrays need
+    (with one filesystem block of slack per chunk file) less what an existing store already holds."""
+    need = 0
+    for layout in layouts.values():
+        patch_bytes = layout.num_patches * (layout.patch_dim * (1 if patch_dtype == "int8" else 2)
+                                            + (2 if patch_dtype == "int8" else 0))
+        files = num_chunks(layout.n, chunk_size) * (5 if patch_dtype == "int8" else 4)
+        need += layout.n * (2 * layout.cls_dim + patch_bytes + 8) + files * 4096
+    held = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else \
+        (path.stat().st_size if path.exists() else 0)
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    free = shutil.disk_usage(parent).free
+    if need - held > free:
+        raise TwinTurboError(f"--out {path.parent}: the store needs about {format_size(need - held)} more and the "
+                             f"filesystem has {format_size(free)} free; free some space or choose another --out")
+
+
+@dataclass
+class Prepared:
+    """An extraction with every user input checked and its backbone built; nothing written yet."""
+
+    splits: dict
+    counts: dict[str, int]
+    backbone: torch.nn.Module
+    layouts: dict[str, SplitLayout]
+    path: Path
+    batch_size: int
+    chunk_size: int
+    device: torch.device
+
+
+def prepare(config: ExtractConfig, backbone: torch.nn.Module | None, ranks: Ranks, log, data: dict | None) -> Prepared:
+    """Everything that can fail on user input, before the store exists: options, dataset files, the backbone."""
     config.validate()
-    ranks = ranks if ranks is not None else detect_ranks()
-    if ranks.distributed and config.format == "hdf5":
-        raise TwinTurboError(
-            "--format hdf5 cannot be written by several processes (h5py has no parallel writer without MPI): "
-            "use --format zarr with torchrun, or run one process")
     device = init_ranks(ranks, resolve_device(config.device))
     batch_size, chunk_size, note = batch_grid(config.batch_size, config.chunk_size)
     if note and ranks.rank == 0:
         log(f"note: {note}")
-
-    # Everything that can fail on user input happens before the store exists.
     splits = {name: data[name] if data and name in data else
               read_dataset_split(config.dataset, name, config.data_root, config.download) for name in config.splits}
     counts = {name: min(len(split), config.limit) if config.limit else len(split) for name, split in splits.items()}
@@ -397,41 +456,121 @@ def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = Non
         name: SplitLayout(counts[name], int(backbone.cls_dim), int(backbone.num_patches), int(backbone.patch_dim))
         for name in splits
     }
+    return Prepared(splits, counts, backbone, layouts, store_path(config), batch_size, chunk_size, device)
 
-    path = store_path(config)
+
+def open_for_writing(config: ExtractConfig, job: Prepared, log) -> FeatureStore:
+    """Create the store, or reopen a matching one to resume it (one that holds nothing yet is started afresh)."""
+    check_free_space(job.path, job.layouts, job.chunk_size, config.dtype)
+    attrs = _store_attrs(config, job.backbone, job.splits, job.batch_size, job.counts)
+    store = create_store(job.path, attrs, job.layouts, job.chunk_size, patch_dtype=config.dtype,
+                         overwrite=config.overwrite)
+    previous = store.attrs.get("batch_size")
+    if previous is not None and int(previous) != job.batch_size:
+        log(f"note: {job.path} was started with --batch-size {previous}; the rest runs with {job.batch_size} "
+            "(features may differ in their last bits from a run with one batch size)")
+    store_checksums = store.attrs.get("source_checksums")
+    wanted = {name: dict(split.source_files) for name, split in job.splits.items()}
+    if store_checksums is not None and store_checksums != wanted and store.chunks_done() == 0:
+        store.close()  # the sources changed before anything was computed (a bad image fixed): start afresh
+        store = create_store(job.path, attrs, job.layouts, job.chunk_size, patch_dtype=config.dtype, overwrite=True)
+    elif store_checksums is not None and store_checksums != wanted:
+        store.close()
+        raise TwinTurboError(f"{job.path} was extracted from other source files (checksums differ); "
+                             "pass --overwrite to replace it or choose another --out")
+    return store
+
+
+def extract_all(store: FeatureStore, job: Prepared, ranks: Ranks, progress: bool) -> list[SplitResult]:
+    """Every split's missing batches that `ranks` owns, through the backbone into `store` (closed at the end); a full
+    disk is one line saying how far the store got."""
+    results, current = [], None
+    try:
+        for name, split in job.splits.items():
+            current = name
+            results.append(extract_split(store, name, split, job.counts[name], job.backbone, job.device,
+                                         job.batch_size, ranks, progress=progress))
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        close_after_full_disk(store)
+        raise TwinTurboError(f"{job.path}: the disk is full ({os.strerror(err.errno)}) while writing split "
+                             f"'{current}'{progress_of(job.path, current)}; free some space and rerun the same "
+                             "command: it resumes from the first chunk not done") from None
+    store.close()
+    return results
+
+
+def run_extraction(config: ExtractConfig, backbone: torch.nn.Module | None = None,
+                   ranks: Ranks | None = None, log=None, data: dict | None = None) -> ExtractResult:
+    """Extract every requested split of `config.dataset` into its store; resume a matching store, refuse another.
+
+    `backbone` may be passed in already built (the benchmark does, to time the same model); otherwise it is built
+    from `config`. `data` may map split names to already loaded `DatasetSplit`s instead of reading
+    `config.data_root`. Under torchrun each rank computes its share of the batches and rank 0 alone creates the store;
+    with `--launcher submitit --tasks N`, N jobs do (`extract_over_jobs`).
+    """
+    log = log or (lambda message: print(message, file=sys.stderr))
+    ranks = ranks if ranks is not None else detect_ranks()
+    several = ranks.distributed or config.tasks > 1
+    if several and config.format == "hdf5":
+        raise TwinTurboError(
+            "--format hdf5 cannot be written by several processes or tasks (h5py has no parallel writer without "
+            "MPI): use --format zarr with torchrun or --tasks, or run one process")
+    if config.launcher == "submitit":
+        return extract_over_jobs(config, log)
+    job = prepare(config, backbone, ranks, log, data)
     failure = None
     if ranks.rank == 0:
         try:
-            store = create_store(path, _store_attrs(config, backbone, splits, batch_size, counts), layouts,
-                                 chunk_size, patch_dtype=config.dtype, overwrite=config.overwrite)
-            previous = store.attrs.get("batch_size")
-            if previous is not None and int(previous) != batch_size:
-                log(f"note: {path} was started with --batch-size {previous}; the rest runs with {batch_size} "
-                    "(features may differ in their last bits from a run with one batch size)")
-            store_checksums = store.attrs.get("source_checksums")
-            wanted = {name: dict(split.source_files) for name, split in splits.items()}
-            if store_checksums is not None and store_checksums != wanted:
-                store.close()
-                raise TwinTurboError(
-                    f"{path} was extracted from other source files (checksums differ); "
-                    "pass --overwrite to replace it or choose another --out")
+            store = open_for_writing(config, job, log)
         except TwinTurboError as err:
             failure = str(err)
     failure = ranks.from_rank0(failure)
     if failure is not None:
         raise TwinTurboError(failure)
     if ranks.rank != 0:
-        store = open_store(path, writable=True)
-
-    results = []
-    try:
-        for name, split in splits.items():
-            results.append(extract_split(store, name, split, counts[name], backbone, device, batch_size, ranks,
-                                         progress=config.progress))
-    finally:
-        store.close()
+        store = open_store(job.path, writable=True)
+    results = extract_all(store, job, ranks, config.progress)
     # All ranks' figures, so rank 0's summary counts every image: the slowest rank sets the time.
     per_rank = ranks.gather(results)
     results = [SplitResult(r.split, r.n, sum(rank[i].computed for rank in per_rank),
                            max(rank[i].seconds for rank in per_rank)) for i, r in enumerate(results)]
-    return ExtractResult(path, results, batch_size, chunk_size)
+    return ExtractResult(job.path, results, job.batch_size, job.chunk_size)
+
+
+def extract_task(config: ExtractConfig, rank: int, world: int) -> list[SplitResult]:
+    """Task `rank` of `world` (a submitit job): the batches b with b % world == rank of every split, written into the
+    store the submitting process created (zarr: each chunk is its own files, so tasks never write the same file)."""
+    job = prepare(config, None, Ranks(), lambda message: None, None)
+    return extract_all(open_store(job.path, writable=True), job, Ranks(rank, world), progress=False)
+
+
+def extract_over_jobs(config: ExtractConfig, log) -> ExtractResult:
+    """--launcher submitit --tasks N: create (or reopen) the store here, then N jobs each extract their share of the
+    chunks; a task that is cancelled or fails is reported with its log, and rerunning the command redoes exactly
+    the chunks it left undone."""
+    job = prepare(config, None, Ranks(), log, None)
+    open_for_writing(config, job, log).close()
+    folder = job.path.parent / f".{job.path.name}.submitit"
+    executor = config.slurm.executor(folder, "tt-extract")
+    started = time.perf_counter()
+    tasks = config.tasks
+    jobs = executor.map_array(extract_task, [config] * tasks, list(range(tasks)), [tasks] * tasks)
+    log(f"tt-extract: submitted {tasks} tasks to {executor.cluster} (logs under {folder})")
+    for submitted in jobs:
+        while not submitted.done():
+            time.sleep(2.0)
+    failures = []
+    per_task = []
+    for submitted in jobs:
+        try:
+            per_task.append(submitted.result())
+        except Exception:  # job_failure says why, in one line
+            failures.append(f"task {submitted.job_id} {job_failure(submitted)} (log {submitted.paths.stderr})")
+    raise_unfinished(failures, tasks, "extraction tasks", "rerun the same command to compute only the chunks they "
+                     "left undone", lambda line: log(f"tt-extract: {line}"))
+    seconds = time.perf_counter() - started
+    results = [SplitResult(name, job.counts[name], sum(task[i].computed for task in per_task), seconds)
+               for i, name in enumerate(job.splits)]
+    return ExtractResult(job.path, results, job.batch_size, job.chunk_size)

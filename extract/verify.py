@@ -2,19 +2,22 @@
 
 Checks, per split: every chunk's `done` flag, the arrays' shapes and dtypes against the store's own attributes
 (read with plain zarr/h5py, so the on-disk layout itself is checked, not twinturbo's view of it), labels within
-[-1, number of classes), and no NaN/Inf in `cls` or the (dequantised) `patches`. The first failure is raised as one
-`TwinTurboError` line; a passing store yields a `StoreSummary`.
+[-1, number of classes), then every chunk of every array read once: its checksum (stores written since checksums
+were recorded: common/store.py), and no NaN/Inf in `cls`, `patches` or int8 scales. A structural failure or a NaN is
+raised as one `TwinTurboError` line; damaged chunks are all listed in the `StoreSummary`, one line each, and
+`repair_store` marks them for re-extraction.
 """
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.store import REQUIRED_ATTRS, detect_format, num_chunks, open_store, resolve_store_path
+from twinturbo.common.store import (REQUIRED_ATTRS, DamagedChunk, detect_format, num_chunks, open_store,
+                                    resolve_store_path)
 
 
 @dataclass
@@ -33,11 +36,17 @@ class StoreSummary:
     path: Path
     attrs: dict
     splits: list[SplitSummary]
+    damaged: list[DamagedChunk] = field(default_factory=list)  # chunks that fail their checksum or cannot be read
+    checksums: bool | None = None  # whether every chunk carries a checksum (None: not checked)
 
     def lines(self) -> list[str]:
         a = self.attrs
-        out = [f"{self.path}: OK  dataset={a['dataset']} backbone={a['backbone']} weights={a['weights_id']} "
+        state = "DAMAGED" if self.damaged else "OK"
+        out = [f"{self.path}: {state}  dataset={a['dataset']} backbone={a['backbone']} weights={a['weights_id']} "
                f"resolution={a['resolution']} chunk={a['chunk_size']}"]
+        if self.checksums is False:
+            out.append("  no checksums: this store was written before tt-extract recorded them, so a damaged chunk "
+                       "of finite values cannot be told apart (re-extract it to have them)")
         for s in self.splits:
             counts = " ".join(f"{name}:{count}" for name, count in s.class_counts.items())
             out.append(f"  {s.name}: N={s.n} cls={s.cls_shape} float16 patches={s.patches_shape} {s.patch_dtype} "
@@ -69,10 +78,9 @@ def _disk_bytes(path: Path, split: str) -> int:
 
 def verify_store(path: str | Path, progress: bool = True, samples_per_read: int = 1024,
                  scan_values: bool = True) -> StoreSummary:
-    """Check the store at `path` (see module docstring); raise a one-line TwinTurboError at the first problem.
-
-    `scan_values=False` skips the NaN/Inf scan, the only check that reads every token (tt-extract's own summary).
-    """
+    """Check the store at `path` (see module docstring); raise a one-line TwinTurboError at the first structural
+    problem. With `scan_values` every chunk is read: each one that fails its checksum or cannot be read is listed in
+    the summary's `damaged`, and a NaN or Inf ends the check (tt-extract's own summary after writing skips it)."""
     resolved = resolve_store_path(path)
     with open_store(resolved) as store:
         attrs = store.attrs
@@ -104,12 +112,19 @@ def verify_store(path: str | Path, progress: bool = True, samples_per_read: int 
                     raise TwinTurboError(f"{resolved}: {name}/{array} is {found[array][1]} {found[array][0]}, "
                                          f"expected {dtype} {tuple(shape)}")
             reader = store.split(name)
+            if reader.has_checksums:
+                expected["checksums"] = ((num_chunks(n, chunk), len(reader.checksum_arrays)), "uint64")
+                array_found = found.get("checksums")
+                if array_found != (tuple(expected["checksums"][0]), "uint64"):
+                    raise TwinTurboError(f"{resolved}: {name}/checksums is {array_found}, expected uint64 "
+                                         f"{expected['checksums'][0]}")
             done = reader.done_mask()
             if not done.all():
                 first = int(np.flatnonzero(~done)[0])
                 raise TwinTurboError(
                     f"{resolved}: split '{name}' is incomplete ({int(done.sum())}/{len(done)} chunks done, first "
                     f"missing chunk {first}); rerun the same tt-extract command to finish it")
+            reader.check_reads = False  # a damaged labels chunk is listed by the chunk scan below, with the others
             labels = reader.labels()
             bad = (labels < -1) | (labels >= n_classes)
             if bad.any():
@@ -121,22 +136,42 @@ def verify_store(path: str | Path, progress: bool = True, samples_per_read: int 
             summaries.append(SplitSummary(name, n, expected["cls"][0], expected["patches"][0], patch_dtype,
                                           _disk_bytes(resolved, name), class_counts))
         # The value scan reads every token: only once every split passed the cheap checks above.
+        damaged: list[DamagedChunk] = []
         for summary in summaries if scan_values else ():
-            _scan_values(resolved, store.split(summary.name), progress, samples_per_read)
-    return StoreSummary(resolved, attrs, summaries)
+            damaged += _scan_chunks(resolved, store.split(summary.name), progress)
+        checksums = all(store.split(s.name).has_checksums for s in summaries) if scan_values else None
+    return StoreSummary(resolved, attrs, summaries, damaged, checksums)
 
 
-def _scan_values(path: Path, reader, progress: bool, samples_per_read: int) -> None:
-    """Raise at the first sample whose cls or (dequantised) patches hold NaN or Inf."""
+def _scan_chunks(path: Path, reader, progress: bool) -> list[DamagedChunk]:
+    """Read every chunk of every array once: each chunk that fails its checksum or cannot be read is returned; the
+    first sample whose cls or patches (int8: their scales) hold NaN or Inf raises."""
     from tqdm.auto import tqdm
 
-    name = reader.name
+    name, damaged = reader.name, []
+    arrays = ("cls", "patches") + (("patch_scales",) if reader.patch_dtype == "int8" else ())
     with tqdm(total=reader.n, unit="sample", desc=f"verify {name}", disable=not progress, leave=False) as bar:
-        for start, stop in reader.iter_chunks(max(1, samples_per_read // reader.chunk_size)):
-            cls, patches = reader.read(start, stop)
-            for array, values in (("cls", cls), ("patches", patches)):
-                finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-                if not finite.all():
-                    i = start + int(np.flatnonzero(~finite)[0])
-                    raise TwinTurboError(f"{path}: {name}/{array} of sample {i} holds NaN or Inf")
+        for start, stop in reader.iter_chunks():
+            for array in dict.fromkeys(arrays + reader.checksum_arrays):
+                try:
+                    values = reader.read_checked(array, start, stop)
+                except DamagedChunk as err:
+                    damaged.append(err)
+                    continue
+                if array != "labels" and values.dtype != np.int8:
+                    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+                    if not finite.all():
+                        i = start + int(np.flatnonzero(~finite)[0])
+                        raise TwinTurboError(f"{path}: {name}/{array} of sample {i} holds NaN or Inf")
             bar.update(stop - start)
+    return damaged
+
+
+def repair_store(path: str | Path, damaged: list[DamagedChunk]) -> int:
+    """Mark every damaged chunk not done (`tt-extract --verify --repair`): rerunning the store's tt-extract command
+    then recomputes exactly those chunks. Returns how many chunks were marked."""
+    chunks = sorted({(d.split, d.chunk) for d in damaged})
+    with open_store(resolve_store_path(path), writable=True) as store:
+        for split in sorted({s for s, _ in chunks}):
+            store.mark_not_done(split, [k for s, k in chunks if s == split])
+    return len(chunks)

@@ -362,3 +362,31 @@ def _head_terms(head, batch, mask, config: TrainConfig):
 def head_terms():
     """`head_terms(head, batch, mask, config) -> (values, view)`: Eq. 22's terms of one head on one step."""
     return _head_terms
+
+
+def arrays_of(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a store read with plain zarr or h5py, by 'split/name'."""
+    if path.suffix == ".h5":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return {f"{s}/{n}": d[...] for s in f for n, d in f[s].items()}
+    import h5py
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    return {f"{s}/{n}": a[...] for s, group in root.groups() for n, a in group.arrays()}
+
+
+def _same_stores(a: Path, b: Path) -> None:
+    left, right = arrays_of(a), arrays_of(b)
+    assert sorted(left) == sorted(right)
+    for name in left:
+        assert left[name].dtype == right[name].dtype and np.array_equal(left[name], right[name]), name
+
+
+
+@pytest.fixture(scope="session")
+def same_stores():
+    """`same_stores(a, b)`: two stores hold the same arrays, byte for byte (plain zarr or h5py reads)."""
+    return _same_stores

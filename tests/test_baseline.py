@@ -101,3 +101,23 @@ def test_label_spreading_matches_an_independent_sklearn_fit_on_the_same_subset(t
         expected[seed] = float(np.mean(model.predict(pca.transform(x_test)) == y_test))
     assert spreading_baseline(str(path), 20, [42, 1337]) == expected
     assert all(0.3 < accuracy <= 1.0 for accuracy in expected.values())  # well above chance on separable tokens
+
+
+def test_report_finds_a_moved_store_by_fingerprint_and_names_a_changed_one(tmp_path, write_synthetic_store):
+    path = write_synthetic_store(tmp_path / "here", n_train=200, n_test=60, scale=0.5)
+    other = write_synthetic_store(tmp_path / "other", n_train=200, n_test=60, scale=0.6, cls_dim=20)
+    with open_store(path) as store:  # the sweep recorded `path`'s extraction, at a place now holding another one
+        identity = dict(store.identity(), path=str(other))
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    row = {"run_id": "r1", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
+           "config": {"loss": "cat_cross", "rescale": "softmax", "labels": 20, "seed": 42, "val_labels": 20}}
+    (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
+    make_report(sweep, features=str(path))  # the same extraction elsewhere: baselines computed
+    expected = logistic_baseline(str(path), 20, [42])[42]
+    assert f"| LogisticRegression | 20 | - | - | {100 * expected:.2f} (n=1) |" in (sweep / "summary.md").read_text()
+    (sweep / "baselines.json").unlink()
+    make_report(sweep)  # the recorded place holds another extraction: not silently used
+    summary = (sweep / "summary.md").read_text()
+    assert f"Baselines not computed: the store at {other} changed since the sweep" in summary
+    assert "LogisticRegression |" not in summary

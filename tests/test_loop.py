@@ -110,3 +110,23 @@ def test_a_validation_split_changes_no_weight_and_scores_its_own_samples(synthet
     bits = np.unpackbits(np.frombuffer(bytes.fromhex(with_val.metrics["epochs"][-1]["val_correct"]), np.uint8),
                          bitorder="little")[:30]
     assert bits.mean() == with_val.metrics["val_accuracy"]
+
+
+def test_the_term_options_reach_the_loop(synthetic_splits, quick_config):
+    """--critic-form, --temperature and --prior change a critic/latent run, each as the term defines it."""
+    train_split, test_split = synthetic_splits
+
+    def epoch(**options):
+        config = quick_config(epochs=1, labels=13, critic_weight=0.5, latent_weight=0.5, **options)
+        return train(config, train_split, test_split, CLASSES, torch.device("cpu"), progress=False).metrics["epochs"][0]
+
+    base = epoch()
+    # minimax (Eq. 20) is a sum of two log-probabilities (< 0); the non-saturating -log D(fake) is > 0
+    assert base["mean_losses"]["critic"] < 0 < epoch(critic_form="nonsaturating")["mean_losses"]["critic"]
+    # a sharper InfoNCE: another latent value from the very first step on
+    assert epoch(temperature=0.1)["mean_losses"]["latent"] != base["mean_losses"]["latent"]
+    # 13 labels over 10 classes: the labelled prior (3 classes at 2/13) is not the uniform one, so the real
+    # one-hots differ, and with them D's view of the fakes
+    labelled = epoch(prior="labelled")
+    assert labelled["mean_losses"]["disc"] != base["mean_losses"]["disc"]
+    assert labelled["mean_losses"]["task"] != base["mean_losses"]["task"]

@@ -12,8 +12,10 @@ from typing import Callable
 import click
 
 from twinturbo.common.command import Command
+from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.launch import DEFAULT_FUSE, SlurmOptions
+from twinturbo.common.slurm import options_of, slurm_options
+from twinturbo.train.launch import DEFAULT_FUSE
 from twinturbo.train.memory import MEMORY_HEADROOM
 from twinturbo.train.sweep import DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, format_list, grid_key
 from twinturbo.train.terms import DISPLAY_ORDER
@@ -46,16 +48,6 @@ def grid_options(command: Callable) -> Callable:
         command = click.option(f"--{term.name}-grid", grid_key(term.name),
                                help=_with_default(f"{term.weight.symbol} values of the setups with {term.name} "
                                                   f"({term.summary}).", default))(command)
-    return command
-
-
-def slurm_options(command: Callable) -> Callable:
-    """The submitit launcher's options, from SlurmOptions' fields (dest slurm_<field>)."""
-    for spec in reversed(fields(SlurmOptions)):
-        meta = spec.metadata
-        kind = click.Choice(meta["choices"]) if meta["choices"] else (int if spec.type in ("int", int) else str)
-        command = click.option(meta["flag"], f"slurm_{spec.name}", type=kind, default=spec.default,
-                               show_default=spec.default is not None, help=meta["help"])(command)
     return command
 
 
@@ -100,10 +92,17 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
 
 # ---- tt-sweep ----------------------------------------------------------------------------------------------------
 
-@click.command(cls=Command, context_settings=CONTEXT)
-@features_option
+class SweepCommand(Command):
+    interrupt_hint = "interrupted; rerun the same command: finished runs are kept, the others are trained"
+
+
+@click.command(cls=SweepCommand, context_settings=CONTEXT)
+@click.option("--features", type=click.Path(), help="Feature store from tt-extract (zarr directory or .h5 file); "
+              "required unless --status.")
 @click.option("--out", "sweep_dir", required=True, type=click.Path(file_okay=False),
-              help="SWEEP_DIR: sweep.json, results.jsonl (one row per finished run), submitit logs.")
+              help="SWEEP_DIR: sweep.json, results.jsonl (one row per finished run), claims/, submitit logs.")
+@click.option("--status", is_flag=True, help="Say what SWEEP_DIR's runs are: done, running (claimed by a live "
+              "process or job), pending, failed (their job ended without them); train nothing.")
 @click.option("--setups", help=_with_default("Setups to run: the 7 bars of the paper's Figures 2-4 (listed in the "
                                              "README) and any a --grid file defines, e.g. 1-7 or 1,2,5.", "1-7"))
 @click.option("--labels", help=_with_default("Label budgets: sizes K of the class-balanced labelled subset.",
@@ -131,23 +130,31 @@ def train_main(features: str, device: str, memory_limit: str | None, out_dir: st
               help="Accept a grid or store different from SWEEP_DIR/sweep.json: add its runs.")
 @click.option("--launcher", type=click.Choice(["local", "submitit"]), default="local", show_default=True,
               help="local: in this process; submitit: one job per fused group (SLURM job array).")
+@click.option("--no-wait", is_flag=True, help="submitit: submit the jobs and return (follow them with --status).")
 @slurm_options
-def sweep_main(features: str, sweep_dir: str, grid_file: str | None, device: str, memory_limit: str | None,
-               fuse: int | None, workers: int, dry_run: bool, save_heads: bool, extend: bool, launcher: str,
-               **options) -> None:
+def sweep_main(features: str | None, sweep_dir: str, status: bool, grid_file: str | None, device: str,
+               memory_limit: str | None, fuse: int | None, workers: int, dry_run: bool, save_heads: bool, extend: bool,
+               launcher: str, no_wait: bool, **options) -> None:
     """tt-sweep: the ablation of section 4.4 (setups x lambda grids x label budgets x seeds), fused and resumable.
 
     Rerun the same command after a kill: finished runs are skipped, interrupted ones retrained.
     """
     from twinturbo.common.sizes import parse_size
-    from twinturbo.train.launch import run_sweep
+    from twinturbo.train.launch import run_sweep, sweep_status
     from twinturbo.train.sweep import build_grid
 
+    if status:
+        click.echo(sweep_status(sweep_dir))
+        return
+    if not features:
+        raise TwinTurboError("--features is required (the store the sweep trains on), unless --status")
+
+    slurm = options_of(options)
     lists = {key: options.pop(key) for key in LIST_KINDS}  # the grid's lists; the rest are shared training flags
     grid = build_grid(grid_file, lists, options)
-    slurm = SlurmOptions(**{spec.name: options.pop(f"slurm_{spec.name}") for spec in fields(SlurmOptions)})
     run_sweep(features, sweep_dir, grid, device, fuse, workers, dry_run, extend, launcher, slurm, echo=click.echo,
-              memory_limit=parse_size(memory_limit) if memory_limit is not None else None, save_heads=save_heads)
+              memory_limit=parse_size(memory_limit) if memory_limit is not None else None, save_heads=save_heads,
+              wait_for_jobs=not no_wait)
 
 
 # ---- tt-report ---------------------------------------------------------------------------------------------------

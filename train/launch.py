@@ -7,9 +7,15 @@ only its unfinished group, and the next `tt-sweep` with the same command retrain
 """
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
+import shutil
+import subprocess
+import threading
 import time
-from dataclasses import dataclass, field, replace
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,40 +23,22 @@ import torch
 from tqdm import tqdm
 
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.slurm import SlurmOptions, job_failure, raise_unfinished
 from twinturbo.common.device import resolve_device, resolve_precision
 from twinturbo.common.store import open_store
+from twinturbo.train.claims import Claims, live_claims
 from twinturbo.train.data import num_classes_of
 from twinturbo.train.loop import train_runs
 from twinturbo.train.memory import default_memory_limit, load_splits
 from twinturbo.train.results import RESULTS_FILE, append_row, finished_run_ids, result_row
 from twinturbo.train.rundir import run_dims, save_run
-from twinturbo.train.sweep import (RunSpec, SweepGrid, fusion_groups, pending_runs, prepare_sweep_dir, run_table)
+from twinturbo.train.sweep import (SWEEP_FILE, RunSpec, SweepGrid, fusion_groups, pending_runs, prepare_sweep_dir,
+                                   run_table)
 
 # Runs per fused pass when --fuse is not given. On the CPU fusing measured slower than one run after another
 # (bench/sweep.py: 0.73x on digits; bench/limit.py: 0.98-1.04x one after another, 0.75-0.78x as one vmap, at the
 # study's shape), so runs go one by one there.
 DEFAULT_FUSE = {"cuda": 8, "cpu": 1}
-SUBMITIT_CLUSTERS = ("auto", "slurm", "local", "debug")
-
-
-def _slurm(default, flag: str, help: str, choices: tuple = ()):
-    return field(default=default, metadata={"flag": flag, "help": help, "choices": choices})
-
-
-@dataclass
-class SlurmOptions:
-    """The options of `--launcher submitit` (tt-sweep builds its `--slurm-*` options from these fields); submitit's
-    own names in brackets."""
-
-    partition: str | None = _slurm(None, "--slurm-partition", "SLURM partition [the cluster's default].")
-    time_min: int = _slurm(60, "--slurm-time", "Time limit per job, minutes.")  # timeout_min
-    gpus_per_node: int = _slurm(1, "--slurm-gpus-per-node", "GPUs per job.")
-    cpus_per_task: int = _slurm(8, "--slurm-cpus-per-task", "CPUs per job.")
-    mem_gb: int = _slurm(32, "--slurm-mem", "Memory per job, GB.")
-    array_parallelism: int = _slurm(16, "--slurm-array-parallelism", "At most this many jobs of the array run at "
-                                    "once.")  # slurm_array_parallelism
-    cluster: str = _slurm("auto", "--submitit-cluster", "submitit executor: auto = SLURM when sbatch is there, else "
-                          "local processes.", SUBMITIT_CLUSTERS)  # AutoExecutor(cluster=...)
 
 
 @dataclass(frozen=True)
@@ -70,127 +58,225 @@ class SweepWork:
 
 
 def run_groups(work: SweepWork, groups: list[list[RunSpec]], on_group_done: Callable[[list[dict]], None] | None = None,
-               progress: bool = True) -> int:
+               progress: bool = True) -> tuple[list[dict], dict[str, str]]:
     """Train `groups` (each one fused pass) on one store opened once; append each run's row (and with
-    `work.save_heads` write its RUN_DIR first). Returns runs done.
+    `work.save_heads` write its RUN_DIR first). Returns (the rows written, {run id: who holds it} for the runs left to
+    another process).
 
-    Runs already in results.jsonl (another job got there first) are skipped, so a resubmitted array is harmless.
+    Each run is claimed first (train/claims.py): runs already in results.jsonl or claimed by a live process are
+    skipped, so two commands, a resubmitted array or a rerun while jobs still run train every run once.
     """
-    torch_device = resolve_device(work.device)
-    results = Path(work.sweep_dir) / RESULTS_FILE
+    claims = Claims(work.sweep_dir)
+    rows_written: list[dict] = []
+    left: dict[str, str] = {}
+    loaded = None
+    try:
+        for group in groups:
+            finished = finished_run_ids(work.sweep_dir)
+            mine, others = claims.claim([run.run_id for run in group if run.run_id not in finished])
+            left.update({run_id: str(claim.claimant) for run_id, claim in others.items()})
+            finished = finished_run_ids(work.sweep_dir)  # a claim released since the first look: its row is in
+            claims.release([run_id for run_id in mine if run_id in finished])
+            group = [run for run in group if run.run_id in mine and run.run_id not in finished]
+            if not group:
+                continue
+            if loaded is None:
+                loaded = _load_store(work, progress)
+            rows = _train_group(work, group, loaded, progress)
+            rows_written += rows
+            claims.release([run.run_id for run in group])
+            if on_group_done is not None:
+                on_group_done(rows)
+    finally:
+        claims.release_all()
+        if loaded is not None:
+            loaded.store.close()
+    return rows_written, left
+
+
+@dataclass
+class _Loaded:
+    """A store opened once per process, with its splits held as memory.load_splits decides."""
+
+    store: object
+    identity: dict
+    train: object
+    test: object
+    num_classes: int
+    device: torch.device
+
+
+def _load_store(work: SweepWork, progress: bool) -> _Loaded:
+    device = resolve_device(work.device)
     store = open_store(work.features)
     store.require_complete()
-    identity = store.identity()
-    train_split, test_split = load_splits(store, torch_device, work.memory_limit, progress=progress)
-    num_classes = num_classes_of(store, train_split.labels)
-    done = 0
-    for group in groups:
-        finished = finished_run_ids(work.sweep_dir)
-        group = [run for run in group if run.run_id not in finished]
-        if not group:
-            continue
-        configs = [run.train_config() for run in group]
-        trained = train_runs(configs, train_split, test_split, num_classes, torch_device,
-                             progress=progress and len(group) > 1)
-        if work.save_heads:
-            for run, config, result in zip(group, configs, trained):
-                save_run(result, config, work.run_dir(run), identity, run_dims(train_split, num_classes, config))
-        metrics = [result.metrics for result in trained]
-        rows = [result_row(run, m, identity, str(torch_device), len(group)) for run, m in zip(group, metrics)]
-        for row in rows:
-            append_row(results, row)
-        done += len(rows)
-        if on_group_done is not None:
-            on_group_done(rows)
-    store.close()
-    return done
+    train_split, test_split = load_splits(store, device, work.memory_limit, progress=progress)
+    return _Loaded(store, store.identity(), train_split, test_split, num_classes_of(store, train_split.labels), device)
 
 
-def launch_local(work: SweepWork, groups: list[list[RunSpec]], workers: int = 1) -> None:
+def _train_group(work: SweepWork, group: list[RunSpec], loaded: _Loaded, progress: bool) -> list[dict]:
+    """One fused pass over `group`; its rows appended to results.jsonl (RUN_DIRs first with --save-heads)."""
+    configs = [run.train_config() for run in group]
+    trained = train_runs(configs, loaded.train, loaded.test, loaded.num_classes, loaded.device,
+                         progress=progress and len(group) > 1)
+    if work.save_heads:
+        for run, config, result in zip(group, configs, trained):
+            save_run(result, config, work.run_dir(run), loaded.identity,
+                     run_dims(loaded.train, loaded.num_classes, config))
+    rows = [result_row(run, result.metrics, loaded.identity, str(loaded.device), len(group))
+            for run, result in zip(group, trained)]
+    for row in rows:
+        append_row(Path(work.sweep_dir) / RESULTS_FILE, row)
+    return rows
+
+
+def launch_local(work: SweepWork, groups: list[list[RunSpec]], workers: int = 1) -> dict[str, str]:
     """Train `groups` on this machine: in this process, or with `workers` > 1 in that many processes at once, each
     with an equal share of the CPU threads (a run's result depends on its thread count, so it is recorded) and of
-    `work.memory_limit` (default: what the machine has), since each process holds its own splits."""
-    if workers < 1:
-        raise TwinTurboError(f"--workers {workers}: expected a number of processes >= 1")
+    `work.memory_limit` (default: what the machine has), since each process holds its own splits. The worker
+    processes end with this one, whatever ends it (`_start_worker`); Ctrl-C stops them at once and keeps every
+    finished row. Returns the runs left to other processes ({run id: who holds it})."""
     total = sum(len(g) for g in groups)
+    left: dict[str, str] = {}
     with tqdm(total=total, desc="sweep", unit="run") as bar:
         def advance(rows: list[dict]) -> None:
             bar.update(len(rows))
             bar.set_postfix(last=f"{100 * max(r['test_accuracy'] for r in rows):.1f}%")
 
         if workers == 1 or len(groups) < 2:
-            run_groups(work, groups, on_group_done=advance)
-            return
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
+            return run_groups(work, groups, on_group_done=advance)[1]
         threads = max(1, (os.cpu_count() or 1) // workers)
         limit = default_memory_limit() if work.memory_limit is None else work.memory_limit
         share = replace(work, memory_limit=None if limit is None else limit // workers)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_start_worker, initargs=(threads,)) as pool:
-            pending = {pool.submit(_worker_run_group, share, group) for group in groups}
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(threads, os.getpid()))
+        try:
+            pending = {pool.submit(run_groups, share, [group], None, False) for group in groups}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future.exception() is not None:  # a worker's error: start nothing new, then raise it
-                        pool.shutdown(wait=False, cancel_futures=True)
                         raise future.exception()
-                    if future.result():
-                        advance(future.result())
+                    rows, others = future.result()
+                    left.update(others)
+                    if rows:
+                        advance(rows)
+        finally:
+            _stop_workers(pool)
+    return left
 
 
-def _start_worker(threads: int) -> None:
-    import torch
-
+def _start_worker(threads: int, parent: int) -> None:
+    """A local worker: its share of the threads, and a watchdog that ends it within a second of its parent's end
+    (SIGKILL included: the parent can run no cleanup then)."""
     torch.set_num_threads(threads)
 
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
 
-def _worker_run_group(work: SweepWork, group: list[RunSpec]) -> list[dict]:
-    """One group in a worker process of `launch_local`; returns its rows (already appended to results.jsonl)."""
-    rows: list[dict] = []
-    run_groups(work, [group], on_group_done=rows.extend, progress=False)
-    return rows
+    threading.Thread(target=watch, name="tt-sweep-parent-watch", daemon=True).start()
 
 
-def launch_submitit(work: SweepWork, groups: list[list[RunSpec]], slurm: SlurmOptions, poll_s: float = 2.0) -> None:
-    """One array task per group (`map_array`); waits, with a bar counting rows as the tasks append them. Each task
-    holds its splits within `work.memory_limit` (default: what its node has)."""
-    sweep_dir = work.sweep_dir
-    import submitit
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now (their unfinished runs leave no row; their claims go
+    stale with them and are taken over by the next command)."""
+    processes = list((pool._processes or {}).values())  # the executor has no public handle on its processes
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
 
-    if slurm.cluster not in SUBMITIT_CLUSTERS:
-        raise TwinTurboError(f"--submitit-cluster {slurm.cluster}: expected one of {', '.join(SUBMITIT_CLUSTERS)}")
-    folder = Path(sweep_dir) / "submitit" / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster=None if slurm.cluster == "auto" else slurm.cluster)
-    params = dict(timeout_min=slurm.time_min, cpus_per_task=slurm.cpus_per_task, mem_gb=slurm.mem_gb,
-                  slurm_array_parallelism=slurm.array_parallelism, name="tt-sweep")
-    if executor.cluster == "slurm":
-        params["gpus_per_node"] = slurm.gpus_per_node
-        if slurm.partition:
-            params["slurm_partition"] = slurm.partition
-    executor.update_parameters(**params)
+
+JOBS_FILE = "jobs.jsonl"  # SWEEP_DIR/submitit/jobs.jsonl: one line per submitted job, its runs and log files
+FINISHED_STATES = ("COMPLETED",)
+
+
+def launch_submitit(work: SweepWork, groups: list[list[RunSpec]], slurm: SlurmOptions, wait_for_jobs: bool = True,
+                    poll_s: float = 2.0, echo=print) -> None:
+    """One array task per group (`map_array`), each recorded in SWEEP_DIR/submitit/jobs.jsonl; with
+    `wait_for_jobs`, a bar counts rows as the tasks append them, and every task that ends without finishing its runs
+    (cancelled, failed, out of time) is reported with its job id, its runs and its log, in a TwinTurboError."""
+    folder = Path(work.sweep_dir) / "submitit"
+    executor = slurm.executor(folder, "tt-sweep")
     n = len(groups)
     jobs = executor.map_array(run_groups, [work] * n, [[g] for g in groups], [None] * n, [False] * n)
-    print(f"tt-sweep: submitted {n} jobs to {executor.cluster} (logs under {folder.parent})", flush=True)
+    with open(folder / JOBS_FILE, "a") as record:
+        for job, group in zip(jobs, groups):
+            record.write(json.dumps({"job": job.job_id, "cluster": executor.cluster, "runs": [r.run_id for r in group],
+                                     "log": str(job.paths.stderr)}) + "\n")
+    echo(f"tt-sweep: submitted {n} jobs to {executor.cluster} (logs under {folder}); "
+         f"progress: tt-sweep --status --out {work.sweep_dir}")
+    if not wait_for_jobs:
+        return
     wanted = {run.run_id for g in groups for run in g}
-    failures = []
     with tqdm(total=len(wanted), desc="sweep", unit="run") as bar:
-        while True:
-            finished = len(wanted & finished_run_ids(sweep_dir))
-            bar.update(finished - bar.n)
-            if all(job.done() for job in jobs):
-                break
+        while not all(job.done() for job in jobs):
+            bar.update(len(wanted & finished_run_ids(work.sweep_dir)) - bar.n)
             time.sleep(poll_s)
-        bar.update(len(wanted & finished_run_ids(sweep_dir)) - bar.n)
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as err:  # a job's own traceback is in its log file; say which and where
-            failures.append(f"job {job.job_id}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
-    if failures:
-        raise TwinTurboError(f"{len(failures)} of {n} jobs failed (first: {failures[0]}); see the logs under "
-                             f"{folder.parent}; rerun the same command to retrain only the missing runs")
+        finished = finished_run_ids(work.sweep_dir)
+        bar.update(len(wanted & finished) - bar.n)
+    problems = []
+    for job, group in zip(jobs, groups):
+        missing = [run.run_id for run in group if run.run_id not in finished]
+        if missing:
+            problems.append(f"job {job.job_id} {job_failure(job)} (runs {', '.join(missing)}; log {job.paths.stderr})")
+    raise_unfinished(problems, n, "jobs", "rerun the same command to train only their runs",
+                     lambda line: echo(f"tt-sweep: {line}"))
+
+
+def submitted_jobs(sweep_dir: str | os.PathLike) -> list[dict]:
+    """The jobs a sweep has submitted (SWEEP_DIR/submitit/jobs.jsonl), oldest first."""
+    path = Path(sweep_dir) / "submitit" / JOBS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: SLURM state} from sacct (empty where there is no sacct or it does not answer)."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    result = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                            capture_output=True, text=True, timeout=60)
+    states = {}
+    for line in result.stdout.splitlines():
+        job, _, state = line.partition("|")
+        states[job.strip()] = state.split()[0] if state.strip() else "?"
+    return states
+
+
+def sweep_status(sweep_dir: str | os.PathLike) -> str:
+    """tt-sweep --status: how many runs of SWEEP_DIR's grid are done, running (claimed by a live process), pending
+    and failed (their job ended without them), and the state of its SLURM jobs."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    if not path.exists():
+        raise TwinTurboError(f"{path} does not exist: is {sweep_dir} a tt-sweep --out directory?")
+    record = json.loads(path.read_text())
+    runs = SweepGrid.from_dict(record["grid"], source=str(path)).expand(record["store"]["fingerprint"])
+    ids = [run.run_id for run in runs]
+    done, running = finished_run_ids(sweep_dir), live_claims(sweep_dir)
+    jobs = submitted_jobs(sweep_dir)
+    states = slurm_states([job["job"] for job in jobs if job.get("cluster") == "slurm"])
+    failed = {run_id: job for job in jobs for run_id in job["runs"] if run_id not in done and run_id not in running
+              and states.get(job["job"], "").split("+")[0] not in ("", "PENDING", "RUNNING", "REQUEUED", *FINISHED_STATES)}
+    pending = [i for i in ids if i not in done and i not in running and i not in failed]
+    lines = [f"{sweep_dir}: {len(ids)} runs: {sum(i in done for i in ids)} done, {len(running)} running, "
+             f"{len(pending)} pending, {len(failed)} failed"]
+    for run_id, claim in sorted(running.items()):
+        lines.append(f"  running  {run_id}  on {claim.claimant}")
+    for run_id, job in sorted(failed.items()):
+        lines.append(f"  failed   {run_id}  job {job['job']} {states.get(job['job'])}; log {job['log']}")
+    if jobs:
+        counts: dict[str, int] = {}
+        for job in jobs:
+            state = states.get(job["job"], "unknown")
+            counts[state] = counts.get(state, 0) + 1
+        lines.append("  jobs: " + ", ".join(f"{count} {state}" for state, count in sorted(counts.items())))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -208,14 +294,19 @@ def sweep_precision(precision: str, device: str, launcher: str, slurm) -> str:
 
 
 def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse: int | None, workers: int,
-              dry_run: bool, extend: bool, launcher: str, slurm: SlurmOptions | None, echo=print, memory_limit: int | None = None,
-              save_heads: bool = False) -> None:
+              dry_run: bool, extend: bool, launcher: str, slurm: SlurmOptions | None, echo=print,
+              memory_limit: int | None = None, save_heads: bool = False, wait_for_jobs: bool = True) -> None:
     """What tt-sweep does: check the store and SWEEP_DIR, skip finished runs, train the rest in fused groups on the
     chosen launcher (rows are appended to results.jsonl as runs finish); `memory_limit` as in memory.load_splits."""
+    # Every option is checked before SWEEP_DIR is touched.
     if fuse is None:
         fuse = DEFAULT_FUSE.get(resolve_device(device).type, 1)
     if fuse < 1:
         raise TwinTurboError(f"--fuse {fuse}: expected a number of runs >= 1")
+    if workers < 1:
+        raise TwinTurboError(f"--workers {workers}: expected a number of processes >= 1")
+    if launcher == "submitit" and slurm is not None:
+        slurm.validate()
     with open_store(features) as store:
         store.require_complete()
         identity = store.identity()
@@ -232,7 +323,14 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
     groups = list(fusion_groups(todo, fuse))
     work = SweepWork(features, sweep_dir, device, memory_limit, save_heads)
     if launcher == "local":
-        launch_local(work, groups, workers)
+        left = launch_local(work, groups, workers)
+        if left:
+            holders = sorted(set(left.values()))
+            echo(f"tt-sweep: {len(left)} runs were already claimed by another live process and left to it "
+                 f"({', '.join(holders[:3])}{', ...' if len(holders) > 3 else ''}); it appends them to the same "
+                 f"results.jsonl (tt-sweep --status --out {sweep_dir})")
     else:
-        launch_submitit(work, groups, slurm)
+        launch_submitit(work, groups, slurm, wait_for_jobs, echo=echo)
+        if not wait_for_jobs:
+            return
     echo(f"tt-sweep: results in {Path(sweep_dir) / RESULTS_FILE}; figures: tt-report {sweep_dir}")

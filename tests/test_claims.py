@@ -1,0 +1,107 @@
+"""One sweep, one truth (train/claims.py): run claims shared by concurrent commands, stale claims taken over, and
+local workers that end with their parent."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from twinturbo.train.claims import Claimant, Claims, live_claims, process_start_time
+from twinturbo.train.results import read_rows
+
+BIN = Path(sys.executable).parent
+# 6 runs that take a few seconds each on the tiny store, so that two commands overlap
+SWEEP = ["--setups", "1,2", "--labels", "8", "--seeds", "1,2", "--critic-grid", "0.1,1", "--epochs", "30",
+         "--batch-size", "16", "--proj-dim", "32", "--pred-dim", "16", "--disc-dim", "8", "--device", "cpu"]
+
+
+def sweep(store: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([str(BIN / "tt-sweep"), "--features", str(store), "--out", str(out), *SWEEP, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def test_two_commands_on_one_out_train_every_run_once(write_tiny_store, tmp_path):
+    store, out = write_tiny_store(tmp_path / "store"), tmp_path / "sweep"
+    first = sweep(store, out)
+    time.sleep(1.0)
+    second = sweep(store, out)
+    outputs = [p.communicate(timeout=600) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    ids = [row["run_id"] for row in read_rows(out / "results.jsonl")]
+    raw = [json.loads(line)["run_id"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(ids) == 6 and Counter(raw).most_common(1)[0][1] == 1  # every run once, no duplicate line
+    said = outputs[0][0] + outputs[1][0]
+    assert "claimed by another live process and left to it" in said  # each says what it left to the other
+    assert live_claims(out) == {}  # every claim released
+
+
+def test_a_stale_claim_is_taken_over_and_a_live_one_left(tmp_path):
+    claims = Claims(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"host": claims.me.host, "pid": int(dead.stdout), "started": "1", "job": None}
+    claims.path("stale-run").write_text(json.dumps(stale))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        other = Claims(tmp_path)  # a claim made as the live process `holder`
+        other.me = Claimant(claims.me.host, holder.pid, process_start_time(holder.pid))
+        assert other.claim(["live-run"]) == (["live-run"], {})
+        mine, others = claims.claim(["stale-run", "live-run", "free-run"])
+        assert mine == ["stale-run", "free-run"] and list(others) == ["live-run"]
+        assert others["live-run"].claimant.pid == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claims.claim(["live-run"])[0] == ["live-run"]  # its holder is gone: taken over
+    claims.release_all()
+    assert not list(tmp_path.glob("claims/*.claim"))
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigkill_of_a_two_worker_sweep_leaves_no_worker_behind(write_tiny_store, tmp_path):
+    store = write_tiny_store(tmp_path / "store")
+    process = sweep(store, tmp_path / "sweep", "--workers", "2")
+    deadline, workers = time.time() + 120, []
+    while time.time() < deadline:
+        # spawned workers: the resource tracker and two pool processes, grandchildren included
+        workers = [c for c in children_of(process.pid) if "spawn_main" in
+                   (Path("/proc") / str(c) / "cmdline").read_text(errors="replace")]
+        if len(workers) >= 2 and list((tmp_path / "sweep" / "claims").glob("*.claim")):
+            break
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the workers never started"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers)
+    rerun = sweep(store, tmp_path / "sweep")  # their claims died with them: the rerun trains what is missing
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    assert len(read_rows(tmp_path / "sweep" / "results.jsonl")) == 6

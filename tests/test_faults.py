@@ -1,0 +1,247 @@
+"""Faults on the way in, each one line with nothing lost (bench/README.md, "Faults"): damaged chunks named and
+repaired, training refusing a damaged chunk, a full disk (zarr and HDF5), bad image folders, options checked before
+anything is written, Ctrl-C with the resume hint."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from twinturbo.extract.cli import main as extract_main
+
+BIN = Path(sys.executable).parent
+# digits, 80 + 80 samples in chunks of 16 (5 chunks per split): seconds to extract at 64 px
+SMALL = ["--dataset", "digits", "--backbone", "effnet-lite0:320", "--resolution", "64", "--limit", "80",
+         "--batch-size", "32", "--chunk-size", "16", "--device", "cpu", "--no-progress"]
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        extract_main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err: str, *words: str) -> str:
+    lines = [line for line in err.strip().splitlines() if not line.startswith("damaged: ")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module", params=["zarr", "hdf5"])
+def clean_store(request, tmp_path_factory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp(f"clean-{request.param}")
+    extract_main(SMALL + ["--out", str(out), "--format", request.param])
+    return request.param, out / ("digits.h5" if request.param == "hdf5" else "digits")
+
+
+def damage(path: Path, fmt: str) -> list[tuple[str, int]]:
+    """Damage chunks of the train split: zarr loses a patches chunk file, gets finite garbage in a cls chunk and a
+    truncated patches chunk; HDF5 gets finite garbage over a cls chunk's bytes. Returns the (array, chunk) pairs."""
+    rng = np.random.default_rng(0)
+    if fmt == "zarr":
+        (path / "train" / "patches" / "c" / "1" / "0" / "0").unlink()
+        cls_chunk = path / "train" / "cls" / "c" / "2" / "0"
+        cls_chunk.write_bytes(rng.normal(size=cls_chunk.stat().st_size // 2).astype(np.float16).tobytes())
+        truncated = path / "train" / "patches" / "c" / "3" / "0" / "0"
+        truncated.write_bytes(truncated.read_bytes()[:100])
+        return [("patches", 1), ("cls", 2), ("patches", 3)]
+    with h5py.File(path, "r") as f:
+        info = f["train"]["cls"].id.get_chunk_info_by_coord((32, 0))  # chunk 2
+    with open(path, "r+b") as handle:
+        handle.seek(info.byte_offset)
+        handle.write(rng.normal(size=info.size // 2).astype(np.float16).tobytes())
+    return [("cls", 2)]
+
+
+def test_damaged_chunks_are_named_and_repair_restores_the_store_byte_for_byte(clean_store, tmp_path, capsys, same_stores):
+    fmt, clean = clean_store
+    path = tmp_path / clean.name
+    (shutil.copytree if fmt == "zarr" else shutil.copy)(clean, path)
+    damaged = damage(path, fmt)
+    code, out, err = run(["--verify", path], capsys)
+    one_line_error(code, err, f"{len(damaged)} damaged chunk(s)", "--repair")
+    lines = [line for line in err.splitlines() if line.startswith("damaged: ")]
+    assert len(lines) == len(damaged)
+    for array, chunk in damaged:
+        assert any(f"split 'train', {array} chunk {chunk} (samples {16 * chunk}-{16 * chunk + 15})" in line
+                   for line in lines), (array, lines)
+    assert "DAMAGED" in out
+    code, out, err = run(["--verify", path, "--repair"], capsys)
+    assert code == 0 and f"repair: {len(damaged)} chunk(s) marked not done" in out, err
+    code, out, err = run(SMALL + ["--out", tmp_path, "--format", fmt], capsys)
+    assert code == 0, err
+    same_stores(path, clean)
+    code, out, err = run(["--verify", path], capsys)
+    assert code == 0 and ": OK" in out
+
+
+def test_training_refuses_a_damaged_chunk_naming_it(clean_store, tmp_path):
+    fmt, clean = clean_store
+    path = tmp_path / clean.name
+    (shutil.copytree if fmt == "zarr" else shutil.copy)(clean, path)
+    damage(path, fmt)
+    result = subprocess.run([str(BIN / "tt-train"), "--features", str(path), "--labels", "20", "--epochs", "1",
+                             "--proj-dim", "16", "--pred-dim", "8", "--disc-dim", "4", "--batch-size", "16",
+                             "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "split 'train', cls chunk 2 (samples 32-47)" in result.stderr, result.stderr
+
+
+def test_a_store_without_checksums_still_opens_and_verify_says_so(clean_store, tmp_path, capsys):
+    fmt, clean = clean_store
+    if fmt != "zarr":
+        pytest.skip("one format is enough: the attribute is the same")
+    path = tmp_path / clean.name
+    shutil.copytree(clean, path)
+    for split in ("train", "test"):  # as written before checksums: no checksum attributes, no checksums array
+        meta = path / split / "zarr.json"
+        record = json.loads(meta.read_text())
+        for key in ("checksum", "checksum_arrays"):
+            record["attributes"].pop(key)
+        meta.write_text(json.dumps(record))
+        shutil.rmtree(path / split / "checksums")
+    code, out, err = run(["--verify", path], capsys)
+    assert code == 0 and "no checksums" in out, err
+
+
+# ---- a full disk ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only; skipped with the reason elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip() or 'not root'})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def extract_ignoring_the_space_check(args: list[str]) -> subprocess.CompletedProcess:
+    """tt-extract in a process whose up-front free-space estimate sees a huge disk, to reach the full disk
+    mid-write (the estimate alone would refuse first)."""
+    code = ("import collections, shutil, sys\n"
+            "shutil.disk_usage = lambda path: collections.namedtuple('u', 'total used free')(1 << 40, 0, 1 << 40)\n"
+            "from twinturbo.extract.cli import main\nmain(sys.argv[1:])\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_a_full_disk_is_one_line_and_the_store_resumes(small_disk, fmt, tmp_path, capsys, same_stores):
+    args = SMALL + ["--format", fmt, "--limit", "256", "--out", small_disk]
+    code, out, err = run(args, capsys)  # the estimate: refused before anything is written
+    one_line_error(code, err, "needs about", "free")
+    assert not any(small_disk.iterdir())
+    result = extract_ignoring_the_space_check(args)
+    assert result.returncode == 2, result.stderr
+    one_line_error(2, result.stderr, "the disk is full", "rerun the same command")
+    subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)
+    result = extract_ignoring_the_space_check(args)
+    assert result.returncode == 0, result.stderr
+    clean = tmp_path / "clean"
+    assert extract_ignoring_the_space_check(SMALL + ["--format", fmt, "--limit", "256", "--out", clean]).returncode == 0
+    name = "digits.h5" if fmt == "hdf5" else "digits"
+    same_stores(small_disk / name, clean / name)
+
+
+# ---- image folders ------------------------------------------------------------------------------------------------
+
+def image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+FOLDER = ["--backbone", "effnet-lite0:320", "--resolution", "64", "--batch-size", "4", "--chunk-size", "4",
+          "--device", "cpu", "--no-progress"]
+
+
+def test_bad_image_files_are_listed_in_one_line_before_anything_is_written(tmp_path, capsys):
+    root = image_folder(tmp_path / "pets")
+    (root / "train" / "cat" / "empty.png").write_bytes(b"")
+    (root / "train" / "dog" / "notes.jpg").write_text("not a picture")
+    out = tmp_path / "features"
+    args = ["--dataset", f"folder:{root}", "--out", out] + FOLDER
+    code, _, err = run(args, capsys)
+    one_line_error(code, err, "2 of 8 image files", "empty.png", "notes.jpg", "nothing was written")
+    assert not out.exists() or not any(out.iterdir())
+    (root / "train" / "cat" / "empty.png").unlink()
+    (root / "train" / "dog" / "notes.jpg").unlink()
+    code, _, err = run(args, capsys)  # fixed: the same command, no --overwrite
+    assert code == 0, err
+
+
+def test_images_in_sub_folders_count_for_their_class(tmp_path, capsys):
+    from twinturbo.common.store import open_store
+
+    root = image_folder(tmp_path / "pets")
+    nested = root / "train" / "cat" / "indoor"
+    nested.mkdir()
+    shutil.copy(root / "train" / "cat" / "0.png", nested / "x.png")
+    code, _, err = run(["--dataset", f"folder:{root}", "--out", tmp_path / "f"] + FOLDER, capsys)
+    assert code == 0, err
+    with open_store(tmp_path / "f" / "pets") as store:
+        labels = store.split("train").labels()
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1]  # 4 cats (one nested), 3 dogs
+
+
+def test_a_folder_with_one_class_is_refused(tmp_path, capsys):
+    root = image_folder(tmp_path / "pets", classes=("cat",))
+    code, _, err = run(["--dataset", f"folder:{root}", "--out", tmp_path / "f"] + FOLDER, capsys)
+    one_line_error(code, err, "at least two classes", "'cat'")
+
+
+# ---- nothing written before the options are checked; Ctrl-C says how to resume --------------------------------
+
+def test_sweep_checks_its_options_before_touching_out(write_tiny_store, tmp_path):
+    from click.testing import CliRunner
+
+    from twinturbo.train.cli import sweep_main
+
+    store = write_tiny_store(tmp_path / "store")
+    out = tmp_path / "sweep"
+    for bad in (["--workers", "0"], ["--fuse", "0"], ["--launcher", "submitit", "--slurm-time", "0"]):
+        result = CliRunner().invoke(sweep_main, ["--features", str(store), "--out", str(out), *bad])
+        assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+        assert not out.exists(), bad
+
+
+def test_ctrl_c_during_extraction_says_how_to_resume(tmp_path):
+    process = subprocess.Popen([str(BIN / "tt-extract"), *SMALL[:-1], "--limit", "1000", "--out", str(tmp_path)],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "digits" / "train" / "done").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("error: interrupted; rerun the same command to resume from the first "
+                                            "chunk not done")
