@@ -35,8 +35,9 @@ RSS_CHILD = textwrap.dedent("""
     from twinturbo.train.rundir import train_from_store
     torch.set_num_threads(1)
     big, small, out, limit = sys.argv[1:]
+    # fp32: the figure is about the split's bytes; bf16 adds ~50 MB of fixed oneDNN state (measured, bench/README.md)
     config = TrainConfig(labels=100, epochs=1, batch_size=512, critic_weight=0.1, proj_dim=32, pred_dim=16,
-                         disc_dim=8, eval_batch_size=512)
+                         disc_dim=8, eval_batch_size=512, precision="fp32")
     def status(field):  # kB figures of this process's own memory; not ru_maxrss, which a child inherits at fork
         line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
         return int(line.split()[1]) * 1024

@@ -2,6 +2,7 @@
 (--tasks N jobs writing disjoint chunks of one store)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -58,17 +59,21 @@ class SlurmOptions:
 
 
 def job_failure(job) -> str:
-    """Why a finished submitit job did not do its work, in one line: 'was cancelled', or its state and the last
-    line of its error."""
+    """Why a finished submitit job did not do its work, in one line: 'was cancelled', or 'failed: <the exception the
+    job raised>' (from the traceback submitit brings back), or its state."""
     state = job.state
     try:
         job.result()
         return f"ended {state} without finishing its work"
-    except Exception as err:  # the job's own traceback is in its log; its last line says what went wrong
-        text = str(err).strip()
+    except Exception as err:  # the job's traceback is in its log; its exception line says what went wrong
+        text = str(err)
         if "CANCELLED" in state or "CANCELLED" in text:
             return "was cancelled"
-        return f"{state}: {text.splitlines()[-1] if text else type(err).__name__}"
+        raised = [line.strip() for line in text.splitlines()
+                  if re.match(r"^\s*[\w.]*(Error|Exception|Interrupt)\b.*?: ", line)]
+        if raised:  # 'twinturbo.common.errors.TwinTurboError: ...' -> 'TwinTurboError: ...'
+            return "failed: " + re.sub(r"^[\w.]*\.(\w+)", r"\1", raised[-1], count=1)
+        return f"ended {state}: {text.strip().splitlines()[0] if text.strip() else type(err).__name__}"
 
 
 def raise_unfinished(problems: list[str], total: int, noun: str, remedy: str, echo) -> None:

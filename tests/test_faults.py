@@ -74,7 +74,7 @@ def test_damaged_chunks_are_named_and_repair_restores_the_store_byte_for_byte(cl
     path = tmp_path / clean.name
     (shutil.copytree if fmt == "zarr" else shutil.copy)(clean, path)
     damaged = damage(path, fmt)
-    code, out, err = run(["--verify", path], capsys)
+    code, out, err = run(["--verify", path, "--no-progress"], capsys)
     one_line_error(code, err, f"{len(damaged)} damaged chunk(s)", "--repair")
     lines = [line for line in err.splitlines() if line.startswith("damaged: ")]
     assert len(lines) == len(damaged)
@@ -82,12 +82,12 @@ def test_damaged_chunks_are_named_and_repair_restores_the_store_byte_for_byte(cl
         assert any(f"split 'train', {array} chunk {chunk} (samples {16 * chunk}-{16 * chunk + 15})" in line
                    for line in lines), (array, lines)
     assert "DAMAGED" in out
-    code, out, err = run(["--verify", path, "--repair"], capsys)
+    code, out, err = run(["--verify", path, "--repair", "--no-progress"], capsys)
     assert code == 0 and f"repair: {len(damaged)} chunk(s) marked not done" in out, err
     code, out, err = run(SMALL + ["--out", tmp_path, "--format", fmt], capsys)
     assert code == 0, err
     same_stores(path, clean)
-    code, out, err = run(["--verify", path], capsys)
+    code, out, err = run(["--verify", path, "--no-progress"], capsys)
     assert code == 0 and ": OK" in out
 
 
@@ -117,7 +117,7 @@ def test_a_store_without_checksums_still_opens_and_verify_says_so(clean_store, t
             record["attributes"].pop(key)
         meta.write_text(json.dumps(record))
         shutil.rmtree(path / split / "checksums")
-    code, out, err = run(["--verify", path], capsys)
+    code, out, err = run(["--verify", path, "--no-progress"], capsys)
     assert code == 0 and "no checksums" in out, err
 
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from twinturbo.train.cli import report_main
 from twinturbo.train.selection import Combination, RunFigures, validation_size_study
-from twinturbo.train.sweep import SETUPS, append_row
+from twinturbo.train.results import append_row
+from twinturbo.train.setups import PAPER_SETUPS as SETUPS
 
 STORE = {"dataset": "digits", "backbone": "effnet-lite0", "fingerprint": "abc", "path": "/x", "created": "t"}
 T_975 = {1: 12.706, 2: 4.303}  # printed t table, for the independent intervals below
@@ -62,7 +63,7 @@ def sweep_dir(tmp_path):
     rows = []
     for setup, labels, seed in itertools.product(SETUPS, (100, 1000), (42, 1337, 3435)):
         critics = (0.0,) if setup == 1 else (0.1, 1.0, 10.0)
-        latents = (0.01, 1.0) if SETUPS[setup].latent else (0.0,)
+        latents = (0.01, 1.0) if "latent" in SETUPS[setup].terms else (0.0,)
         for critic, latent in itertools.product(critics, latents):
             rows.append(_row(setup, labels, critic, latent, seed, round(rng.uniform(0.6, 0.8), 4),
                              round(rng.uniform(0.6, 0.8), 4)))
@@ -98,7 +99,7 @@ def test_lambda_is_chosen_on_validation_and_test_is_quoted_with_intervals(sweep_
             -statistics.fmean(v for v, _ in item[1].values()), item[0]))
         cells = table[(str(setup), labels)]
         lambdas = ", ".join(([f"λ_C={critic:g}"] if setup != 1 else []) + (
-            [f"λ_L={latent:g}"] if SETUPS[setup].latent else [])) or "-"
+            [f"λ_L={latent:g}"] if "latent" in SETUPS[setup].terms else [])) or "-"
         assert cells[2] == lambdas
         assert float(cells[3]) == pytest.approx(statistics.fmean(v for v, _ in seeds.values()), abs=0.006)
         assert _pm(cells[4]) == pytest.approx(_interval([t for _, t in seeds.values()]), abs=0.006)

@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.store import open_store
-from twinturbo.train.data import load_split
-from twinturbo.train.loop import evaluate
+from twinturbo.predict import predict_split
 from twinturbo.train.rundir import load_run, train_from_store
 
 
@@ -27,10 +25,8 @@ def test_run_directory_reopens(synthetic_store, tmp_path, quick_config):
     assert metrics["test_accuracy"] == result.metrics["test_accuracy"]
     assert metrics["store"]["dataset"] == "synthetic" and len(metrics["store"]["fingerprint"]) == 16
     assert json.loads((run_dir / "config.json").read_text()) == quick_config(epochs=1).to_dict()
-    head = load_run(run_dir).head
-    with open_store(synthetic_store) as store:
-        test_split = load_split(store, "test", torch.device("cpu"))
-    assert evaluate(head, test_split, torch.device("cpu")) == metrics["test_accuracy"]
+    run = load_run(run_dir)  # what tt-predict reads: the same head, evaluated as training evaluated it
+    assert predict_split(run, synthetic_store, "test", torch.device("cpu")).accuracy() == metrics["test_accuracy"]
 
 
 

@@ -157,7 +157,7 @@ def test_extraction_over_two_tasks_equals_one_process_byte_for_byte(slurm_cluste
     same_stores(tmp_path / "one" / "digits", tmp_path / "two" / "digits")
     hdf5 = tt("tt-extract", *base, "--out", str(tmp_path / "h5"), "--format", "hdf5", "--launcher", "submitit",
               "--tasks", "2")
-    assert hdf5.returncode == 2 and hdf5.stderr.count("\n") == 1 and "several tasks" in hdf5.stderr
+    assert hdf5.returncode == 2 and hdf5.stderr.count("\n") == 1 and "cannot be written by several processes or tasks" in hdf5.stderr
 
 
 def test_the_daemons_listen_on_loopback_only(slurm_cluster):

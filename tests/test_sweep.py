@@ -12,8 +12,10 @@ from click.testing import CliRunner
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.cli import sweep_main
-from twinturbo.train.sweep import (SETUPS, SweepGrid, append_row, fusion_groups, load_grid_file, parse_list,
-                                   read_rows)
+from twinturbo.train.results import append_row, read_rows
+from twinturbo.train.setups import PAPER_SETUPS as SETUPS
+from twinturbo.train.sweep import SweepGrid, fusion_groups, load_grid_file, parse_list
+from twinturbo.train.terms import rows_needed
 
 
 TINY_FLAGS = ["--labels", "8", "--epochs", "1", "--batch-size", "48", "--lr", "3e-3", "--warmup", "1",
@@ -32,9 +34,9 @@ def test_default_grid_is_the_papers_222_runs():
     assert len(runs) == (1 + 3 * 3 + 3 * 9) * 2 * 3 == 222
     assert len({r.run_id for r in runs}) == 222
     # Setup 1 has no lambda; 2-4 only lambda_C; 5-7 both (the Eq. 22 terms each setup switches on, train/setups.py).
-    assert {(r.critic, r.latent) for r in runs if r.setup == 1} == {(0.0, 0.0)}
-    assert all(r.latent == 0 and r.critic > 0 for r in runs if r.setup in (2, 3, 4))
-    assert all(r.latent > 0 and r.critic > 0 for r in runs if r.setup >= 5)
+    assert {r.weights for r in runs if r.setup.key == 1} == {()}
+    assert all(r.weight("latent") == 0 and r.weight("critic") > 0 for r in runs if r.setup.key in (2, 3, 4))
+    assert all(r.weight("latent") > 0 and r.weight("critic") > 0 for r in runs if r.setup.key >= 5)
     assert [(SETUPS[s].loss, SETUPS[s].rescale) for s in range(1, 8)] == [
         ("cat_cross", "softmax"), ("cat_cross", "softmax"), ("cat_twin", "softmax"), ("cat_twin", "sigmoid"),
         ("cat_twin", "sigmoid"), ("bin_cross", "softmax"), ("bin_cross", "sigmoid")]
@@ -43,7 +45,7 @@ def test_default_grid_is_the_papers_222_runs():
 @pytest.mark.parametrize("kwargs, count", [
     (dict(setups=(1,)), 1 * 2 * 3),
     (dict(setups=parse_list("2-4", int, "--setups"), labels=(100,), seeds=(42,)), 9),
-    (dict(setups=(1, 5), critic_grid=(0.1,), latent_grid=(0.01, 1.0), seeds=(1, 2)), (1 + 2) * 2 * 2),
+    (dict(setups=(1, 5), grids={"critic": (0.1,), "latent": (0.01, 1.0)}, seeds=(1, 2)), (1 + 2) * 2 * 2),
     (dict(labels=(100,), setup_grids={7: {"latent_grid": (0.5,)}}), (1 + 9 + 18 + 3) * 3),
 ])
 def test_grid_variants_count(kwargs, count):
@@ -61,8 +63,8 @@ def test_grid_files_toml_and_yaml(tmp_path):
     grids = [SweepGrid.from_dict(load_grid_file(path)) for path in (toml, yaml)]
     assert grids[0].to_dict() == grids[1].to_dict()
     runs = grids[0].expand()
-    assert [(r.setup, r.critic, r.latent) for r in runs] == [(1, 0, 0), (2, 0.5, 0), (2, 1.0, 0), (5, 0.1, 0.01),
-                                                             (5, 0.1, 0.1)]
+    assert [(r.setup.key, r.weight("critic"), r.weight("latent")) for r in runs] == [
+        (1, 0, 0), (2, 0.5, 0), (2, 1.0, 0), (5, 0.1, 0.01), (5, 0.1, 0.1)]
     assert all(r.train_config().epochs == 2 and r.train_config().warmup_steps == 10 for r in runs)
 
 
@@ -89,7 +91,7 @@ def test_fusion_groups_share_seed_and_labels_and_respect_the_cap():
     assert all(len({r.fusion_key for r in g}) == 1 for g in groups)
     # Per seed: setup 1 alone, the 9 critic-only runs (2-4), the 27 critic+latent runs (5-7), 8 at most per group.
     assert sorted(len(g) for g in groups if g[0].seed == 1) == [1, 1, 3, 8, 8, 8, 8]
-    assert all(len({(r.critic > 0, r.latent > 0) for r in g}) == 1 for g in groups)
+    assert all(len({rows_needed(r.train_config()) for r in g}) == 1 for g in groups)
 
 
 # ---- results.jsonl ------------------------------------------------------------------------------------------------
