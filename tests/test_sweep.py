@@ -216,3 +216,22 @@ def test_a_workers_user_error_is_one_line(store, tmp_path, monkeypatch):
     out = _sweep(["--features", str(store), "--out", str(tmp_path / "sw"), "--setups", "1,2", "--critic-grid", "0.5",
                   "--seeds", "1,2", "--fuse", "1", "--workers", "2"] + too_many_labels, expect=2)
     assert "error: --labels 1000: the train split has only 96 labelled samples" in out
+
+
+def test_precision_is_resolved_recorded_and_a_resume_in_another_refused(store, tmp_path, monkeypatch):
+    from twinturbo.common import device
+
+    monkeypatch.setattr(device, "native_bf16", lambda d: True)  # a CPU with AVX512-BF16, whatever this one is
+    sweep_dir = tmp_path / "sw"
+    base = ["--features", str(store), "--out", str(sweep_dir), "--setups", "1", "--seeds", "1"] + TINY_FLAGS
+    _sweep(base)  # --precision auto: bf16 on such a CPU, recorded in sweep.json and in the row's config
+    assert json.loads((sweep_dir / "sweep.json").read_text())["grid"]["training"]["precision"] == "bf16"
+    (row,) = read_rows(sweep_dir / "results.jsonl")
+    assert row["config"]["precision"] == row["precision"] == "bf16"
+    out = _sweep(base + ["--precision", "fp32"], expect=2)
+    assert out.strip() == (f"error: {sweep_dir} was trained in bf16 and this command asks for fp32: pass --precision "
+                           "bf16 to resume it, or choose another --out")
+    assert "error:" in _sweep(base + ["--precision", "fp32", "--extend"], expect=2)  # not even with --extend
+    monkeypatch.setattr(device, "native_bf16", lambda d: False)  # auto on a CPU without it is fp32: refused too
+    assert "was trained in bf16 and this command asks for fp32" in _sweep(base, expect=2)
+    assert len(read_rows(sweep_dir / "results.jsonl")) == 1
