@@ -126,10 +126,10 @@ def self_training_baseline(features: str, budget: int, seeds: list[int], vectors
         val = validation_subset(torch.as_tensor(data.y_train), val_labels, data.num_classes, torch.as_tensor(subset),
                                 seed).numpy()
         best = None
-        for threshold in sorted(SELF_TRAINING_THRESHOLDS if len(val) else (SELF_TRAINING_DEFAULT,), reverse=True):
+        for threshold in sorted(SELF_TRAINING_THRESHOLDS) if len(val) else (SELF_TRAINING_DEFAULT,):
             model = self_training_fit(data.x_train, partial, threshold)
             score = float((model.predict(data.x_train[val]) == data.y_train[val]).mean()) if len(val) else 0.0
-            if best is None or score > best[0]:
+            if best is None or score >= best[0]:  # ties: the higher threshold, met later
                 best = (score, model)
         accuracies[seed] = float((best[1].predict(data.x_test) == data.y_test).mean())
     return accuracies
