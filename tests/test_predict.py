@@ -93,3 +93,31 @@ def test_bad_input_is_one_line(trained, tmp_path):
     assert tt("tt-extract", *EXTRACT, "--backbone", "effnet-lite0", "--out", other).returncode == 0
     result = tt("tt-predict", run, "--features", other / "digits")
     assert result.returncode == 2 and "holds effnet-lite0 tokens" in result.stderr
+
+
+def test_probabilities_are_the_heads_in_the_runs_own_precision(trained, tmp_path):
+    """Computed as training evaluated (bf16 autocast for a bf16 run), not in another arithmetic."""
+    import torch
+
+    from twinturbo.common.store import open_store
+    from twinturbo.train.data import load_split
+    from twinturbo.train.rundir import load_run
+
+    store, run_dir = trained
+    assert tt("tt-predict", run_dir, "--features", store, "--out", tmp_path / "p").returncode == 0
+    rows = read_predictions(tmp_path / "p" / "predictions.csv")
+    written = np.array([[float(r[f"p_{c}"]) for c in range(10)] for r in rows])
+    run = load_run(run_dir)
+    with open_store(store) as opened:
+        cls, patches, _ = load_split(opened, "test", torch.device("cpu"), progress=False).batch(
+            torch.arange(200), torch.device("cpu"))
+
+    def probabilities(bf16: bool) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _, logits = run.head(cls, patches)
+        return logits.float().softmax(dim=1).double().numpy()
+
+    expected, other = probabilities(run.config.precision == "bf16"), probabilities(run.config.precision != "bf16")
+    assert np.allclose(written, expected, rtol=1e-5, atol=1e-6)
+    if run.config.precision == "bf16":
+        assert not np.allclose(written, other, rtol=1e-5, atol=1e-6)
