@@ -5,9 +5,11 @@ Prints one line per figure and writes bench/gpu_check.json (or --json):
 1. the CUDA-marked tests (`pytest -m cuda`: split resident on the device, a run repeating bit for bit);
 2. ViT-B/16 (timm, random weights written by bench/extract.py) extraction img/s in bf16 at 224 against a bare forward
    loop (goal <= 1.10x overhead) -- bench/extract.py;
-3. the paper-size head step (T = 196, Dp = 768, Dc = 2304, widths 8000/1024/500, batch 512) in achieved TFLOP/s
-   against the card's dense bf16 peak (goal >= 35%) -- bench/train.py;
-4. K = 8 fused runs against 8 one after another (goal >= 3x) -- bench/sweep.py;
+3. the paper-size head step (T = 196, Dp = 768, Dc = 2304, widths 8000/1024/500, batch 512) as a fraction of the
+   card's measured bf16 matmul peak (the MFU; goal >= 35%), setups 2 and 7, and for setup 2 the candidates: eager,
+   torch.compile of the head, K = 8 runs fused one after another and as one vmap -- bench/limit.py; with them the
+   projected time of the 222-run SVHN ablation (goal <= 30 min on one H200);
+4. K = 8 fused runs against 8 one after another on a real sweep (goal >= 3x) -- bench/sweep.py;
 5. the wall time of one full 5-epoch tt-train run on a 73k-sample store of paper shape (written by this script).
 
     python bench/gpu_check.py                 # on the GPU machine
@@ -26,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 BENCH = Path(__file__).parent
-H200_DENSE_BF16_TFLOPS = 989.0  # NVIDIA's datasheet figure for H100/H200 SXM, without sparsity
+# the 222-run SVHN ablation: 73257 train images, batch 512, 5 epochs = 720 steps a run
+SVHN_ABLATION_RUN_STEPS = 222 * 5 * -(-73257 // 512)
 
 # (paper size on the GPU, smoke size on the CPU)
 SIZES = {
@@ -34,11 +37,10 @@ SIZES = {
                  "--batch-size", "256", "--dataset", "digits", "--repeats", "3", "--device", "cuda"],
                 ["--backbone", "effnet-lite0", "--resolution", "64", "--limit", "64", "--batch-size", "64",
                  "--repeats", "1", "--device", "cpu"]),
-    "head": (["--device", "cuda", "--backbone", "timm:vit_base_patch16_224", "--random-weights", "--resolution", "224",
-              "--paper-widths", "--batch-size", "512", "--samples", "2048", "--steps", "20", "--backbone-steps", "2",
-              "--peak-tflops", str(H200_DENSE_BF16_TFLOPS)],
-             ["--device", "cpu", "--batch-size", "16", "--samples", "64", "--steps", "2", "--backbone-steps", "1",
-              "--warmup-steps", "1", "--proj-dim", "32", "--pred-dim", "16", "--disc-dim", "8"]),
+    "limit": (["--device", "cuda", "--tokens", "196,768,2304", "--widths", "8000,1024,500", "--batch-size", "512",
+               "--samples", "8192", "--precisions", "bf16", "--setups", "2,7", "--fuse", "8", "--steps", "6",
+               "--rounds", "2", "--peak-size", "8192"],
+              ["--smoke", "--no-compile", "--setups", "2", "--precisions", "bf16"]),
     "sweep": (["--device", "cuda", "--epochs", "1", "--batch-size", "512", "--proj-dim", "8000", "--pred-dim", "1024",
                "--disc-dim", "500"],
               ["--device", "cpu", "--runs", "2", "--epochs", "1", "--batch-size", "256", "--proj-dim", "16",
@@ -102,12 +104,20 @@ def main() -> None:
         ratio = extract.get("overhead_ratio")
         report("extract_overhead", ratio, f"extraction overhead vs bare forward: {ratio:.3f}x (goal <= 1.10)")
 
-        head = bench("train.py", SIZES["head"][size], scratch / "train.json", 300)
-        utilisation = head.get("utilisation")
-        report("head_tflops", head["achieved_tflops"],
-               f"head step: {head['achieved_tflops']:.1f} TFLOP/s"
-               + (f" = {100 * utilisation:.1f}% of {H200_DENSE_BF16_TFLOPS:g} dense bf16 (goal >= 35%)"
-                  if utilisation else " (no peak on the CPU)"))
+        limit = bench("limit.py", SIZES["limit"][size], scratch / "limit.json", 500)
+        for row in limit["steps"]:
+            report(f"mfu_setup{row['setup']}", row["fraction_of_peak"],
+                   f"head step, setup {row['setup']} {row['precision']}: {row['gflops'] / 1e3:.1f} TFLOP/s = "
+                   f"{100 * row['fraction_of_peak']:.1f}% of the measured peak (goal >= 35%)")
+        per_run_step = limit.get("choices_ms_per_run_step", {})
+        for name, fraction in limit.get("choices_fraction_of_peak", {}).items():
+            report(f"mfu_{name}", fraction, f"setup 2, {name}: {per_run_step[name]:.1f} ms per run-step, "
+                                            f"{100 * fraction:.1f}% of the peak")
+        if per_run_step:
+            best = min(per_run_step, key=per_run_step.get)
+            minutes = SVHN_ABLATION_RUN_STEPS * per_run_step[best] / 1e3 / 60
+            report("svhn_ablation_min", minutes, f"222-run SVHN ablation at {best}'s rate: {minutes:.0f} min "
+                                                 "(goal <= 30 on one H200; setup 2's step, an underestimate for 5-7)")
 
         sweep = bench("sweep.py", SIZES["sweep"][size], scratch / "sweep.json", 300)
         report("fused_speedup", sweep["speedup"],

@@ -2,7 +2,8 @@
 achieved FLOP/s for each setup and precision as a fraction of that peak, then the speed choices that could close
 the gap (Acceleration), each timed against the default in the same run.
 
-1. peak: square GEMMs (`--peak-size`) in fp32 and bf16, on 1 thread and on all, best of `--peak-repeats`;
+1. peak: square GEMMs (`--peak-size`) in fp32 and bf16, on 1 thread and on all (on CUDA: the card), best of
+   `--peak-repeats`;
 2. the step: `loop.train_step` exactly as tt-train runs it (the real sampling, distinct-sample gather, both
    optimisers, diagnostics every 10 steps) for each setup and precision, rounds interleaved, median step time;
    FLOPs counted by train/flops.py from each step's actual distinct samples and rows;
@@ -12,6 +13,8 @@ the gap (Acceleration), each timed against the default in the same run.
 
     .venv/bin/python bench/limit.py --features features/fashion-mnist            # the study's shape
     .venv/bin/python bench/limit.py --smoke                                       # tiny, run by the test suite
+    .venv/bin/python bench/limit.py --device cuda --tokens 196,768,2304 --widths 8000,1024,500 --precisions bf16 \
+        --setups 2,7 --fuse 8 --samples 8192                                      # the paper's RADIO shape (GPU)
 
 Prints one line per figure, the fractions of peak last, and writes bench/limit.json (or --json).
 """
@@ -43,16 +46,28 @@ from head_step import HeadStep  # bench/head_step.py, next to this script
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def peak_gflops(size: int, dtype: torch.dtype, repeats: int) -> float:
-    """Best GFLOP/s of a size x size x size matmul."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    """Best GFLOP/s of a size x size x size matmul (on CUDA: 10 back to back per timing)."""
+    a, b = torch.randn(size, size, device=DEVICE).to(dtype), torch.randn(size, size, device=DEVICE).to(dtype)
+    count = 10 if DEVICE.type == "cuda" else 1
     for _ in range(2):
         a @ b
     best = float("inf")
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
+        for _ in range(count):
+            a @ b
+        synchronize()
+        best = min(best, (time.perf_counter() - start) / count)
     return 2 * size ** 3 / best / 1e9
 
 
@@ -63,7 +78,7 @@ def load_tokens(features: str | None, samples: int, tokens: tuple[int, int, int]
         from twinturbo.train.data import load_split
 
         with open_store(features) as store:
-            split = load_split(store, "train", torch.device("cpu"), progress=False)
+            split = load_split(store, "train", DEVICE, progress=False)
         n = min(samples, len(split))
         return SplitTensors(split.cls[:n], split.patches[:n], split.labels[:n], None if split.patch_scales is None
                             else split.patch_scales[:n])
@@ -80,7 +95,7 @@ class StepTimer:
 
     def __init__(self, configs: list[TrainConfig], split: SplitTensors, num_classes: int,
                  acceleration: Acceleration, compiled: bool = False):
-        first, device = configs[0], torch.device("cpu")
+        first, device = configs[0], DEVICE
         self.configs, self.split = configs, split
         self.step_fn = HeadStep(configs, split.cls_dim, split.patch_dim, num_classes, device, acceleration, compiled)
         self.draws = start_run_draws(first, split.labels, num_classes, device)
@@ -94,10 +109,12 @@ class StepTimer:
             plan = self.split.epoch_plan(self.draws.subset, self.configs[0].batch_size, self.draws.data)
             self.plan = list(zip(plan.unlabelled, plan.labelled))
         unlabelled, labelled = self.plan.pop(0)
+        synchronize()
         start = time.perf_counter()
-        batch, mask = step_inputs(self.configs, self.draws, self.split, unlabelled, labelled, torch.device("cpu"))
+        batch, mask = step_inputs(self.configs, self.draws, self.split, unlabelled, labelled, DEVICE)
         self.steps += 1
         self.step_fn(batch, self.steps % GRADIENT_EVERY == 0, mask)
+        synchronize()
         seconds = time.perf_counter() - start
         flops = 0
         for config in self.configs:
@@ -128,7 +145,7 @@ def _process_throughput(args: tuple) -> float:
     config, features, samples, tokens, num_classes, threads, steps, warmup = args
     torch.set_num_threads(threads)
     split = load_tokens(features, samples, tokens, num_classes)
-    timer = StepTimer([config], split, num_classes, Acceleration.for_run(torch.device("cpu"), config.precision))
+    timer = StepTimer([config], split, num_classes, Acceleration.for_run(DEVICE, config.precision))
     for _ in range(warmup):
         timer.step()
     start = time.perf_counter()
@@ -139,6 +156,7 @@ def _process_throughput(args: tuple) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--features", help="a store (its train split); default: random tokens of --tokens")
     parser.add_argument("--tokens", default="4,320,1280", help="T,Dp,Dc of random tokens (effnet-lite0:320 at 64 px)")
     parser.add_argument("--samples", type=int, default=20480, help="train samples held")
@@ -159,6 +177,7 @@ def main() -> None:
     parser.add_argument("--choices-setup", type=int, default=2)
     parser.add_argument("--fuse", type=int, default=4)
     parser.add_argument("--no-choices", action="store_true", help="skip part 3")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidate")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
@@ -166,8 +185,10 @@ def main() -> None:
         args.tokens, args.samples, args.widths, args.batch_size, args.labels = "2,8,12", 128, "16,8,4", 16, 10
         args.steps, args.warmup, args.rounds, args.peak_size, args.peak_repeats, args.fuse = 2, 1, 1, 64, 1, 2
 
-    cpus = torch.get_num_threads()
-    result: dict = {"host": host_description(torch.device("cpu")), "native_bf16": native_bf16(torch.device("cpu")),
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    cpus = torch.get_num_threads() if DEVICE.type == "cpu" else 1
+    result: dict = {"host": host_description(DEVICE), "native_bf16": native_bf16(DEVICE), "device": str(DEVICE),
                     "cpu_threads": cpus, "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
 
     # 1. the machine's peak
@@ -185,13 +206,16 @@ def main() -> None:
     tokens = tuple(int(x) for x in args.tokens.split(","))
     widths = [int(x) for x in args.widths.split(",")]
     split = load_tokens(args.features, args.samples, tokens, args.num_classes)
+    if DEVICE.type == "cuda" and split.cls.device.type != "cuda":  # held on the card, as tt-train holds a split
+        split = SplitTensors(split.cls.to(DEVICE), split.patches.to(DEVICE), split.labels.to(DEVICE),
+                             None if split.patch_scales is None else split.patch_scales.to(DEVICE))
     base = TrainConfig(labels=args.labels, batch_size=args.batch_size, proj_dim=widths[0], pred_dim=widths[1],
                        disc_dim=widths[2], val_labels=0)
     setups = [int(s) for s in args.setups.split(",")]
     precisions = args.precisions.split(",")
     samples: dict[tuple[int, str], list[tuple[float, float]]] = {}
     timers = {(s, p): StepTimer([setup_config(s, base, p, args.critic, args.latent)], split, args.num_classes,
-                                Acceleration.for_run(torch.device("cpu"), p)) for s in setups for p in precisions}
+                                Acceleration.for_run(DEVICE, p)) for s in setups for p in precisions}
     for _ in range(args.rounds):
         for key, timer in timers.items():
             samples.setdefault(key, []).append(time_steps(timer, args.steps, args.warmup))
@@ -212,25 +236,36 @@ def main() -> None:
         precision = "bf16" if "bf16" in precisions else precisions[0]
         config = setup_config(args.choices_setup, base, precision, args.critic, args.latent)
         group = [replace(config, critic_weight=config.critic_weight * (1 + i)) for i in range(args.fuse)]
-        default = Acceleration.for_run(torch.device("cpu"), precision)
+        default = Acceleration.for_run(DEVICE, precision)
         choices: dict[str, float] = {}
+        fractions: dict[str, float] = {}
+        peak_here = peak[precision][min(args.threads, max(peak[precision]))] * 1e9
+        one_after_another = replace(default, batched_runs=False)
         candidates = {
-            "separate": lambda: [StepTimer([c], split, args.num_classes, default) for c in group],
-            "fused": lambda: [StepTimer(group, split, args.num_classes, default)],
+            "separate": lambda: [StepTimer([c], split, args.num_classes, one_after_another) for c in group],
+            "fused": lambda: [StepTimer(group, split, args.num_classes, one_after_another)],
             "fused_vmap": lambda: [StepTimer(group, split, args.num_classes, replace(default, batched_runs=True))],
             "eager": lambda: [StepTimer([config], split, args.num_classes, default)],
             "compiled": lambda: [StepTimer([config], split, args.num_classes, default, compiled=True)],
         }
+        if args.no_compile:
+            del candidates["compiled"]
         built = {name: make() for name, make in candidates.items()}
         for _ in range(args.rounds):  # interleaved; seconds per run-step (a fused pass's step covers K runs)
             for name, timers_of in built.items():
-                per_run = len(group) if name != "eager" and name != "compiled" else 1
-                seconds = sum(time_steps(t, args.steps, args.warmup)[0] for t in timers_of)
-                choices[name] = min(choices.get(name, float("inf")), seconds / per_run)
+                per_run = len(group) if name not in ("eager", "compiled") else 1
+                timed_here = [time_steps(t, args.steps, args.warmup) for t in timers_of]
+                seconds = sum(median for median, _ in timed_here)
+                if seconds / per_run < choices.get(name, float("inf")):
+                    choices[name] = seconds / per_run
+                    fractions[name] = sum(median * rate for median, rate in timed_here) / seconds / peak_here
         result["choices_ms_per_run_step"] = {k: 1e3 * v for k, v in choices.items()}
+        result["choices_fraction_of_peak"] = fractions
         print(f"fused x{args.fuse} one after another vs separate: {choices['separate'] / choices['fused']:.2f}x; "
               f"fused x{args.fuse} as one vmap vs separate: {choices['separate'] / choices['fused_vmap']:.2f}x")
-        print(f"torch.compile of the head's forward vs eager: {choices['eager'] / choices['compiled']:.2f}x")
+        if "compiled" in choices:
+            print(f"torch.compile of the head's forward vs eager: {choices['eager'] / choices['compiled']:.2f}x")
+        print("fraction of the " + precision + " peak: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in fractions.items()))
         if cpus >= 2:
             total_steps = 3 * args.steps
             work = (config, args.features, args.samples, tokens, args.num_classes)

@@ -57,4 +57,6 @@ def test_the_prepared_gpu_check_runs_at_smoke_size(tmp_path):
     figures = json.loads((tmp_path / "gpu.json").read_text())
     assert figures["smoke"] is True and "skipped" in figures["cuda_tests"]
     assert figures["extract_overhead"] > 0 and figures["fused_speedup"] > 0 and figures["full_run_s"] > 0
-    assert len(result.stdout.strip().splitlines()) == 6  # one line per figure, then the JSON's path
+    assert figures["mfu_setup2"] > 0 and {"mfu_fused", "mfu_fused_vmap", "svhn_ablation_min"} <= set(figures)
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(figures) - 1 and lines[-1].startswith("wrote ")  # one line per figure, then the JSON
