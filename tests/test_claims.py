@@ -29,10 +29,11 @@ def sweep(store: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 def test_two_commands_on_one_out_train_every_run_once(write_tiny_store, tmp_path):
     store, out = write_tiny_store(tmp_path / "store"), tmp_path / "sweep"
-    first = sweep(store, out)
+    first = sweep(store, out, "--workers", "2")
     time.sleep(1.0)
     second = sweep(store, out)
     outputs = [p.communicate(timeout=600) for p in (first, second)]
+    assert "leaked" not in outputs[0][1]  # the 2-worker pool is shut down cleanly when its runs are done
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
     ids = [row["run_id"] for row in read_rows(out / "results.jsonl")]
     raw = [json.loads(line)["run_id"] for line in (out / "results.jsonl").read_text().splitlines()]

@@ -161,8 +161,10 @@ def launch_local(work: SweepWork, groups: list[list[RunSpec]], workers: int = 1)
                     left.update(others)
                     if rows:
                         advance(rows)
-        finally:
+        except BaseException:
             _stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)  # every run done: let the workers exit on their own (no semaphore left behind)
     return left
 
 
