@@ -260,9 +260,11 @@ def test_folder_resizes_to_the_first_image(tmp_path):
     rng = np.random.default_rng(0)
     first = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
     other = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    (tmp_path / "train" / "a").mkdir(parents=True)
+    for name in "ab":
+        (tmp_path / "train" / name).mkdir(parents=True)
     Image.fromarray(first).save(tmp_path / "train" / "a" / "0.png")
     Image.fromarray(other).save(tmp_path / "train" / "a" / "1.png")
+    Image.fromarray(other).save(tmp_path / "train" / "b" / "0.png")
     split = read_dataset_split(f"folder:{tmp_path}", "train")
     images = split.read(0, 2)
     assert images.shape == (2, 10, 12, 3)
@@ -270,17 +272,19 @@ def test_folder_resizes_to_the_first_image(tmp_path):
     np.testing.assert_array_equal(images[1], np.asarray(Image.fromarray(other).resize((12, 10), Image.BILINEAR)))
 
 
-def test_folder_corrupt_image_names_the_file(image_folder):
+def test_folder_corrupt_image_names_the_file(image_folder, tmp_path):
+    image_folder = Path(shutil.copytree(image_folder, tmp_path / "pets"))  # the fixture's folder is shared
     bad = image_folder / "train" / "cat" / "cat_03.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
-    split = read_dataset_split(f"folder:{image_folder}", "train")
-    with pytest.raises(TwinTurboError, match="cat_03.png"):
-        split.read(0, len(split))
+    message = user_error("1 of 9 image files", f"folder:{image_folder}", "train")  # checked before anything is read
+    assert str(bad) in message and "nothing was written" in message
 
 
 def test_folder_missing_or_empty(tmp_path):
     user_error(f"{tmp_path / 'nothing' / 'train'}/<class>/*.png", f"folder:{tmp_path / 'nothing'}", "train")
     (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    user_error("holds only 'a' as class sub-folders", f"folder:{tmp_path / 'empty'}", "train")
+    (tmp_path / "empty" / "train" / "b").mkdir()
     user_error("no images", f"folder:{tmp_path / 'empty'}", "train")
     user_error(f"{tmp_path / 'empty' / 'test'}/<class>", f"folder:{tmp_path / 'empty'}", "test")
 

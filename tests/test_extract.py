@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import zarr
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.store import open_store
+from twinturbo.common.store import chunk_digest, open_store
 from twinturbo.extract.cli import main
 
 BIN = Path(sys.executable).parent
@@ -193,7 +193,11 @@ def test_verify_passes_a_complete_store_and_fails_an_incomplete_or_nan_one(small
 
     tampered = tmp_path / "tampered"
     shutil.copytree(small_store, tampered)
-    zarr.open_group(str(tampered), mode="r+")["train"]["patches"][37, 0, 5] = np.nan
+    # A NaN the backbone wrote at extraction: its chunk's checksum was computed over it, so only the NaN check sees it.
+    train = zarr.open_group(str(tampered), mode="r+")["train"]
+    train["patches"][37, 0, 5] = np.nan
+    column = list(train.attrs["checksum_arrays"]).index("patches")
+    train["checksums"][2, column] = chunk_digest(train["patches"][32:48])
     code, _, err = run_cli(["--no-progress", "--verify", tampered], capsys)
     assert_one_line_error(code, err, "NaN", "sample 37")
 
