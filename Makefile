@@ -71,4 +71,5 @@ study-fashion-mnist: setup fashion-mnist
 	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/n100 --labels 100 --val-labels 1000 \
 		--critic-grid 0.01,0.1,1,3,10 --latent-grid 0.01,0.1,1
 	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/n1000 --labels 1000 --critic-grid 0.1,1,3,10 --latent-grid 0.1,1
-	$(BIN)/tt-report $(STUDY)/n100 $(STUDY)/n1000 --features features/fashion-mnist --out $(STUDY)
+	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/terms-n100 --grid $(STUDY)/new-terms.toml
+	$(BIN)/tt-report $(STUDY)/n100 $(STUDY)/n1000 $(STUDY)/terms-n100 --features features/fashion-mnist --out $(STUDY)
