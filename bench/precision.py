@@ -6,7 +6,7 @@ The runs are two tt-sweep directories with one grid, one in each precision (the 
 the noise comes from a third sweep with more seeds at the same settings (the committed Fashion-MNIST study).
 
     .venv/bin/python bench/precision.py bench/precision/fp32 bench/precision/bf16 \
-        --noise docs/results/fashion-mnist/sweep-n100
+        --noise docs/results/fashion-mnist/v1-fp32-test-selected/sweep-n100
 
 Prints one line per pair, then the verdict, and writes bench/precision.json (or --json).
 """
