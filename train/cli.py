@@ -7,17 +7,22 @@ TrainConfig default) and has list options for the grid axes instead.
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 from typing import Callable
 
 import click
 
 from twinturbo.common.command import Command
+from twinturbo.common.device import resolve_device, resolve_precision
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.train.config import TrainConfig
+from twinturbo.common.sizes import parse_size
 from twinturbo.common.slurm import options_of, slurm_options
-from twinturbo.train.launch import DEFAULT_FUSE
+from twinturbo.train.config import TrainConfig
+from twinturbo.train.launch import DEFAULT_FUSE, run_sweep, sweep_status
 from twinturbo.train.memory import MEMORY_HEADROOM
-from twinturbo.train.sweep import DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, format_list, grid_key
+from twinturbo.train.report import make_report
+from twinturbo.train.rundir import train_from_store
+from twinturbo.train.sweep import DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, build_grid, format_list, grid_key
 from twinturbo.train.terms import DISPLAY_ORDER
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -74,12 +79,6 @@ memory_limit_option = click.option(
 def train_main(features: str, device: str, memory_limit: str | None, out_dir: str | None, quiet: bool,
                **options) -> None:
     """tt-train: train one TwinTURBO head on cached features (Eq. 22) and report its test accuracy."""
-    from pathlib import Path
-
-    from twinturbo.common.device import resolve_device, resolve_precision
-    from twinturbo.common.sizes import parse_size
-    from twinturbo.train.rundir import train_from_store
-
     torch_device = resolve_device(device)
     config = TrainConfig(**options).validate()
     config.precision = resolve_precision(config.precision, torch_device)  # the run records what it computed in
@@ -139,10 +138,6 @@ def sweep_main(features: str | None, sweep_dir: str, status: bool, grid_file: st
 
     Rerun the same command after a kill: finished runs are skipped, interrupted ones retrained.
     """
-    from twinturbo.common.sizes import parse_size
-    from twinturbo.train.launch import run_sweep, sweep_status
-    from twinturbo.train.sweep import build_grid
-
     if status:
         click.echo(sweep_status(sweep_dir))
         return
@@ -183,8 +178,6 @@ def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, protocol: str,
     figure_<dataset>.png (Figures 2-4 with validation-chosen λ), all_<dataset>.png (Appendix C),
     diagnostics_<dataset>.png (the critic over training) and results.csv, from one or more SWEEP_DIRs (e.g. the 100-
     and the 1000-label sweeps of one store)."""
-    from twinturbo.train.report import make_report
-
     written = make_report(list(sweep_dirs), out_dir, baseline, features, protocol, epoch_rule, val_size)
     click.echo(next(p for p in written if p.name == "summary.md").read_text())
     for path in written:
