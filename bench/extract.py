@@ -46,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--random-weights", action="store_true", help="timm:<model> with random weights (timing only)")
+    parser.add_argument("--precision", action="store_true",
+                        help="also time the bare forward in the other precision (fp32 vs bf16 autocast) and compare "
+                             "the tokens: why tt-extract uses bf16 on CUDA only")
     parser.add_argument("--out", type=Path, default=None, help="where the store goes (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     return parser.parse_args()
@@ -70,12 +73,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_loop(backbone, batches: list[torch.Tensor], device: torch.device) -> tuple[float, float]:
-    """(wall, CPU) seconds for the backbone alone over the pre-resized batches (already on the device)."""
+def bare_loop(backbone, batches: list[torch.Tensor], device: torch.device,
+              bf16: bool | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds for the backbone alone over the pre-resized batches (already on the device); `bf16` as
+    forward_features' (None: what tt-extract uses on this device)."""
     synchronize(device)
     started, cpu_started = time.perf_counter(), time.process_time()
     for x in batches:
-        forward_features(backbone, x)
+        forward_features(backbone, x, bf16=bf16)
     synchronize(device)
     return time.perf_counter() - started, time.process_time() - cpu_started
 
@@ -133,6 +138,8 @@ def main() -> None:
         "overhead_ratio": bare / extract, "overhead_ratio_end_to_end": bare / end_to_end, "goal": 1.10,
         "command": "bench/extract.py " + " ".join(sys.argv[1:]),
     }
+    if args.precision:
+        report["precision"] = compare_precisions(backbone, batches, device, args.repeats)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{backbone.name} @ {backbone.resolution}px, {n} x {args.dataset}/{args.split}, batch {batch_size}, "
           f"{device}, {args.format}/{args.dtype}, best of {args.repeats}")
@@ -143,6 +150,31 @@ def main() -> None:
     print(f"CPU-time ratio (end to end)   = {min(extract_cpu) / min(bare_cpu):.3f}   (CPU seconds, all threads)")
     print(f"overhead ratio (end to end)   = {bare / end_to_end:.3f}")
     print(f"overhead ratio = bare_images_per_s / extract_images_per_s = {bare / extract:.3f}   (goal <= 1.10)")
+    if args.precision:
+        p = report["precision"]
+        print(f"bare forward fp32 {p['fp32_images_per_s']:.1f} img/s, bf16 autocast {p['bf16_images_per_s']:.1f} img/s: "
+              f"bf16 {p['bf16_speedup']:.2f}x; tokens: largest |bf16 - fp32| / std = {p['cls_max_rel_error']:.3f} "
+              f"(cls), {p['patches_max_rel_error']:.3f} (patches)")
+
+
+def compare_precisions(backbone, batches: list[torch.Tensor], device: torch.device, repeats: int) -> dict:
+    """The bare forward in fp32 and under bf16 autocast, alternating, best of `repeats` each; and how far the
+    bf16 tokens of the first batch are from the fp32 ones, in units of each array's standard deviation."""
+    n = sum(len(x) for x in batches)
+    times = {False: [], True: []}
+    for _ in range(repeats):
+        for bf16 in (False, True):
+            times[bf16].append(bare_loop(backbone, batches, device, bf16=bf16)[0])
+    (cls32, patches32), (cls16, patches16) = (forward_features(backbone, batches[0], bf16=b) for b in (False, True))
+
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a.float(), b.float()
+        return float((a - b).abs().max() / a.std())
+
+    return {"fp32_images_per_s": n / min(times[False]), "bf16_images_per_s": n / min(times[True]),
+            "bf16_speedup": min(times[False]) / min(times[True]), "fp32_seconds": times[False],
+            "bf16_seconds": times[True], "cls_max_rel_error": relative(cls32, cls16),
+            "patches_max_rel_error": relative(patches32, patches16)}
 
 
 if __name__ == "__main__":

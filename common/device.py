@@ -77,8 +77,9 @@ class Acceleration:
 
 def extraction_bf16(device: torch.device) -> bool:
     """bf16 autocast of the backbone's forward in tt-extract: on CUDA only. On the CPU the tokens stay fp32-computed
-    even where bf16 is native (2.1x faster on the 2-core EPYC, bench/README.md): a store is read by every run made
-    on it, and stores extracted on CPUs with and without bf16 then hold the same tokens."""
+    even where bf16 is native (1.34x faster on the 2-core EPYC, but tokens up to 0.9 standard deviations apart,
+    bench/README.md "Extraction in bf16"): a store is read by every run made on it, and stores extracted on CPUs with
+    and without bf16 then hold the same tokens."""
     return device.type == "cuda"
 
 
