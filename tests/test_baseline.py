@@ -123,3 +123,53 @@ def test_report_finds_a_moved_store_by_fingerprint_and_names_a_changed_one(tmp_p
     summary = (sweep / "summary.md").read_text()
     assert f"Baselines not computed: the store at {other} changed since the sweep" in summary
     assert "LogisticRegression |" not in summary
+
+
+def test_each_baseline_fit_is_cached_as_it_ends_and_baselines_picks_the_methods(tmp_path, write_synthetic_store,
+                                                                                monkeypatch):
+    import pytest
+    from click.testing import CliRunner
+
+    from twinturbo.common.errors import TwinTurboError
+    from twinturbo.train import baseline
+    from twinturbo.train.cli import report_main
+
+    path = write_synthetic_store(tmp_path / "synthetic", n_train=200, n_test=60, scale=0.5)
+    with open_store(path) as store:
+        identity = store.identity()
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    rows = [{"run_id": f"r{seed}", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
+             "config": {"loss": "cat_cross", "rescale": "softmax", "labels": 20, "seed": seed, "val_labels": 20}}
+            for seed in (42, 1337)]
+    (sweep / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # a report killed during its first LabelSpreading fit
+
+    monkeypatch.setitem(baseline.BASELINES, "LabelSpreading", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_report(sweep)
+    cached = json.loads((sweep / "baselines.json").read_text())
+    assert sorted(k.split("/")[1].split("-")[0] for k in cached) == ["LogisticRegression"] * 2 + ["SelfTraining"] * 2
+
+    def refitted(*args, **kwargs):
+        raise AssertionError("a cached fit was fitted again")
+
+    monkeypatch.setitem(baseline.BASELINES, "LogisticRegression", refitted)
+    monkeypatch.setitem(baseline.BASELINES, "SelfTraining", refitted)
+    monkeypatch.setitem(baseline.BASELINES, "LabelSpreading", spreading_baseline)
+    make_report(sweep)  # resumes: only LabelSpreading is fitted
+    assert len(json.loads((sweep / "baselines.json").read_text())) == 6
+
+    result = CliRunner().invoke(report_main, [str(sweep), "--baselines", "LogisticRegression,LabelSpreading"])
+    assert result.exit_code == 0, result.output
+    summary = (sweep / "summary.md").read_text()
+    assert "| LogisticRegression | 20 |" in summary and "| LabelSpreading | 20 |" in summary
+    assert "SelfTraining" not in summary
+    result = CliRunner().invoke(report_main, [str(sweep), "--baselines", "LogisticRegression,FixMatch"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: --baselines LogisticRegression,FixMatch: unknown 'FixMatch'; expected a comma-separated list of "
+        "LogisticRegression, SelfTraining, LabelSpreading"], result.output
+    with pytest.raises(TwinTurboError):
+        make_report(sweep, methods=("nothing",))

@@ -17,6 +17,7 @@ from twinturbo.common.device import resolve_device, resolve_precision
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.sizes import parse_size
 from twinturbo.common.slurm import options_of, slurm_options
+from twinturbo.train.baseline import BASELINES
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.launch import DEFAULT_FUSE, run_sweep, sweep_status
 from twinturbo.train.memory import MEMORY_HEADROOM
@@ -168,17 +169,22 @@ def sweep_main(features: str | None, sweep_dir: str, status: bool, grid_file: st
               help="Choose on the first N validation labels of each run (a prefix is itself a class-balanced "
                    "validation split)  [default: as many as the run's --labels, or all it recorded]")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Fit LogisticRegression, SelfTraining and LabelSpreading on each seed's labelled subset of the "
-                   "sweep's store and show them (cached in OUT/baselines.json).")
+              help="Fit the --baselines on each seed's labelled subset of the sweep's store and show them (each fit "
+                   "cached in OUT/baselines.json as it ends: an interrupted report resumes).")
+@click.option("--baselines", "methods", default=",".join(BASELINES), show_default=True,
+              help="Which baselines, comma-separated. SelfTraining refits LogisticRegression on every pseudo-"
+                   "labelled CLS vector, up to 10 rounds for each of 3 thresholds and each seed: on a CPU and 60k "
+                   "1280-d vectors that is hours per seed (bench/README.md, 'Baselines'); leave it out there.")
 @click.option("--features", type=click.Path(),
               help="The sweep's store when it is no longer where the sweep recorded it (checked by fingerprint).")
 def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, protocol: str, epoch_rule: str,
-                val_size: int | None, baseline: bool, features: str | None) -> None:
+                val_size: int | None, baseline: bool, methods: str, features: str | None) -> None:
     """tt-report: summary.md (what ran, the protocol, the finding with its 95% intervals, the tables),
     figure_<dataset>.png (Figures 2-4 with validation-chosen λ), all_<dataset>.png (Appendix C),
     diagnostics_<dataset>.png (the critic over training) and results.csv, from one or more SWEEP_DIRs (e.g. the 100-
     and the 1000-label sweeps of one store)."""
-    written = make_report(list(sweep_dirs), out_dir, baseline, features, protocol, epoch_rule, val_size)
+    written = make_report(list(sweep_dirs), out_dir, baseline, features, protocol, epoch_rule, val_size,
+                          tuple(m.strip() for m in methods.split(",") if m.strip()))
     click.echo(next(p for p in written if p.name == "summary.md").read_text())
     for path in written:
         click.echo(f"wrote {path}")

@@ -14,7 +14,10 @@ import json
 import math
 from pathlib import Path
 
+from tqdm import tqdm
+
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.hashing import write_json_atomic
 from twinturbo.common.store import open_store
 from twinturbo.train.baseline import BASELINES, SELF_TRAINING_THRESHOLDS, read_cls_vectors
 from twinturbo.train.figures import plot_all, plot_diagnostics, plot_selected
@@ -46,11 +49,16 @@ PROTOCOL_SENTENCE = {
 
 # ---- baselines, fitted once per store, labelled subset and validation size -------------------------------------
 
-def baselines_of(rows: list[dict], features: str | None = None, cache: Path | None = None) \
-        -> dict[tuple[str, str], Baselines | str]:
+def baselines_of(rows: list[dict], features: str | None = None, cache: Path | None = None,
+                 methods: tuple[str, ...] = tuple(BASELINES)) -> dict[tuple[str, str], Baselines | str]:
     """(dataset, backbone) -> method -> label budget -> seed -> accuracy % on the rows' own store (or on `features`,
-    when it holds the same extraction), or the reason it could not be computed. Results are kept in `cache` (a JSON
-    file keyed by store fingerprint, method, budget, validation size and seed): a report is redrawn in seconds."""
+    when it holds the same extraction), or the reason it could not be computed. Each fit is kept in `cache` as soon
+    as it is done (a JSON file keyed by store fingerprint, method, budget, validation size and seed): an interrupted
+    report resumes, and a finished one is redrawn in seconds."""
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown:
+        raise TwinTurboError(f"--baselines {','.join(methods)}: unknown {unknown[0]!r}; expected a comma-separated "
+                             f"list of {', '.join(BASELINES)}")
     stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     wanted: dict[tuple[str, str], dict] = {}
     for row in rows:
@@ -61,8 +69,8 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
     out: dict[tuple[str, str], Baselines | str] = {}
     for key, entry in wanted.items():
         fingerprint, path = entry["store"].get("fingerprint"), entry["store"].get("path")
-        result: Baselines = {method: {} for method in BASELINES}
-        missing = [(method, budget, seed, spec["val"]) for method in BASELINES
+        result: Baselines = {method: {} for method in methods}
+        missing = [(method, budget, seed, spec["val"]) for method in methods
                    for budget, spec in sorted(entry["budgets"].items()) for seed in sorted(spec["seeds"])
                    if _cache_key(fingerprint, method, budget, spec["val"], seed) not in stored]
         try:
@@ -76,21 +84,23 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
                         out[key] = f"the store at {path} changed since the sweep"
                         continue
                 vectors = read_cls_vectors(path)
-                for method, budget, seed, val in missing:
+                bar = tqdm(missing, desc="baselines", unit="fit", leave=False)
+                for method, budget, seed, val in bar:
+                    bar.set_postfix_str(f"{method} n={budget} seed {seed}")
                     fit = BASELINES[method]
                     kwargs = {"val_labels": val} if method == "SelfTraining" else {}
                     accuracy = fit(path, budget, [seed], vectors, **kwargs)[seed]
                     stored[_cache_key(fingerprint, method, budget, val, seed)] = 100.0 * accuracy
+                    if cache is not None:
+                        write_json_atomic(cache, stored)
         except TwinTurboError as err:
             out[key] = str(err)
             continue
-        for method in BASELINES:
+        for method in methods:
             for budget, spec in entry["budgets"].items():
                 result[method][budget] = {seed: stored[_cache_key(fingerprint, method, budget, spec["val"], seed)]
                                           for seed in spec["seeds"]}
         out[key] = result
-    if cache is not None and stored:
-        cache.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     return out
 
 
@@ -331,11 +341,12 @@ def read_sweeps(directories: list[Path]) -> list[dict]:
 
 def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path | None = None, baseline: bool = True,
                 features: str | None = None, protocol: str = "val", epoch_rule: str = "last",
-                val_size: int | None = None) -> list[Path]:
+                val_size: int | None = None, methods: tuple[str, ...] = tuple(BASELINES)) -> list[Path]:
     """Write figure_<dataset>.png, all_<dataset>.png, diagnostics_<dataset>.png (when the rows hold training
     diagnostics), summary.md and results.csv from one or more sweeps' rows (e.g. a 100-label and a 1000-label sweep
-    of one store); return their paths. `protocol`, `epoch_rule` and `val_size` as tt-report's --select, --epoch and
-    --val-size; with `baseline`, the three baselines are fitted on the sweep's store (cached in baselines.json)."""
+    of one store); return their paths. `protocol`, `epoch_rule`, `val_size` and `methods` as tt-report's --select,
+    --epoch, --val-size and --baselines; with `baseline`, those baselines are fitted on the sweep's store (cached in
+    baselines.json)."""
     if protocol not in PROTOCOLS:
         raise TwinTurboError(f"--select {protocol}: expected one of {', '.join(PROTOCOLS)}")
     if epoch_rule not in EPOCH_RULES:
@@ -352,7 +363,7 @@ def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path |
         raise TwinTurboError(f"{directories[0] / RESULTS_FILE}: a row lacks {err} (not written by tt-sweep?)") from None
     out = Path(out_dir) if out_dir is not None else directories[0]
     out.mkdir(parents=True, exist_ok=True)
-    baselines = baselines_of(rows, features, out / "baselines.json") if baseline else {}
+    baselines = baselines_of(rows, features, out / "baselines.json", methods) if baseline and methods else {}
     text, drawn = summary_markdown(rows, by_group, baselines, protocol, epoch_rule, val_size)
     written = []
     several_backbones = len(by_group) > len({dataset for dataset, _ in by_group})

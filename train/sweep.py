@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.hashing import canonical_json
+from twinturbo.common.hashing import canonical_json, write_json_atomic
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.setups import PAPER_SETUPS, Setup, setup_key
 from twinturbo.train.terms import DISPLAY_ORDER, TERMS, rows_needed
@@ -292,15 +292,6 @@ def load_grid_file(path: str | os.PathLike) -> dict:
 # The sweep directory's sweep.json: what the sweep is (results.jsonl, what is finished, is train/results.py's)
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _grid_difference(old: dict, new: dict) -> str:
     return "; ".join(f"{key}: {canonical_json(old.get(key))} -> {canonical_json(new.get(key))}"
                      for key in sorted(set(old) | set(new)) if canonical_json(old.get(key)) != canonical_json(new.get(key)))
@@ -341,7 +332,7 @@ def prepare_sweep_dir(sweep_dir: str | os.PathLike, grid: SweepGrid, store_ident
         history = existing.get("history", []) + [{"grid": old_grid, "store": old_store}]
         current["history"] = history
     current["format"] = SWEEP_FORMAT
-    _write_json_atomic(path, current)
+    write_json_atomic(path, current)
     return current
 
 
