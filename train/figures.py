@@ -31,8 +31,11 @@ def _pyplot():
 
 
 def setup_label(setup: int | str, name: str) -> str:
-    """'3: cat_twin/softmax\n+ critic' for an x axis."""
+    """'3: cat_twin/softmax\n+ critic' for an x axis; a long loss name breaks at its '/' so that labels do not
+    run into their neighbours."""
     head, _, terms = name.partition(" + ")
+    if len(head) > 18:
+        head = head.replace("/", "/\n", 1)
     return f"{setup}: {head}" + ("\n+ " + terms if terms else "\nalone")
 
 
@@ -227,6 +230,7 @@ def plot_diagnostics(rows: list[dict], chosen: dict[tuple, Combination], dataset
                 handles.setdefault(setup, line)
             ax.set_title(f"{title}, {budget} labels", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
             ax.tick_params(labelsize=8)
             ax.grid(alpha=0.3)
             if p_index < 2:
