@@ -34,9 +34,9 @@ def setup_label(setup: int | str, name: str) -> str:
     """'3: cat_twin/softmax\n+ critic' for an x axis; a long loss name breaks at its '/' so that labels do not
     run into their neighbours."""
     head, _, terms = name.partition(" + ")
-    if len(head) > 18:
-        head = head.replace("/", "/\n", 1)
-    return f"{setup}: {head}" + ("\n+ " + terms if terms else "\nalone")
+    loss, _, rescale = head.partition("/")
+    first = f"{setup}:\n{loss}/\n{rescale}" if len(head) > 18 else f"{setup}: {head}"
+    return first + ("\n+ " + terms if terms else "\nalone")
 
 
 def _axis_floor(values: list[float]) -> float:
