@@ -257,3 +257,18 @@ def test_diagnostics_figure_only_when_rows_hold_diagnostics(sweep_dir, tmp_path)
     assert result.exit_code == 0, result.output
     image = matplotlib.image.imread(with_diagnostics / "diagnostics_digits.png")
     assert image.shape[0] > 600 and image.shape[1] > 1000
+
+
+def test_the_finding_names_the_largest_paired_gain_and_says_when_there_is_no_interval(tmp_path):
+    rows = [_row(1, 100, 0.0, 0.0, seed, test, 0.7) for seed, test in ((42, 0.60), (1337, 0.70), (3435, 0.65))]
+    rows += [_row(2, 100, 1.0, 0.0, seed, test, 0.7) for seed, test in ((42, 0.63), (1337, 0.72), (3435, 0.68))]
+    rows += [_row(1, 1000, 0.0, 0.0, 42, 0.78, 0.8), _row(2, 1000, 1.0, 0.0, 42, 0.79, 0.8)]
+    for row in rows:
+        append_row(tmp_path / "results.jsonl", row)
+    assert CliRunner().invoke(report_main, [str(tmp_path), "--no-baseline"]).exit_code == 0
+    finding = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("Finding"))
+    mean, half = _interval([3.0, 2.0, 3.0])  # the paired differences in points
+    assert f"at 100 labels the largest gain over setup 1 is setup 2 (cat_cross/softmax + critic): +{mean:.2f} ± " \
+           f"{half:.2f} points, above setup 1 on 3 of 3 seeds (its interval excludes 0)" in finding
+    assert "at 1000 labels the largest gain over setup 1 is setup 2 (cat_cross/softmax + critic): +1.00 (n=1) " \
+           "points, above setup 1 on 1 of 1 seeds (one seed: no interval)" in finding

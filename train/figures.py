@@ -74,13 +74,16 @@ def plot_selected(combos: list[Combination], chosen: dict[tuple, Combination],
     texts: list[tuple[float, str]] = []  # written inside the bars, at their foot, once the axis is set
     for b_index, budget in enumerate(budgets):
         colour = BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)]
+        counts = [len(chosen[key].test(epoch_rule)) for key in groups if key[1] == budget and key in chosen]
+        fewest, most = min(counts), max(counts)  # a sweep still running has fewer seeds for its later setups
+        legend = f"{budget} labels, {fewest if fewest == most else f'{fewest}-{most}'} seed{'s' if most > 1 else ''}"
         for s_index, setup in enumerate(setups):
             candidates = groups.get((setup, budget))
             if not candidates:
                 continue
             x = s_index + (b_index - (len(budgets) - 1) / 2) * width
             choice = chosen[(setup, budget)]
-            interval = bar(x, choice.test(epoch_rule), colour, label=f"{budget} labels" if s_index == 0 else None)
+            interval = bar(x, choice.test(epoch_rule), colour, label=legend if s_index == 0 else None)
             paper = choose(candidates, "paper", epoch_rule)
             best_seed = max(paper.test(epoch_rule).values())
             ax.scatter([x], [best_seed], marker="D", s=22, facecolor="white", edgecolor="black", zorder=4,

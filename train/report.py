@@ -243,8 +243,8 @@ def finding_sentence(combos: list[Combination], chosen: dict[tuple, Combination]
             continue
         best, combo = max(gains, key=lambda item: item[0].difference.mean)
         low, high = best.difference.low, best.difference.high
-        verdict = "its interval excludes 0" if math.isfinite(low) and (low > 0 or high < 0) else \
-            "its interval includes 0"
+        verdict = ("one seed: no interval" if not math.isfinite(low) else
+                   "its interval excludes 0" if low > 0 or high < 0 else "its interval includes 0")
         sentences.append(f"at {budget} labels the largest gain over setup 1 is setup {combo.setup} "
                          f"({combo.setup_name}): {best.difference.text(signed=True)} points, above setup 1 on "
                          f"{best.positive} of {len(best.seeds)} seeds ({verdict})")
