@@ -55,10 +55,6 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
     when it holds the same extraction), or the reason it could not be computed. Each fit is kept in `cache` as soon
     as it is done (a JSON file keyed by store fingerprint, method, budget, validation size and seed): an interrupted
     report resumes, and a finished one is redrawn in seconds."""
-    unknown = [m for m in methods if m not in BASELINES]
-    if unknown:
-        raise TwinTurboError(f"--baselines {','.join(methods)}: unknown {unknown[0]!r}; expected a comma-separated "
-                             f"list of {', '.join(BASELINES)}")
     stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     wanted: dict[tuple[str, str], dict] = {}
     for row in rows:
@@ -347,6 +343,10 @@ def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path |
     of one store); return their paths. `protocol`, `epoch_rule`, `val_size` and `methods` as tt-report's --select,
     --epoch, --val-size and --baselines; with `baseline`, those baselines are fitted on the sweep's store (cached in
     baselines.json)."""
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown:
+        raise TwinTurboError(f"--baselines {','.join(methods)}: unknown {unknown[0]!r}; expected a comma-separated "
+                             f"list of {', '.join(BASELINES)}")
     if protocol not in PROTOCOLS:
         raise TwinTurboError(f"--select {protocol}: expected one of {', '.join(PROTOCOLS)}")
     if epoch_rule not in EPOCH_RULES:
