@@ -75,11 +75,21 @@ def test_a_job_array_trains_every_run_once_with_its_sbatch_options(slurm_cluster
     assert_every_run_once(out, 3)
     jobs = jobs_of(out)
     assert len(jobs) == 3
-    accounting = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,Partition,TimelimitRaw,ReqCPUS",
-                                 "-j", ",".join(j["job"] for j in jobs)], capture_output=True, text=True).stdout
-    fields = {line.split("|")[0]: line.split("|")[1:] for line in accounting.splitlines()}
+
+    def accounting() -> str:
+        return subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,Partition,TimelimitRaw,ReqCPUS", "-j",
+                               ",".join(j["job"] for j in jobs)], capture_output=True, text=True).stdout
+
+    # tt-sweep returns once every task has handed back its result; a task's batch script may still be exiting then
+    # (SLURM says RUNNING for a moment on a loaded machine), so wait for the final states.
+    def settled() -> str | None:
+        text = accounting()
+        return text if text.strip() and "RUNNING" not in text else None
+
+    final = wait_until(settled, 60)
+    fields = {line.split("|")[0]: line.split("|")[1:] for line in final.splitlines()}
     for job in jobs:
-        assert fields[job["job"]] == ["COMPLETED", "debug", "7", "1"], accounting
+        assert fields[job["job"]] == ["COMPLETED", "debug", "7", "1"], final
     status = tt("tt-sweep", "--out", str(out), "--status")
     assert status.stdout.startswith(f"{out}: 3 runs: 3 done, 0 running, 0 pending, 0 failed"), status.stdout
 
