@@ -23,7 +23,8 @@ from twinturbo.train.launch import DEFAULT_FUSE, run_sweep, sweep_status
 from twinturbo.train.memory import MEMORY_HEADROOM
 from twinturbo.train.report import make_report
 from twinturbo.train.rundir import train_from_store
-from twinturbo.train.sweep import DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, build_grid, format_list, grid_key
+from twinturbo.train.sweep import (DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, build_grid, format_list, grid_key,
+                                   parse_list)
 from twinturbo.train.terms import DISPLAY_ORDER
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -184,7 +185,7 @@ def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, protocol: str,
     diagnostics_<dataset>.png (the critic over training) and results.csv, from one or more SWEEP_DIRs (e.g. the 100-
     and the 1000-label sweeps of one store)."""
     written = make_report(list(sweep_dirs), out_dir, baseline, features, protocol, epoch_rule, val_size,
-                          tuple(m.strip() for m in methods.split(",") if m.strip()))
+                          parse_list(methods, str, "--baselines"))
     click.echo(next(p for p in written if p.name == "summary.md").read_text())
     for path in written:
         click.echo(f"wrote {path}")
