@@ -2,9 +2,14 @@
 the measurement behind tt-report's `--baselines` (SelfTraining refits this classifier on every pseudo-labelled vector).
 
     .venv/bin/python bench/baseline_cost.py --features features/fashion-mnist
+    .venv/bin/python bench/baseline_cost.py --features features/fashion-mnist --self-training-pool 20000
 
 Prints, per representation (raw, standardised, PCA-64, whitened PCA-64 and -256), the L-BFGS iterations and CPU
 seconds of one fit on N random train vectors, and the 100-label test accuracy on the study's three labelled subsets.
+With --self-training-pool N it times instead one self-training fit (seed 42's 100 labels plus N other train vectors,
+threshold 0.75) with every round's LogisticRegression started from zero and from the previous round's weights
+(train/baseline.py's SELF_TRAINING_WARM_START), in one thread, and prints each one's L-BFGS iterations per round, its
+test accuracy and how many test predictions the two share.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import warnings
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
+from sklearn.semi_supervised import SelfTrainingClassifier
+from threadpoolctl import threadpool_limits
 
 from twinturbo.train.baseline import read_cls_vectors, run_labelled_subset
 
@@ -26,9 +33,13 @@ def main() -> None:
     parser.add_argument("--features", required=True)
     parser.add_argument("--samples", type=int, nargs=2, default=(10000, 30000),
                         help="fit sizes: for the raw and standardised vectors, for the PCA ones")
+    parser.add_argument("--self-training-pool", type=int, default=0, metavar="N",
+                        help="time self-training cold against warm-started on a pool of N unlabelled vectors instead")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     data = read_cls_vectors(args.features)
+    if args.self_training_pool:
+        return self_training_starts(data, args.self_training_pool)
     mean, std = data.x_train.mean(0), data.x_train.std(0) + 1e-6
     variants = {"raw": (lambda x: x, args.samples[0]), "standardised": (lambda x: (x - mean) / std, args.samples[0])}
     for dims, whiten in ((64, False), (64, True), (256, True)):
@@ -47,6 +58,38 @@ def main() -> None:
             accuracies.append(100 * float(np.mean(fit.predict(x_test) == data.y_test)))
         print(f"{name:>20}: fit on {n} vectors {int(model.n_iter_[0])} iterations, {seconds:.1f} CPU s; "
               f"100 labels: {' / '.join(f'{a:.1f}' for a in accuracies)}", flush=True)
+
+
+class CountedLogisticRegression(LogisticRegression):
+    """LogisticRegression that records (samples, L-BFGS iterations) of every fit in `rounds`."""
+
+    rounds: list[tuple[int, int]] = []
+
+    def fit(self, x, y, sample_weight=None):
+        super().fit(x, y, sample_weight)
+        self.rounds.append((len(y), int(self.n_iter_[0])))
+        return self
+
+
+def self_training_starts(data, pool_size: int, threshold: float = 0.75) -> None:
+    subset = run_labelled_subset(data.y_train, 100, data.num_classes, SEEDS[0])
+    others = np.setdiff1d(np.arange(len(data.y_train)), subset)
+    pool = np.concatenate([subset, np.random.default_rng(0).choice(others, pool_size, replace=False)])
+    partial = np.full(len(pool), -1)
+    partial[:len(subset)] = data.y_train[subset]
+    predictions = {}
+    with threadpool_limits(1):
+        for warm in (False, True):
+            CountedLogisticRegression.rounds = []
+            started = time.perf_counter()
+            model = SelfTrainingClassifier(CountedLogisticRegression(max_iter=5000, warm_start=warm),
+                                           threshold=threshold).fit(data.x_train[pool], partial)
+            seconds = time.perf_counter() - started
+            predictions[warm] = model.predict(data.x_test)
+            accuracy = 100 * float(np.mean(predictions[warm] == data.y_test))
+            print(f"{'warm' if warm else 'cold'} start: {seconds:.1f} s, test accuracy {accuracy:.2f}%, "
+                  f"(samples, iterations) per round {CountedLogisticRegression.rounds}", flush=True)
+    print(f"test predictions equal: {100 * float(np.mean(predictions[False] == predictions[True])):.1f}%")
 
 
 if __name__ == "__main__":

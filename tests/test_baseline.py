@@ -60,8 +60,9 @@ def test_self_training_matches_an_independent_sklearn_fit_with_the_threshold_bes
     from twinturbo.train.baseline import SELF_TRAINING_THRESHOLDS, self_training_baseline
     from twinturbo.train.sampling import validation_subset
 
-    # 2-d CLS vectors: classes overlap, so the thresholds give different validation accuracies
-    path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=1.0, cls_dim=2)
+    # 8-d CLS vectors: classes overlap, so the thresholds give different validation accuracies, and a cold start of
+    # every round would end at another accuracy (78.3% instead of 75.8% at threshold 0.75)
+    path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=1.0, cls_dim=8)
     with open_store(path) as store:
         x_train = store.split("train").read_cls(0, 300).astype(np.float32)
         y_train = store.split("train").labels()
@@ -74,7 +75,8 @@ def test_self_training_matches_an_independent_sklearn_fit_with_the_threshold_bes
     partial[subset] = y_train[subset]  # the validation labels stay hidden, like every other unlabelled vector
     scores = {}
     for threshold in SELF_TRAINING_THRESHOLDS:
-        model = SelfTrainingClassifier(LogisticRegression(max_iter=5000), threshold=threshold).fit(x_train, partial)
+        classifier = LogisticRegression(max_iter=5000, warm_start=True)  # each round starts at the last one's weights
+        model = SelfTrainingClassifier(classifier, threshold=threshold).fit(x_train, partial)
         scores[threshold] = (float(np.mean(model.predict(x_train[val]) == y_train[val])), threshold,
                              float(np.mean(model.predict(x_test) == y_test)))
     assert len({score for score, _, _ in scores.values()}) > 1  # the choice matters on this data
@@ -173,3 +175,25 @@ def test_each_baseline_fit_is_cached_as_it_ends_and_baselines_picks_the_methods(
         "LogisticRegression, SelfTraining, LabelSpreading"], result.output
     with pytest.raises(TwinTurboError):
         make_report(sweep, methods=("nothing",))
+
+
+def test_self_training_threshold_is_chosen_on_the_validation_labels_that_choose_lambda(tmp_path,
+                                                                                        write_synthetic_store):
+    from twinturbo.train.baseline import self_training_baseline
+
+    path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=1.0, cls_dim=8)
+    with open_store(path) as store:
+        identity = store.identity()
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    row = {"run_id": "r42", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
+           "config": {"loss": "cat_cross", "rescale": "softmax", "labels": 20, "seed": 42, "val_labels": 100}}
+    (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
+    for val_size, used in ((None, 20), (40, 40), (500, 100)):  # default: as many as the labels; capped at the recorded
+        (sweep / "baselines.json").unlink(missing_ok=True)
+        make_report(sweep, val_size=val_size, methods=("SelfTraining",))
+        cached = json.loads((sweep / "baselines.json").read_text())
+        assert [key.split("/")[3] for key in cached] == [f"val{used}"]
+        expected = 100 * self_training_baseline(str(path), 20, [42], val_labels=used)[42]
+        assert list(cached.values()) == [expected]
+        assert f"| SelfTraining | 20 | - | - | {expected:.2f} (n=1) |" in (sweep / "summary.md").read_text()

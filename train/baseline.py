@@ -100,15 +100,24 @@ def spreading_baseline(features: str, budget: int, seeds: list[int],
 # pseudo-labels). Without a validation split, scikit-learn's default 0.75 is used.
 SELF_TRAINING_THRESHOLDS = (0.75, 0.9, 0.99)
 SELF_TRAINING_DEFAULT = 0.75
+# Ours: each round of pseudo-labelling refits the LogisticRegression starting from the previous round's weights
+# (scikit-learn's warm_start) instead of from zero. The objective of every round is the same convex one, so only the
+# path to its optimum changes: on Fashion-MNIST (a 20k-vector pool, 100 labels, threshold 0.75) the fit took 27.9 s
+# instead of 116.2 s at 66.06% instead of 65.66% test accuracy, 94.8% of test predictions equal
+# (`bench/baseline_cost.py --self-training-pool 20000`); each round stops at L-BFGS's tolerance, so the rounds'
+# pseudo-labels, and with them the final fits, drift apart a little either way.
+SELF_TRAINING_WARM_START = True
 
 
 def self_training_fit(x_train: np.ndarray, partial_labels: np.ndarray, threshold: float):
-    """SelfTrainingClassifier(LogisticRegression(max_iter=5000), threshold) on train vectors whose unknown labels are
-    -1 (scikit-learn's other defaults: at most 10 rounds of pseudo-labelling)."""
+    """SelfTrainingClassifier(LogisticRegression(max_iter=5000, warm_start=SELF_TRAINING_WARM_START), threshold) on
+    train vectors whose unknown labels are -1 (scikit-learn's other defaults: at most 10 rounds of pseudo-labelling).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.semi_supervised import SelfTrainingClassifier
 
-    return SelfTrainingClassifier(LogisticRegression(max_iter=5000), threshold=threshold).fit(x_train, partial_labels)
+    classifier = LogisticRegression(max_iter=5000, warm_start=SELF_TRAINING_WARM_START)
+    return SelfTrainingClassifier(classifier, threshold=threshold).fit(x_train, partial_labels)
 
 
 def self_training_baseline(features: str, budget: int, seeds: list[int], vectors: ClsVectors | None = None,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.hashing import write_json_atomic
 from twinturbo.common.store import open_store
-from twinturbo.train.baseline import BASELINES, SELF_TRAINING_THRESHOLDS, read_cls_vectors
+from twinturbo.train.baseline import BASELINES, SELF_TRAINING_THRESHOLDS, SELF_TRAINING_WARM_START, read_cls_vectors
 from twinturbo.train.figures import plot_all, plot_diagnostics, plot_selected
 from twinturbo.train.selection import (EPOCH_RULES, PROTOCOLS, Combination, by_setup, choose, combinations,
                                        grid_edges, row_group, swept_weights, validation_size_study, weight_symbol)
@@ -32,7 +32,7 @@ BASELINE_TEXT = {
                           "(supervised)",
     "SelfTraining": "scikit-learn SelfTrainingClassifier around that LogisticRegression, over the labelled subset plus "
                     "every other train CLS vector as unlabelled; its confidence threshold chosen on the validation "
-                    "split (self-training / pseudo-labelling)",
+                    "labels that choose λ (self-training / pseudo-labelling)",
     "LabelSpreading": "scikit-learn LabelSpreading (kNN graph, 64 PCA components) over the labelled subset plus every "
                       "other train CLS vector as unlabelled",
 }
@@ -50,18 +50,22 @@ PROTOCOL_SENTENCE = {
 # ---- baselines, fitted once per store, labelled subset and validation size -------------------------------------
 
 def baselines_of(rows: list[dict], features: str | None = None, cache: Path | None = None,
-                 methods: tuple[str, ...] = tuple(BASELINES)) -> dict[tuple[str, str], Baselines | str]:
+                 methods: tuple[str, ...] = tuple(BASELINES),
+                 val_size: int | None = None) -> dict[tuple[str, str], Baselines | str]:
     """(dataset, backbone) -> method -> label budget -> seed -> accuracy % on the rows' own store (or on `features`,
-    when it holds the same extraction), or the reason it could not be computed. Each fit is kept in `cache` as soon
-    as it is done (a JSON file keyed by store fingerprint, method, budget, validation size and seed): an interrupted
-    report resumes, and a finished one is redrawn in seconds."""
+    when it holds the same extraction), or the reason it could not be computed. SelfTraining chooses its threshold on
+    the validation labels that choose λ: the first `val_size` (default: as many as the budget) of those the runs
+    recorded. Each fit is kept in `cache` as soon as it is done (a JSON file keyed by store fingerprint, method,
+    budget, validation size and seed): an interrupted report resumes, and a finished one is redrawn in seconds."""
     stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     wanted: dict[tuple[str, str], dict] = {}
     for row in rows:
         entry = wanted.setdefault(row_group(row), {"store": row.get("store") or {}, "budgets": {}})
         budget = int(row["config"]["labels"])
-        entry["budgets"].setdefault(budget, {"seeds": set(), "val": row["config"].get("val_labels", budget)})
-        entry["budgets"][budget]["seeds"].add(int(row["config"]["seed"]))
+        val = min(budget if val_size is None else val_size, int(row["config"].get("val_labels", budget)))
+        spec = entry["budgets"].setdefault(budget, {"seeds": set(), "val": val})
+        spec["val"] = min(spec["val"], val)
+        spec["seeds"].add(int(row["config"]["seed"]))
     out: dict[tuple[str, str], Baselines | str] = {}
     for key, entry in wanted.items():
         fingerprint, path = entry["store"].get("fingerprint"), entry["store"].get("path")
@@ -101,7 +105,7 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
 
 
 def _cache_key(fingerprint, method: str, budget: int, val: int, seed: int) -> str:
-    recipe = list(SELF_TRAINING_THRESHOLDS) if method == "SelfTraining" else []
+    recipe = [list(SELF_TRAINING_THRESHOLDS), SELF_TRAINING_WARM_START] if method == "SelfTraining" else []
     digest = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:6]
     return f"{fingerprint}/{method}-{digest}/n{budget}/val{val if method == 'SelfTraining' else 0}/seed{seed}"
 
@@ -363,7 +367,7 @@ def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path |
         raise TwinTurboError(f"{directories[0] / RESULTS_FILE}: a row lacks {err} (not written by tt-sweep?)") from None
     out = Path(out_dir) if out_dir is not None else directories[0]
     out.mkdir(parents=True, exist_ok=True)
-    baselines = baselines_of(rows, features, out / "baselines.json", methods) if baseline and methods else {}
+    baselines = baselines_of(rows, features, out / "baselines.json", methods, val_size) if baseline and methods else {}
     text, drawn = summary_markdown(rows, by_group, baselines, protocol, epoch_rule, val_size)
     written = []
     several_backbones = len(by_group) > len({dataset for dataset, _ in by_group})
