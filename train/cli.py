@@ -174,8 +174,8 @@ def sweep_main(features: str | None, sweep_dir: str, status: bool, grid_file: st
                    "cached in OUT/baselines.json as it ends: an interrupted report resumes).")
 @click.option("--baselines", "methods", default=",".join(BASELINES), show_default=True,
               help="Which baselines, comma-separated. SelfTraining refits LogisticRegression on every pseudo-"
-                   "labelled CLS vector, up to 10 rounds for each of 3 thresholds and each seed: on a CPU and 60k "
-                   "1280-d vectors that is hours per seed (bench/README.md, 'Baselines'); leave it out there.")
+                   "labelled CLS vector, up to 10 rounds for each of 3 thresholds and each seed: on one CPU core and "
+                   "60k 1280-d vectors 1.5-2.5 minutes per seed (bench/README.md, 'Baselines').")
 @click.option("--features", type=click.Path(),
               help="The sweep's store when it is no longer where the sweep recorded it (checked by fingerprint).")
 def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, protocol: str, epoch_rule: str,
