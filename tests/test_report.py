@@ -136,6 +136,21 @@ def test_grid_edge_is_named_when_the_chosen_lambda_is_the_top_of_its_grid_and_on
         and "Grid edges" not in (inside / "summary.md").read_text()
 
 
+def test_what_ran_names_the_widest_grid_or_that_each_setup_had_one_lambda(sweep_dir, tmp_path):
+    directory, _ = sweep_dir
+    assert CliRunner().invoke(report_main, [str(directory), "--no-baseline"]).exit_code == 0
+    assert "; the widest grid: λ_C over {0.1, 1, 10}, λ_L over {0.01, 1}." in (directory / "summary.md").read_text()
+    single = tmp_path / "single"  # `make demo`: each setup at the one λ the study chose
+    single.mkdir()
+    for seed in (1, 2):
+        append_row(single / "results.jsonl", _row(1, 100, 0.0, 0.0, seed, 0.6, 0.6))
+        append_row(single / "results.jsonl", _row(2, 100, 3.0, 0.0, seed, 0.62, 0.61))
+        append_row(single / "results.jsonl", _row(5, 100, 1.0, 0.01, seed, 0.63, 0.62))
+    assert CliRunner().invoke(report_main, [str(single), "--no-baseline"]).exit_code == 0
+    summary = (single / "summary.md").read_text()
+    assert "; one λ combination per setup, so none was chosen." in summary and "widest grid" not in summary
+
+
 def test_the_papers_protocol_and_its_optimism_by_hand(tmp_path):
     directory = tmp_path / "sweep"
     directory.mkdir()

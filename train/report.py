@@ -134,7 +134,8 @@ def what_ran(rows: list[dict], combos: list[Combination]) -> str:
     samples = {(r.get("train_samples"), r.get("test_samples")) for r in rows if r.get("train_samples")}
     precisions = sorted({r.get("precision") or r["config"].get("precision") or "fp32" for r in rows})
     setups = list(dict.fromkeys(c.setup for c in combos))
-    grids = sorted({describe_grid(v) for v in by_setup(combos).values() if describe_grid(v)}, key=len)
+    groups = by_setup(combos).values()
+    grids = sorted({describe_grid(v) for v in groups if len(v) > 1}, key=len)
     text = (f"{len(rows)} runs: setups {', '.join(map(str, setups))} at {', '.join(map(str, budgets))} labels, "
             f"seeds {', '.join(map(str, seeds))}; {'/'.join(map(str, steps))} steps each "
             f"({config.get('epochs')} epochs of batch {config.get('batch_size')}")
@@ -145,6 +146,8 @@ def what_ran(rows: list[dict], combos: list[Combination]) -> str:
     text += f"{'/'.join(precisions)}"
     if grids:
         text += f"; the widest grid: {grids[-1]}"
+    elif any(describe_grid(v) for v in groups):
+        text += "; one λ combination per setup, so none was chosen"
     return text + "."
 
 
