@@ -136,6 +136,26 @@ def test_grid_edge_is_named_when_the_chosen_lambda_is_the_top_of_its_grid_and_on
         and "Grid edges" not in (inside / "summary.md").read_text()
 
 
+def test_the_figure_axis_holds_every_interval_whole(sweep_dir, monkeypatch):
+    import matplotlib.figure
+
+    directory, _ = sweep_dir
+    limits = {}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def recording(fig, path, *args, **kwargs):
+        limits[str(path).rsplit("/", 1)[-1]] = fig.axes[0].get_ylim()
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    assert CliRunner().invoke(report_main, [str(directory), "--no-baseline"]).exit_code == 0
+    table = _table((directory / "summary.md").read_text())
+    tops = [sum(_pm(cells[4])) for cells in table.values()]
+    bottom, top = limits["figure_digits.png"]
+    assert max(tops) > 80  # three seeds in [60, 80]: some interval reaches above every seed
+    assert top >= min(100.0, max(tops)) and bottom <= min(m - h for m, h in (_pm(c[4]) for c in table.values()))
+
+
 def test_what_ran_names_the_widest_grid_or_that_each_setup_had_one_lambda(sweep_dir, tmp_path):
     directory, _ = sweep_dir
     assert CliRunner().invoke(report_main, [str(directory), "--no-baseline"]).exit_code == 0

@@ -68,7 +68,8 @@ def plot_selected(combos: list[Combination], chosen: dict[tuple, Combination],
         if math.isfinite(interval.half_width):
             ax.errorbar(x, interval.mean, yerr=interval.half_width, color="black", capsize=3, linewidth=1.2)
         ax.scatter([x] * len(seeds), list(seeds.values()), s=9, color="black", zorder=3)
-        values.extend([interval.low if math.isfinite(interval.half_width) else interval.mean, *seeds.values()])
+        ends = [interval.low, interval.high] if math.isfinite(interval.half_width) else [interval.mean]
+        values.extend([*ends, *seeds.values()])  # the axis holds every interval whole
         return interval
 
     texts: list[tuple[float, str]] = []  # written inside the bars, at their foot, once the axis is set
