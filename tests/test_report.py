@@ -234,6 +234,9 @@ def test_validation_size_study_on_known_bits():
     assert findings[1000].picks_test_best == 1.0 and findings[1000].mean_gap == 0.0
     assert 0.5 < findings[10].picks_test_best < 1.0
     assert findings[10].mean_gap == pytest.approx(2.0 * (1 - findings[10].picks_test_best))
+    other_budget = [Combination(c.setup, c.setup_name, 50, c.weights, c.runs, c.val_samples) for c in (better, worse)]
+    joined = validation_size_study([better, worse, *other_budget], [10, 1000], draws=300)
+    assert [f for f in joined if f.labels == 100] == list(findings.values())  # another budget's rows change nothing
 
 
 def test_report_of_a_missing_or_empty_sweep_is_a_one_line_error(tmp_path):

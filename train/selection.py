@@ -203,10 +203,11 @@ def validation_size_study(combos: list[Combination], sizes: list[int], draws: in
                           seed: int = 0) -> list[SizeFinding]:
     """For each setup and label budget with >= 2 combinations, and each size up to what every run recorded: draw
     `draws` class-balanced subsets of `size` of the validation samples (the same subset for every combination of a
-    seed), choose by seed-mean validation accuracy on it, and compare with the test-best combination."""
-    rng = random.Random(seed)
+    seed), choose by seed-mean validation accuracy on it, and compare with the test-best combination. Each setup and
+    budget draws from its own generator, so its figures do not change when other rows join the report."""
     findings = []
     for (setup, labels), candidates in by_setup(combos).items():
+        rng = random.Random(f"{seed}/{setup}/{labels}")
         if len(candidates) < 2 or not all(c.has_validation and c.val_samples for c in candidates):
             continue
         recorded = min(c.val_samples for c in candidates)
