@@ -2,7 +2,7 @@
 the measurement behind tt-report's `--baselines` (SelfTraining refits this classifier on every pseudo-labelled vector).
 
     .venv/bin/python bench/baseline_cost.py --features features/fashion-mnist
-    .venv/bin/python bench/baseline_cost.py --features features/fashion-mnist --self-training-pool 20000
+    .venv/bin/python bench/baseline_cost.py --features features/fashion-mnist --self-training-pool 59900
 
 Prints, per representation (raw, standardised, PCA-64, whitened PCA-64 and -256), the L-BFGS iterations and CPU
 seconds of one fit on N random train vectors, and the 100-label test accuracy on the study's three labelled subsets.
