@@ -66,14 +66,12 @@ $(FASHION_MNIST_STAMP):
 # Resumable: rerun to continue; results.jsonl files are committed as they grow.
 STUDY := docs/results/fashion-mnist
 STUDY_FLAGS := --features features/fashion-mnist --proj-dim 1024 --pred-dim 256 --disc-dim 128 --device cpu --workers 2
-# SelfTraining is left out: on 60k CLS vectors it costs hours per seed on a CPU (bench/README.md, "Baselines").
-STUDY_REPORT_FLAGS := --features features/fashion-mnist --baselines LogisticRegression,LabelSpreading
+STUDY_REPORT_FLAGS := --features features/fashion-mnist
 
 study-fashion-mnist: setup fashion-mnist
 	$(BIN)/tt-extract --dataset fashion-mnist --backbone effnet-lite0:320 --resolution 64 --out features
-	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/n100 --labels 100 --val-labels 1000 \
-		--critic-grid 0.01,0.1,1,3,10 --latent-grid 0.01,0.1,1
-	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/n1000 --labels 1000 --critic-grid 0.1,1,3,10 --latent-grid 0.1,1
+	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/n100 --grid $(STUDY)/study-n100.toml
+	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/n1000 --grid $(STUDY)/study-n1000.toml
 	$(BIN)/tt-sweep $(STUDY_FLAGS) --out $(STUDY)/terms-n100 --grid $(STUDY)/new-terms.toml
 	$(BIN)/tt-report $(STUDY)/n100 $(STUDY)/n1000 --out $(STUDY) $(STUDY_REPORT_FLAGS)
 	$(BIN)/tt-report $(STUDY)/n100 $(STUDY)/terms-n100 --out $(STUDY)/terms $(STUDY_REPORT_FLAGS)
