@@ -39,6 +39,9 @@ def main() -> None:
     warnings.simplefilter("ignore")
     data = read_cls_vectors(args.features)
     if args.self_training_pool:
+        if not 0 < args.self_training_pool <= len(data.y_train) - 100:
+            parser.error(f"--self-training-pool {args.self_training_pool}: expected 1 to {len(data.y_train) - 100} "
+                         f"(the train split's vectors outside the 100 labels)")
         return self_training_starts(data, args.self_training_pool)
     mean, std = data.x_train.mean(0), data.x_train.std(0) + 1e-6
     variants = {"raw": (lambda x: x, args.samples[0]), "standardised": (lambda x: (x - mean) / std, args.samples[0])}

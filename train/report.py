@@ -62,7 +62,7 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
     for row in rows:
         entry = wanted.setdefault(row_group(row), {"store": row.get("store") or {}, "budgets": {}})
         budget = int(row["config"]["labels"])
-        val = min(budget if val_size is None else val_size, int(row["config"].get("val_labels", budget)))
+        val = selection_val_size(budget, val_size, int(row["config"].get("val_labels", budget)))
         spec = entry["budgets"].setdefault(budget, {"seeds": set(), "val": val})
         spec["val"] = min(spec["val"], val)
         spec["seeds"].add(int(row["config"]["seed"]))
@@ -151,12 +151,16 @@ def what_ran(rows: list[dict], combos: list[Combination]) -> str:
     return text + "."
 
 
+def selection_val_size(labels: int, val_size: int | None, recorded: int) -> int:
+    """How many of the `recorded` validation labels choose λ (and SelfTraining's threshold) at a label budget:
+    `val_size` (tt-report's --val-size), else the budget (the --val-labels default), capped at what was recorded."""
+    return min(labels if val_size is None else val_size, recorded)
+
+
 def _budget_val_size(candidates: list[Combination], val_size: int | None) -> int | None:
-    """The validation size the selection uses for one setup: `val_size` (capped at what was recorded), else the
-    label budget (the --val-labels default), else everything recorded."""
+    """The validation size the selection uses for one setup (None when its runs recorded no validation labels)."""
     recorded = min(c.val_samples for c in candidates)
-    wanted = val_size if val_size is not None else candidates[0].labels
-    return min(wanted, recorded) if recorded else None
+    return selection_val_size(candidates[0].labels, val_size, recorded) if recorded else None
 
 
 def selected_table(combos: list[Combination], baselines: Baselines | None, protocol: str, epoch_rule: str,
