@@ -297,6 +297,31 @@ def test_diagnostics_figure_only_when_rows_hold_diagnostics(sweep_dir, tmp_path)
     assert image.shape[0] > 600 and image.shape[1] > 1000
 
 
+def test_diagnostics_give_each_setup_one_colour_in_every_budget(sweep_dir, tmp_path, monkeypatch):
+    import matplotlib.colors
+    import matplotlib.figure
+
+    directory, rows = sweep_dir
+    out = tmp_path / "diag"
+    out.mkdir()
+    diagnostics = {"d_real_acc": 0.9, "d_fake_acc": 0.3, "grad_task": 0.02, "grad_critic": 0.01}
+    for row in rows:  # setup 2 only at 100 labels: at 1000 the other setups must keep their colours
+        if row["config"]["critic_weight"] and not (row["setup"] == 2 and row["config"]["labels"] == 1000):
+            append_row(out / "results.jsonl", dict(row, epoch_diagnostics=[diagnostics, diagnostics]))
+    figures = []
+    savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, path, *a, **k: (figures.append((str(path), fig)), savefig(fig, path, *a, **k)))
+    assert CliRunner().invoke(report_main, [str(out), "--no-baseline"]).exit_code == 0
+    fig = next(fig for path, fig in figures if path.endswith("diagnostics_digits.png"))
+    legend = {text.get_text().split(":")[0]: matplotlib.colors.to_hex(handle.get_color())
+              for text, handle in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    for ax in fig.axes:
+        colours = {matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines() if line.get_marker() == "o"}
+        if "1000 labels" in ax.get_title() and colours:
+            assert colours == {c for s, c in legend.items() if s != "setup 2"}, ax.get_title()
+
+
 def test_the_finding_names_the_largest_paired_gain_and_says_when_there_is_no_interval(tmp_path):
     rows = [_row(1, 100, 0.0, 0.0, seed, test, 0.7) for seed, test in ((42, 0.60), (1337, 0.70), (3435, 0.65))]
     rows += [_row(2, 100, 1.0, 0.0, seed, test, 0.7) for seed, test in ((42, 0.63), (1337, 0.72), (3435, 0.68))]

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from twinturbo.train.selection import Combination, by_setup, choose, swept_weights
+from twinturbo.train.selection import Combination, by_setup, choose, setup_order, swept_weights
 from twinturbo.train.stats import mean_interval
 from twinturbo.train.terms import DISPLAY_ORDER
 
@@ -219,6 +219,7 @@ def plot_diagnostics(rows: list[dict], chosen: dict[tuple, Combination], dataset
     fig, axes = plt.subplots(panel_rows * len(budgets), columns,
                              figsize=(5.2 * columns, 3.6 * panel_rows * len(budgets) + 1.2), squeeze=False)
     handles = {}
+    setups = sorted({setup for setup, _ in curves}, key=setup_order)  # one colour per setup in every panel
     for b_index, budget in enumerate(budgets):
         for p_index, (title, value) in enumerate(panels):
             ax = axes[b_index * panel_rows + p_index // columns, p_index % columns]
@@ -230,7 +231,8 @@ def plot_diagnostics(rows: list[dict], chosen: dict[tuple, Combination], dataset
                 for epoch in range(epochs):
                     found = [value(r[epoch]) for r in runs if epoch < len(r) and value(r[epoch]) is not None]
                     means.append(sum(found) / len(found) if found else float("nan"))
-                line, = ax.plot(range(1, epochs + 1), means, marker="o", markersize=3)
+                line, = ax.plot(range(1, epochs + 1), means, marker="o", markersize=3,
+                                color=f"C{setups.index(setup) % 10}")
                 handles.setdefault(setup, line)
             ax.set_title(f"{title}, {budget} labels", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
