@@ -1,6 +1,7 @@
 """Device selection, the arithmetic precision of a run, and the speed choices made for a device, shared by both stages."""
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 
@@ -30,13 +31,24 @@ PRECISION_HELP = ("Arithmetic of the head's forward and backward: bf16 autocast 
                   "CPU with AVX512-BF16 or AMX), else fp32. Part of a run's config: a sweep never mixes precisions.")
 
 
+# Overrides what `auto` finds on the CPU: 0 = as if the CPU had no native bf16, 1 = as if it had. For running the test
+# suite once per precision path on one machine (DEVELOPERS.md), and for a CPU whose bf16 torch misdetects.
+CPU_BF16_ENV = "TWINTURBO_CPU_BF16"
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` multiplies bfloat16 natively: a CUDA GPU that supports it, an x86 CPU with AVX512-BF16 or AMX,
-    an Arm CPU with its BF16 extension. Elsewhere bf16 is emulated and slower than fp32."""
+    an Arm CPU with its BF16 extension (unless TWINTURBO_CPU_BF16 says otherwise). Elsewhere bf16 is emulated and
+    slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
+    forced = os.environ.get(CPU_BF16_ENV, "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise TwinTurboError(f"{CPU_BF16_ENV}={forced}: expected 0 (no native bf16) or 1 (native bf16), or unset")
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         check = getattr(torch.cpu, name, None)
         if check is not None and check():

@@ -451,6 +451,10 @@ def _load_folder(dataset: str, folder: Path, split: str) -> DatasetSplit:
     for index, name in enumerate(class_names):
         class_dir = split_dir / name
         files = _image_files(class_dir) if class_dir.is_dir() else []
+        if not files and split_dir == train_dir:
+            raise TwinTurboError(
+                f"{dataset}: class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): every class needs "
+                "train images; add some or remove the folder (nothing was written)")
         paths += files
         labels += [index] * len(files)
     if not paths:

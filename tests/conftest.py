@@ -26,6 +26,15 @@ import pytest
 from twinturbo.common.store import SplitLayout, create_store
 from twinturbo.train.config import TrainConfig
 
+def default_sigint() -> None:
+    """preexec_fn of a child that a test sends SIGINT: Ctrl-C's default action, whatever the suite inherited (a
+    background job of a non-interactive shell, nohup and many CI runners start with SIGINT ignored, and a child
+    inherits that)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

@@ -197,3 +197,42 @@ def test_self_training_threshold_is_chosen_on_the_validation_labels_that_choose_
         expected = 100 * self_training_baseline(str(path), 20, [42], val_labels=used)[42]
         assert list(cached.values()) == [expected]
         assert f"| SelfTraining | 20 | - | - | {expected:.2f} (n=1) |" in (sweep / "summary.md").read_text()
+
+
+def test_a_library_warning_during_a_baseline_fit_goes_to_the_summary_not_the_terminal(tmp_path, write_tiny_store):
+    """LabelSpreading on a train split holding a cluster that no labelled vector reaches in the kNN graph: the test
+    vectors beside it get no label mass, and scikit-learn warns 'invalid value encountered in divide' from
+    predict_proba. tt-report says so in summary.md and lets no warning through to the terminal."""
+    import warnings
+
+    from twinturbo.common.store import SplitLayout, create_store
+
+    rng = np.random.default_rng(0)
+    n_train, n_test, dim = 64, 24, 6
+    attrs = {"dataset": "islands", "backbone": "synthetic", "weights_id": "none", "resolution": 8,
+             "class_names": ["a", "b"]}
+    layouts = {"train": SplitLayout(n_train, dim, 1, 4), "test": SplitLayout(n_test, dim, 1, 4)}
+    with create_store(tmp_path / "islands", attrs, layouts, chunk_size=8) as store:
+        for split, n in (("train", n_train), ("test", n_test)):
+            labels = np.arange(n) % 2
+            cls = rng.normal(size=(n, dim)) + 3 * labels[:, None]
+            island = slice(n - 16, n)  # 16 vectors far from the rest, unlabelled in train
+            cls[island] += 1000
+            if split == "train":
+                labels[island] = -1
+            for c in range(n // 8):
+                rows = slice(8 * c, 8 * (c + 1))
+                store.write_chunk(split, c, cls[rows], rng.normal(size=(8, 1, 4)), labels[rows])
+        identity = store.identity()
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    row = {"run_id": "r1", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
+           "config": {"loss": "cat_cross", "rescale": "softmax", "labels": 4, "seed": 1, "val_labels": 4}}
+    (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        make_report(sweep, methods=("LabelSpreading",))
+    assert not leaked, [str(w.message) for w in leaked]
+    summary = (sweep / "summary.md").read_text()
+    assert "Warnings of the libraries while fitting the baselines:" in summary
+    assert "- RuntimeWarning: invalid value encountered in divide (LabelSpreading at 4 labels, seed 1)" in summary

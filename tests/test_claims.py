@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from conftest import default_sigint
 from twinturbo.train.claims import Claimant, Claims, live_claims, process_start_time
 from twinturbo.train.results import read_rows
 
@@ -24,7 +25,7 @@ def sweep(store: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([str(BIN / "tt-sweep"), "--features", str(store), "--out", str(out), *SWEEP, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
 
 
 def test_two_commands_on_one_out_train_every_run_once(write_tiny_store, tmp_path):
@@ -106,3 +107,25 @@ def test_sigkill_of_a_two_worker_sweep_leaves_no_worker_behind(write_tiny_store,
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     assert len(read_rows(tmp_path / "sweep" / "results.jsonl")) == 6
+
+
+def test_ctrl_c_of_a_two_worker_sweep_prints_its_one_line_and_keeps_every_finished_row(write_tiny_store, tmp_path):
+    """Ctrl-C at a terminal signals the whole process group: the parent, its workers and multiprocessing's resource
+    tracker. The user sees the resume line only (no worker traceback, no 'leaked semaphore' warning)."""
+    store, out = write_tiny_store(tmp_path / "store"), tmp_path / "sweep"
+    process = sweep(store, out, "--workers", "2")
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("claims/*.claim")):
+        time.sleep(0.2)
+    time.sleep(2.0)  # the workers are training
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("error: interrupted; rerun the same command: finished runs are kept, the "
+                                            "others are trained")
+    assert "leaked" not in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    rerun = sweep(store, out)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    raw = [json.loads(line)["run_id"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(raw) == len(set(raw)) == 6

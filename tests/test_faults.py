@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import default_sigint
 from twinturbo.extract.cli import main as extract_main
 
 BIN = Path(sys.executable).parent
@@ -51,8 +52,8 @@ def clean_store(request, tmp_path_factory) -> tuple[str, Path]:
 
 
 def damage(path: Path, fmt: str) -> list[tuple[str, int]]:
-    """Damage chunks of the train split: zarr loses a patches chunk file, gets finite garbage in a cls chunk and a
-    truncated patches chunk; HDF5 gets finite garbage over a cls chunk's bytes. Returns the (array, chunk) pairs."""
+    """Damage chunks of the train split: zarr loses a patches chunk file, gets finite garbage in a cls chunk, a
+    truncated patches chunk and random bytes over a labels chunk; HDF5 gets finite garbage over a cls chunk's bytes. Returns the (array, chunk) pairs."""
     rng = np.random.default_rng(0)
     if fmt == "zarr":
         (path / "train" / "patches" / "c" / "1" / "0" / "0").unlink()
@@ -60,7 +61,9 @@ def damage(path: Path, fmt: str) -> list[tuple[str, int]]:
         cls_chunk.write_bytes(rng.normal(size=cls_chunk.stat().st_size // 2).astype(np.float16).tobytes())
         truncated = path / "train" / "patches" / "c" / "3" / "0" / "0"
         truncated.write_bytes(truncated.read_bytes()[:100])
-        return [("patches", 1), ("cls", 2), ("patches", 3)]
+        labels_chunk = path / "train" / "labels" / "c" / "4"  # random int64s: labels far outside -1..9
+        labels_chunk.write_bytes(rng.bytes(labels_chunk.stat().st_size))
+        return [("patches", 1), ("cls", 2), ("patches", 3), ("labels", 4)]
     with h5py.File(path, "r") as f:
         info = f["train"]["cls"].id.get_chunk_info_by_coord((32, 0))  # chunk 2
     with open(path, "r+b") as handle:
@@ -147,6 +150,34 @@ def extract_ignoring_the_space_check(args: list[str]) -> subprocess.CompletedPro
                           env=env)
 
 
+def test_hdf5s_room_to_close_is_counted_before_anything_is_written(tmp_path, capsys):
+    """A disk with room for the store plus 3 MiB: zarr fits; HDF5, which keeps HDF5_CLOSE_RESERVE free to close its
+    file (its writer stops short of it), is refused up front saying so, not 'the disk is full' half-way."""
+    from twinturbo.common.store import HDF5_CLOSE_RESERVE, SplitLayout, open_store
+    from twinturbo.extract.extract import store_nbytes
+
+    args = SMALL + ["--limit", "256"]
+    assert run(args + ["--out", tmp_path / "sized"], capsys)[0] == 0
+    with open_store(tmp_path / "sized" / "digits") as store:
+        layouts = {name: SplitLayout(**layout) for name, layout in store.attrs["layouts"].items()}
+    size = store_nbytes(layouts, 16, "float16") + (3 << 20)
+    assert size < store_nbytes(layouts, 16, "float16") + HDF5_CLOSE_RESERVE
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'not root'})")
+    try:
+        code, _, err = run(args + ["--format", "hdf5", "--out", disk], capsys)
+        one_line_error(code, err, "the store needs about", "of which 4.0MiB HDF5 keeps free to close the file")
+        assert not any(disk.iterdir())
+        code, _, err = run(args + ["--out", disk], capsys)  # zarr needs no such room
+        assert code == 0, err
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
 def test_a_full_disk_is_one_line_and_the_store_resumes(small_disk, fmt, tmp_path, capsys, same_stores):
     args = SMALL + ["--format", fmt, "--limit", "256", "--out", small_disk]
@@ -218,6 +249,32 @@ def test_a_folder_with_one_class_is_refused(tmp_path, capsys):
     one_line_error(code, err, "at least two classes", "'cat'")
 
 
+def test_an_empty_class_folder_is_refused_naming_it_before_anything_is_written(tmp_path, capsys):
+    root = image_folder(tmp_path / "pets")
+    (root / "train" / "ant").mkdir()
+    out = tmp_path / "f"
+    code, _, err = run(["--dataset", f"folder:{root}", "--out", out] + FOLDER, capsys)
+    one_line_error(code, err, f"class folder {root / 'train' / 'ant'} holds no images", "nothing was written")
+    assert not out.exists() or not any(out.iterdir())
+    (root / "train" / "ant").rmdir()
+    code, _, err = run(["--dataset", f"folder:{root}", "--out", out] + FOLDER, capsys)
+    assert code == 0, err
+
+
+def test_a_store_whose_class_list_differs_from_the_folders_is_not_taken_as_complete(tmp_path, capsys):
+    """A store made by an earlier tt-extract that kept an empty class folder as a class: removing the folder changes
+    no file checksum, and the store must not be reported complete with its stale class list."""
+    import zarr
+
+    root = image_folder(tmp_path / "pets")
+    args = ["--dataset", f"folder:{root}", "--out", tmp_path / "f"] + FOLDER
+    assert run(args, capsys)[0] == 0
+    zarr.open_group(str(tmp_path / "f" / "pets"), mode="r+").attrs["class_names"] = ["ant", "cat", "dog"]
+    code, _, err = run(args, capsys)
+    one_line_error(code, err, "other classes (ant, cat, dog where the dataset now has cat, dog)", "--overwrite")
+    assert run(args + ["--overwrite"], capsys)[0] == 0
+
+
 # ---- nothing written before the options are checked; Ctrl-C says how to resume --------------------------------
 
 def test_sweep_checks_its_options_before_touching_out(write_tiny_store, tmp_path):
@@ -227,7 +284,8 @@ def test_sweep_checks_its_options_before_touching_out(write_tiny_store, tmp_path
 
     store = write_tiny_store(tmp_path / "store")
     out = tmp_path / "sweep"
-    for bad in (["--workers", "0"], ["--fuse", "0"], ["--launcher", "submitit", "--slurm-time", "0"]):
+    for bad in (["--workers", "0"], ["--fuse", "0"], ["--launcher", "submitit", "--slurm-time", "0"],
+                ["--labels", "5000"], ["--labels", "8", "--val-labels", "90"]):
         result = CliRunner().invoke(sweep_main, ["--features", str(store), "--out", str(out), *bad])
         assert result.exit_code == 2 and result.output.startswith("error: "), result.output
         assert not out.exists(), bad
@@ -235,7 +293,7 @@ def test_sweep_checks_its_options_before_touching_out(write_tiny_store, tmp_path
 
 def test_ctrl_c_during_extraction_says_how_to_resume(tmp_path):
     process = subprocess.Popen([str(BIN / "tt-extract"), *SMALL[:-1], "--limit", "1000", "--out", str(tmp_path)],
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "digits" / "train" / "done").exists():
         time.sleep(0.2)

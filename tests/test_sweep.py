@@ -165,7 +165,10 @@ def test_killed_sweep_resumes_without_lost_or_duplicated_rows(store, tmp_path):
     assert 2 <= done_before < 10, "the sweep should have been killed part-way"
     with open(results, "ab") as handle:
         handle.write(b'{"run_id": "s2-half')  # as if the kill had hit a write
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cut_line = len(results.read_bytes().splitlines())
+    resumed = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert (f"note: {results} line {cut_line} is not a whole row (a writer killed mid-line): ignored, and a run whose "
+            "row was cut counts as not done and is trained again") in resumed.stdout.splitlines()
     rows = read_rows(results)
     ids = [json.loads(line)["run_id"] for line in results.read_bytes().splitlines() if line.endswith(b"}")
            and line.startswith(b'{"')]

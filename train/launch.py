@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -30,8 +31,9 @@ from twinturbo.train.claims import Claims, live_claims
 from twinturbo.train.data import num_classes_of
 from twinturbo.train.loop import train_runs
 from twinturbo.train.memory import default_memory_limit, load_splits
-from twinturbo.train.results import RESULTS_FILE, append_row, finished_run_ids, result_row
+from twinturbo.train.results import RESULTS_FILE, append_row, cut_lines_note, finished_run_ids, result_row
 from twinturbo.train.rundir import run_dims, save_run
+from twinturbo.train.sampling import check_budgets
 from twinturbo.train.sweep import (SWEEP_FILE, RunSpec, SweepGrid, fusion_groups, pending_runs, prepare_sweep_dir,
                                    run_table)
 
@@ -170,7 +172,13 @@ def launch_local(work: SweepWork, groups: list[list[RunSpec]], workers: int = 1)
 
 def _start_worker(threads: int, parent: int) -> None:
     """A local worker: its share of the threads, and a watchdog that ends it within a second of its parent's end
-    (SIGKILL included: the parent can run no cleanup then)."""
+    (SIGKILL included: the parent can run no cleanup then).
+
+    Ctrl-C reaches the whole process group: the parent alone handles it (and ends the workers), so a worker ignores
+    SIGINT. tqdm's lock is a thread lock here: its default, a multiprocessing lock, is a named semaphore that a
+    worker ended by the parent leaves to the resource tracker, which then warned of 'leaked semaphore objects'."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
 
     def watch() -> None:
@@ -312,13 +320,25 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
     with open_store(features) as store:
         store.require_complete()
         identity = store.identity()
+        train_labels = torch.from_numpy(store.split("train").labels())
+        num_classes = num_classes_of(store, train_labels)
     grid.training["precision"] = sweep_precision(grid.training.get("precision", "auto"), device, launcher, slurm)
     runs = grid.expand(identity["fingerprint"])
+    try:
+        for budget, val_labels in sorted({(c.labels, c.val_labels) for c in (run.train_config() for run in runs)}):
+            check_budgets(train_labels, num_classes, budget, val_labels)
+    except TwinTurboError as err:
+        if not dry_run:
+            raise
+        echo(f"note: this grid cannot train on {features}: {err}")
     if dry_run:
         finished = finished_run_ids(sweep_dir) if (Path(sweep_dir) / RESULTS_FILE).exists() else set()
         echo(run_table(runs, finished))
         return
     prepare_sweep_dir(sweep_dir, grid, identity, extend)
+    note = cut_lines_note(Path(sweep_dir) / RESULTS_FILE)
+    if note:
+        echo(note)
     todo = pending_runs(runs, finished_run_ids(sweep_dir))
     echo(f"tt-sweep: {len(runs)} runs in the grid, {len(runs) - len(todo)} already done, {len(todo)} to train "
          f"(fused by up to {fuse})")

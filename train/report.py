@@ -12,6 +12,8 @@ import csv
 import hashlib
 import json
 import math
+import sys
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -24,7 +26,7 @@ from twinturbo.train.figures import plot_all, plot_diagnostics, plot_selected
 from twinturbo.train.selection import (EPOCH_RULES, PROTOCOLS, Combination, by_setup, choose, combinations,
                                        grid_edges, row_group, swept_weights, validation_size_study, weight_symbol)
 from twinturbo.train.stats import mean_interval, paired_difference
-from twinturbo.train.results import RESULTS_FILE, read_rows
+from twinturbo.train.results import RESULTS_FILE, cut_lines_note, read_rows
 
 Baselines = dict[str, dict[int, dict[int, float]]]  # method -> label budget -> seed -> accuracy %
 BASELINE_TEXT = {
@@ -51,9 +53,10 @@ PROTOCOL_SENTENCE = {
 
 def baselines_of(rows: list[dict], features: str | None = None, cache: Path | None = None,
                  methods: tuple[str, ...] = tuple(BASELINES),
-                 val_size: int | None = None) -> dict[tuple[str, str], Baselines | str]:
+                 val_size: int | None = None) -> tuple[dict[tuple[str, str], Baselines | str], list[str]]:
     """(dataset, backbone) -> method -> label budget -> seed -> accuracy % on the rows' own store (or on `features`,
-    when it holds the same extraction), or the reason it could not be computed. SelfTraining chooses its threshold on
+    when it holds the same extraction), or the reason it could not be computed; and the warnings the libraries gave
+    while fitting (summary.md quotes them: none reaches the terminal). SelfTraining chooses its threshold on
     the validation labels that choose λ: the first `val_size` (default: as many as the budget) of those the runs
     recorded. Each fit is kept in `cache` as soon as it is done (a JSON file keyed by store fingerprint, method,
     budget, validation size and seed): an interrupted report resumes, and a finished one is redrawn in seconds."""
@@ -67,6 +70,7 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
         spec["val"] = min(spec["val"], val)
         spec["seeds"].add(int(row["config"]["seed"]))
     out: dict[tuple[str, str], Baselines | str] = {}
+    said_by: dict[str, list[str]] = {}  # a library's warning -> the fits it came from
     for key, entry in wanted.items():
         fingerprint, path = entry["store"].get("fingerprint"), entry["store"].get("path")
         result: Baselines = {method: {} for method in methods}
@@ -89,8 +93,13 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
                     bar.set_postfix_str(f"{method} n={budget} seed {seed}")
                     fit = BASELINES[method]
                     kwargs = {"val_labels": val} if method == "SelfTraining" else {}
-                    accuracy = fit(path, budget, [seed], vectors, **kwargs)[seed]
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        accuracy = fit(path, budget, [seed], vectors, **kwargs)[seed]
                     stored[_cache_key(fingerprint, method, budget, val, seed)] = 100.0 * accuracy
+                    said = sorted({f"{w.category.__name__}: {w.message}".splitlines()[0] for w in caught})
+                    if said:
+                        stored[_cache_key(fingerprint, method, budget, val, seed) + WARNINGS_SUFFIX] = said
                     if cache is not None:
                         write_json_atomic(cache, stored)
         except TwinTurboError as err:
@@ -100,8 +109,15 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
             for budget, spec in entry["budgets"].items():
                 result[method][budget] = {seed: stored[_cache_key(fingerprint, method, budget, spec["val"], seed)]
                                           for seed in spec["seeds"]}
+                for seed in sorted(spec["seeds"]):
+                    for said in stored.get(_cache_key(fingerprint, method, budget, spec["val"], seed)
+                                           + WARNINGS_SUFFIX, []):
+                        said_by[said] = said_by.get(said, []) + [f"{method} at {budget} labels, seed {seed}"]
         out[key] = result
-    return out
+    return out, [f"{said} ({'; '.join(where)})" for said, where in said_by.items()]
+
+
+WARNINGS_SUFFIX = "/warnings"  # the cache's entry beside a fit's accuracy: what the library warned while fitting
 
 
 def _cache_key(fingerprint, method: str, budget: int, val: int, seed: int) -> str:
@@ -336,6 +352,9 @@ def read_sweeps(directories: list[Path]) -> list[dict]:
         results = directory / RESULTS_FILE
         if not results.exists():
             raise TwinTurboError(f"{results} does not exist: is {directory} a tt-sweep --out directory?")
+        note = cut_lines_note(results)
+        if note:
+            print(note, file=sys.stderr)
         for row in read_rows(results):
             if row.get("run_id") not in seen:
                 seen.add(row.get("run_id"))
@@ -374,8 +393,12 @@ def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path |
         raise TwinTurboError(f"{directories[0] / RESULTS_FILE}: a row lacks {err} (not written by tt-sweep?)") from None
     out = Path(out_dir) if out_dir is not None else directories[0]
     out.mkdir(parents=True, exist_ok=True)
-    baselines = baselines_of(rows, features, out / "baselines.json", methods, val_size) if baseline and methods else {}
+    baselines, library_warnings = (baselines_of(rows, features, out / "baselines.json", methods, val_size)
+                                   if baseline and methods else ({}, []))
     text, drawn = summary_markdown(rows, by_group, baselines, protocol, epoch_rule, val_size)
+    if library_warnings:
+        text += "\nWarnings of the libraries while fitting the baselines:\n\n" + "\n".join(
+            f"- {line}" for line in library_warnings) + "\n"
     written = []
     several_backbones = len(by_group) > len({dataset for dataset, _ in by_group})
     for (dataset, backbone), combos in sorted(by_group.items()):

@@ -10,6 +10,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -73,24 +74,45 @@ def append_row(results_path: str | os.PathLike, row: dict) -> None:
         os.close(fd)  # closing drops the lock
 
 
+def _lines(results_path: Path) -> Iterator[tuple[int, dict | None]]:
+    """(line number from 1, its row, or None where the line is not a whole JSON row: a writer killed mid-line)."""
+    with open(results_path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                row = json.loads(raw) if raw.endswith(b"\n") else None
+            except json.JSONDecodeError:
+                row = None
+            yield number, row if isinstance(row, dict) else None
+
+
 def read_rows(results_path: str | os.PathLike) -> list[dict]:
-    """All complete rows, first occurrence per run id; a trailing partial line (a kill mid-write) is ignored."""
+    """All complete rows, first occurrence per run id; a line cut by a kill mid-write is skipped (`cut_lines` names
+    them)."""
     path = Path(results_path)
     if not path.exists():
         return []
     rows, seen = [], set()
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break  # the partial last line of a writer that was killed
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError:
-                continue  # a partial line a later writer already moved past
-            if isinstance(row, dict) and row.get("run_id") not in seen:
-                seen.add(row.get("run_id"))
-                rows.append(row)
+    for _, row in _lines(path):
+        if row is not None and row.get("run_id") not in seen:
+            seen.add(row.get("run_id"))
+            rows.append(row)
     return rows
+
+
+def cut_lines(results_path: str | os.PathLike) -> list[int]:
+    """The numbers of the lines of results.jsonl that are not whole rows (a writer killed mid-line)."""
+    path = Path(results_path)
+    return [number for number, row in _lines(path) if row is None] if path.exists() else []
+
+
+def cut_lines_note(results_path: str | os.PathLike) -> str | None:
+    """The note a command gives on resuming a results.jsonl with cut lines, or None when it has none."""
+    cut = cut_lines(results_path)
+    if not cut:
+        return None
+    where = f"line{'s' if len(cut) > 1 else ''} {', '.join(map(str, cut[:5]))}{', ...' if len(cut) > 5 else ''}"
+    return (f"note: {results_path} {where} {'are' if len(cut) > 1 else 'is'} not a whole row (a writer killed "
+            "mid-line): ignored, and a run whose row was cut counts as not done and is trained again")
 
 
 def finished_run_ids(sweep_dir: str | os.PathLike) -> set[str]:

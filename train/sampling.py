@@ -25,20 +25,12 @@ def labelled_subset(labels: torch.Tensor, budget: int, num_classes: int, generat
     class the samples are a uniform draw without replacement. Returned sorted by class, then by draw order.
     """
     labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
-    available = int((labels >= 0).sum())
-    if budget < num_classes:
-        raise TwinTurboError(f"--labels {budget}: need at least one label per class ({num_classes} classes)")
-    if budget > available:
-        raise TwinTurboError(f"--labels {budget}: the train split has only {available} labelled samples")
+    check_budgets(labels, num_classes, budget, 0)
     chosen = []
     for c in range(num_classes):
         quota = budget // num_classes + (1 if c < budget % num_classes else 0)
         members = torch.nonzero(labels == c).squeeze(1)
         order = torch.randperm(len(members), generator=generator)
-        if len(members) < quota:
-            raise TwinTurboError(
-                f"--labels {budget}: class {c} has only {len(members)} samples, a balanced subset needs {quota}"
-            )
         chosen.append(members[order[:quota]])
     return torch.cat(chosen)
 
@@ -57,20 +49,38 @@ def validation_subset(labels: torch.Tensor, size: int, num_classes: int, labelle
         return torch.empty(0, dtype=torch.int64)
     generator = torch.Generator().manual_seed(derived_seed(seed, "validation"))
     labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    check_budgets(labels, num_classes, len(labelled), size)
     outside = torch.ones(len(labels), dtype=torch.bool)
     outside[labelled.cpu()] = False
     members = []
     for c in range(num_classes):
         quota = size // num_classes + (1 if c < size % num_classes else 0)
         candidates = torch.nonzero((labels == c) & outside).squeeze(1)
-        if len(candidates) < quota:
-            raise TwinTurboError(
-                f"--val-labels {size}: class {c} has only {len(candidates)} train samples outside the labelled subset, "
-                f"a balanced validation split needs {quota}; lower --val-labels (0 = none)")
         members.append(candidates[torch.randperm(len(candidates), generator=generator)[:quota]])
     rounds = max(len(m) for m in members)
     order = [m[r] for r in range(rounds) for m in members if r < len(m)]
     return torch.stack(order)
+
+
+def check_budgets(labels: torch.Tensor, num_classes: int, budget: int, val_labels: int) -> None:
+    """Raise the TwinTurboError `labelled_subset` or `validation_subset` would raise for this label budget and
+    validation size on `labels`, without drawing: a sweep checks its grid with it before it writes anything."""
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    counts = torch.bincount(labels[labels >= 0], minlength=num_classes)
+    if budget < num_classes:
+        raise TwinTurboError(f"--labels {budget}: need at least one label per class ({num_classes} classes)")
+    if budget > int(counts.sum()):
+        raise TwinTurboError(f"--labels {budget}: the train split has only {int(counts.sum())} labelled samples")
+    for c in range(num_classes):
+        quota = budget // num_classes + (1 if c < budget % num_classes else 0)
+        val_quota = val_labels // num_classes + (1 if c < val_labels % num_classes else 0)
+        if int(counts[c]) < quota:
+            raise TwinTurboError(f"--labels {budget}: class {c} has only {int(counts[c])} samples, a balanced subset "
+                                 f"needs {quota}")
+        if int(counts[c]) - quota < val_quota:
+            raise TwinTurboError(
+                f"--val-labels {val_labels}: class {c} has only {int(counts[c]) - quota} train samples outside the "
+                f"labelled subset, a balanced validation split needs {val_quota}; lower --val-labels (0 = none)")
 
 
 @dataclass
