@@ -8,6 +8,9 @@ One store per dataset and backbone. Zarr v3 (a directory, the default) or HDF5 (
         patches  (N, T, Dp)  float16   patch tokens (int8 when the store was written with --dtype int8)
         patch_scales (N, T)  float16   only for int8 patches: one absmax scale per token, x ~= q * scale
         labels   (N,)        int64     class index, -1 where the source has none
+        views_cls     (N, V, Dc)     float16   only in a store with views (format 2), train split: V augmented views
+        views_patches (N, V, T, Dp)  float16   of each image through the same backbone (int8: + views_patch_scales
+                                               (N, V, T)); view v belongs to the root's `views` entry covering it
         checksums (N/chunk, A) uint64  per chunk, the xxh3-64 digest of each array's rows as stored (A arrays, named
                                        in the split's attrs); written before the chunk's done flag
         done     (N/chunk,)  bool      chunk k is completely written (resume + integrity)
@@ -34,7 +37,10 @@ from .hashing import canonical_json
 from .raw_chunks import (RawLayout, Segments, check_out, check_range, chunk_spans,
                          dequantise_into, hdf5_raw_layout, map_rows, read_rows, zarr_raw_layout)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a store without views: written as every earlier version wrote it
+VIEWS_FORMAT_VERSION = 2  # a store with augmented views (extract/views.py): version 1 readers must refuse it
+READABLE_VERSIONS = (FORMAT_VERSION, VIEWS_FORMAT_VERSION)
+VIEW_SPLITS = ("train",)  # the splits that get views: the test split never does
 FORMATS = ("zarr", "hdf5")
 PATCH_DTYPES = ("float16", "int8")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -50,9 +56,17 @@ REQUIRED_ATTRS = IDENTITY_KEYS + ("splits",)
 CHECKSUM_ALGORITHM = "xxh3_64"
 
 
-def checksummed_arrays(patch_dtype: str) -> tuple[str, ...]:
+def checksummed_arrays(patch_dtype: str, views: bool = False) -> tuple[str, ...]:
     """The arrays whose chunks carry a digest, in the column order of a split's `checksums` array."""
-    return ("cls", "patches", "labels") + (("patch_scales",) if patch_dtype == "int8" else ())
+    int8 = patch_dtype == "int8"
+    return (("cls", "patches", "labels") + (("patch_scales",) if int8 else ())
+            + ((("views_cls", "views_patches") + (("views_patch_scales",) if int8 else ())) if views else ()))
+
+
+def view_fields(attrs: dict) -> dict:
+    """The root attributes that say what a store's views are (none for a store without views): part of its identity,
+    so a store is resumed only with the same views."""
+    return {key: attrs[key] for key in ("views", "view_seed") if attrs.get("views")}
 
 
 def chunk_digest(rows: np.ndarray) -> int:
@@ -298,8 +312,10 @@ class _Hdf5Backend:
         # HDF5 reports a full disk only when it evicts the chunk from its cache, inside h5py's deallocation, and
         # that ended the process with a segmentation fault: stop while there is still room for the file to close.
         room = os.statvfs(self.path.parent)
-        if room.f_bavail * room.f_frsize < values.nbytes + HDF5_CLOSE_RESERVE:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        free = room.f_bavail * room.f_frsize
+        if free < values.nbytes + HDF5_CLOSE_RESERVE:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free / 2**20:.1f} MiB free, and HDF5 keeps "
+                                        f"{HDF5_CLOSE_RESERVE >> 20} MiB free to close the file", str(self.path))
         self.file[split][name][start:start + len(values)] = values
 
     def read(self, split: str, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -376,6 +392,13 @@ class SplitReader:
         self.cls_dim: int = int(cls_shape[1])
         self.num_patches: int = int(patch_shape[1])
         self.patch_dim: int = int(patch_shape[2])
+        # The augmented views of each sample (none in a store without views and in the test split): `view_kinds`
+        # maps each name of the root's `views` entries to its (first view index, count).
+        self.view_kinds: dict[str, tuple[int, int]] = {}
+        if name in VIEW_SPLITS:
+            for entry in store_attrs.get("views") or ():
+                self.view_kinds[str(entry["name"])] = (sum(c for _, c in self.view_kinds.values()), int(entry["count"]))
+        self.num_views: int = sum(count for _, count in self.view_kinds.values())
 
     @property
     def num_chunks(self) -> int:
@@ -462,12 +485,13 @@ class SplitReader:
         self.read_cls(start, stop, out_cls)
         self.read_patches(start, stop, out_patches)
 
-    def loaded_nbytes(self, quantised: bool = False) -> int:
-        """Bytes of RAM `load_all` needs: float16 tokens, or with `quantised` (int8 stores) int8 patch tokens plus
-        their float16 scales, about half."""
+    def loaded_nbytes(self, quantised: bool = False, views: bool = False) -> int:
+        """Bytes of RAM `load_all` needs (and with `views`, `load_views` too): float16 tokens, or with `quantised`
+        (int8 stores) int8 patch tokens plus their float16 scales, about half."""
+        rows = self.n * (1 + (self.num_views if views else 0))
         if quantised and self.patch_dtype == "int8":
-            return self.n * self.stored_row_nbytes()
-        return 2 * self.n * (self.cls_dim + self.num_patches * self.patch_dim)
+            return rows * self.stored_row_nbytes()
+        return 2 * rows * (self.cls_dim + self.num_patches * self.patch_dim)
 
     def load_all(self, progress: bool = True, samples_per_read: int = 512, out_cls: np.ndarray | None = None,
                  out_patches: np.ndarray | None = None,
@@ -508,11 +532,43 @@ class SplitReader:
         else:
             self.read_checked("patches", start, stop, out_patches)
 
-    def stored_row_nbytes(self) -> int:
-        """Bytes one sample takes as stored (cls, patch tokens, int8 scales): the unit of a trainer's memory."""
+    def stored_row_nbytes(self, views: bool = False) -> int:
+        """Bytes one sample takes as stored (cls, patch tokens, int8 scales; with `views`, its views too): the unit of
+        a trainer's memory."""
         if self.patch_dtype == "int8":
-            return 2 * self.cls_dim + self.num_patches * (self.patch_dim + 2)
-        return 2 * (self.cls_dim + self.num_patches * self.patch_dim)
+            one = 2 * self.cls_dim + self.num_patches * (self.patch_dim + 2)
+        else:
+            one = 2 * (self.cls_dim + self.num_patches * self.patch_dim)
+        return one * (1 + (self.num_views if views else 0))
+
+    def read_views_stored(self, start: int, stop: int, out_cls: np.ndarray, out_patches: np.ndarray,
+                          out_scales: np.ndarray | None = None) -> None:
+        """The views of samples [start, stop) as stored, each whole chunk checked: float16 cls [n, V, Dc], patches
+        [n, V, T, Dp] float16 or (int8 stores) int8 with their float16 scales into `out_scales` [n, V, T]."""
+        check_range(start, stop, self.n)
+        if not self.num_views:
+            raise ValueError(f"split {self.name} has no views")
+        self.read_checked("views_cls", start, stop, out_cls)
+        self.read_checked("views_patches", start, stop, out_patches)
+        if self.patch_dtype == "int8":
+            if out_scales is None:
+                raise ValueError(f"split {self.name} holds int8 patches: read_views_stored needs out_scales")
+            self.read_checked("views_patch_scales", start, stop, out_scales)
+
+    def read_views(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The views of samples [start, stop) as float16 (cls [n, V, Dc], patches [n, V, T, Dp]), int8 dequantised
+        as `read_patches` does."""
+        n, views = stop - start, self.num_views
+        cls = np.empty((n, views, self.cls_dim), dtype=np.float16)
+        patches = np.empty((n, views, self.num_patches, self.patch_dim),
+                           dtype=np.int8 if self.patch_dtype == "int8" else np.float16)
+        scales = np.empty((n, views, self.num_patches), dtype=np.float16) if self.patch_dtype == "int8" else None
+        self.read_views_stored(start, stop, cls, patches, scales)
+        if scales is None:
+            return cls, patches
+        dequantised = np.empty(patches.shape, dtype=np.float16)
+        dequantise_into(patches, scales, dequantised)
+        return cls, dequantised
 
     def iter_chunks(self, chunks_per_read: int = 1) -> Iterator[tuple[int, int]]:
         """(start, stop) ranges of whole chunks, in order."""
@@ -532,10 +588,10 @@ class FeatureStore:
         self.attrs: dict = backend.attrs()
         if "format_version" not in self.attrs:
             raise TwinTurboError(f"{path} is not a twinturbo feature store (no format_version attribute)")
-        if self.attrs["format_version"] != FORMAT_VERSION:
+        if self.attrs["format_version"] not in READABLE_VERSIONS:
             raise TwinTurboError(
-                f"{path} has store format version {self.attrs['format_version']}, this twinturbo reads version "
-                f"{FORMAT_VERSION}: re-extract it with this version's tt-extract"
+                f"{path} has store format version {self.attrs['format_version']}, this twinturbo reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: re-extract it with this version's tt-extract"
             )
 
     @property
@@ -558,7 +614,7 @@ class FeatureStore:
         layout), not its creation time: the same extraction redone on another machine has the same fingerprint, so a
         committed sweep resumes there (its run ids contain the fingerprint).
         """
-        key = {k: self.attrs.get(k) for k in IDENTITY_KEYS + ("source_checksums",)}
+        key = {k: self.attrs.get(k) for k in IDENTITY_KEYS + ("source_checksums",)} | view_fields(self.attrs)
         return {
             "path": str(self.path.resolve()),
             "dataset": self.attrs.get("dataset"),
@@ -582,20 +638,33 @@ class FeatureStore:
         return self.split(split).done_mask()
 
     def write_chunk(self, split: str, chunk_index: int, cls: np.ndarray, patches: np.ndarray,
-                    labels: np.ndarray) -> None:
-        """Write one whole chunk, then mark it done. A kill before the flag leaves it to be redone on resume."""
+                    labels: np.ndarray, views_cls: np.ndarray | None = None,
+                    views_patches: np.ndarray | None = None) -> None:
+        """Write one whole chunk, then mark it done. A kill before the flag leaves it to be redone on resume.
+        A split with views takes them too: `views_cls` [n, V, Dc], `views_patches` [n, V, T, Dp]."""
         if not self.writable:
             raise RuntimeError("store opened read-only")
+        with_views = self.split(split).num_views > 0
+        if with_views != (views_cls is not None):
+            raise ValueError(f"split {split} {'holds' if with_views else 'has no'} views: write_chunk "
+                             f"{'needs' if with_views else 'takes no'} views_cls and views_patches")
         chunk_size = int(self.attrs["chunk_size"])
         start = chunk_index * chunk_size
+        int8 = self.attrs["patch_dtype"] == "int8"
         stored = {"cls": np.asarray(cls, dtype=np.float16), "labels": np.asarray(labels, dtype=np.int64)}
-        if self.attrs["patch_dtype"] == "int8":
+        if int8:
             stored["patches"], stored["patch_scales"] = quantise_int8(patches)
         else:
             stored["patches"] = np.asarray(patches, dtype=np.float16)
+        if with_views:
+            stored["views_cls"] = np.asarray(views_cls, dtype=np.float16)
+            if int8:
+                stored["views_patches"], stored["views_patch_scales"] = quantise_int8(views_patches)
+            else:
+                stored["views_patches"] = np.asarray(views_patches, dtype=np.float16)
         for name, values in stored.items():
             self._backend.write(split, name, start, values)
-        arrays = checksummed_arrays(self.attrs["patch_dtype"])
+        arrays = checksummed_arrays(self.attrs["patch_dtype"], with_views)
         digests = np.array([[chunk_digest(stored[name]) for name in arrays]], dtype=np.uint64)
         self._backend.write(split, "checksums", chunk_index, digests)
         self._backend.flush()
@@ -649,6 +718,9 @@ def identity_mismatch(existing: dict, wanted: dict) -> str | None:
     for key in IDENTITY_KEYS:
         if canonical_json(existing.get(key)) != canonical_json(wanted.get(key)):
             return f"{key}: store has {existing.get(key)!r}, this run wants {wanted.get(key)!r}"
+    if canonical_json(view_fields(existing)) != canonical_json(view_fields(wanted)):
+        return (f"views: store has {view_fields(existing).get('views') or 'none'}, this run wants "
+                f"{view_fields(wanted).get('views') or 'none'}")
     return None
 
 
@@ -656,17 +728,23 @@ def create_store(path: str | os.PathLike, attrs: dict, layouts: dict[str, SplitL
                  patch_dtype: str = "float16", overwrite: bool = False) -> FeatureStore:
     """Create a store, or reopen a matching one to resume it.
 
-    An existing store whose identity (dataset, backbone, weights, resolution, dtype, chunking, shapes) differs is
-    refused unless `overwrite`, which deletes it first. Metadata is written before any chunk, and the `done` flags
-    last, so a store killed at any point is recognisably incomplete.
+    An existing store whose identity (dataset, backbone, weights, resolution, dtype, chunking, shapes, views) differs
+    is refused unless `overwrite`, which deletes it first. Metadata is written before any chunk, and the `done` flags
+    last, so a store killed at any point is recognisably incomplete. `attrs` with `views` (a list of {"name",
+    "count", ...} entries, extract/views.py) and `view_seed` make a store with views (format 2): its VIEW_SPLITS get
+    the views arrays, as many views per image as the entries' counts add up to.
     """
     path = Path(path)
     if patch_dtype not in PATCH_DTYPES:
         raise TwinTurboError(f"--dtype {patch_dtype}: expected one of {', '.join(PATCH_DTYPES)}")
     full_attrs = dict(attrs)
+    num_views = sum(int(entry["count"]) for entry in full_attrs.get("views") or ())
+    if not num_views:
+        full_attrs.pop("views", None), full_attrs.pop("view_seed", None)
     full_attrs.update(
-        format_version=FORMAT_VERSION, patch_dtype=patch_dtype, chunk_size=int(chunk_size),
-        layouts={name: layout.to_dict() for name, layout in layouts.items()}, splits=list(layouts),
+        format_version=VIEWS_FORMAT_VERSION if num_views else FORMAT_VERSION, patch_dtype=patch_dtype,
+        chunk_size=int(chunk_size), layouts={name: layout.to_dict() for name, layout in layouts.items()},
+        splits=list(layouts),
     )
     if path.exists() and (overwrite or _was_killed_while_created(path)):
         _remove(path)
@@ -700,7 +778,15 @@ def create_store(path: str | os.PathLike, attrs: dict, layouts: dict[str, SplitL
         }
         if patch_dtype == "int8":
             arrays["patch_scales"] = ((layout.n, layout.num_patches), (chunk_size, layout.num_patches), "float16")
-        summed = checksummed_arrays(patch_dtype)
+        views = num_views if split in VIEW_SPLITS else 0
+        if views:
+            arrays["views_cls"] = ((layout.n, views, layout.cls_dim), (chunk_size, views, layout.cls_dim), "float16")
+            arrays["views_patches"] = ((layout.n, views, layout.num_patches, layout.patch_dim),
+                                       (chunk_size, views, layout.num_patches, layout.patch_dim), patch_dtype)
+            if patch_dtype == "int8":
+                arrays["views_patch_scales"] = ((layout.n, views, layout.num_patches),
+                                                (chunk_size, views, layout.num_patches), "float16")
+        summed = checksummed_arrays(patch_dtype, views > 0)
         arrays["checksums"] = ((num_chunks(layout.n, chunk_size), len(summed)), (1, len(summed)), "uint64")
         backend.create_split(split, {"n": layout.n, "chunk_size": int(chunk_size), "split": split,
                                      "checksum": CHECKSUM_ALGORITHM, "checksum_arrays": list(summed)}, arrays)

@@ -33,10 +33,11 @@ from twinturbo.common.device import extraction_bf16, resolve_device
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.sizes import format_size
 from twinturbo.common.slurm import SlurmOptions, job_failure, raise_unfinished
-from twinturbo.common.store import (FORMATS, PATCH_DTYPES, FeatureStore, SplitLayout, create_store, num_chunks,
-                                    open_store)
+from twinturbo.common.store import (FORMATS, HDF5_CLOSE_RESERVE, PATCH_DTYPES, VIEW_SPLITS, FeatureStore, SplitLayout,
+                                    create_store, detect_format, num_chunks, open_store)
 from twinturbo.extract.backbones import BACKBONE_SPECS, DEFAULT_BACKBONE, BackboneOptions, build_backbone
 from twinturbo.extract.datasets import read_dataset_split, store_name
+from twinturbo.extract.views import ViewMaker, ViewPolicy, ViewSpec, parse_views
 
 SPLIT_NAMES = ("train", "test")
 
@@ -76,6 +77,13 @@ class ExtractConfig:
                                             kind=Path, shown="none")
     hub_dir: Path | None = _option(None, "--hub-dir", "Local copy of the NVlabs/RADIO hub repo.", kind=Path,
                                    shown="none")
+    views: str | None = _option(None, "--views", "Augmented views of every train image stored beside its clean one, "
+                                "e.g. weak:2,strong:4 (FixMatch's policies, extract/views.py); the test split gets "
+                                "none.", kind=str, shown="none")
+    view_flip: str = _option("auto", "--view-flip", "Horizontal flips in the views: auto (by dataset: Fashion-MNIST, "
+                             "CIFAR-10 and folders yes; digits, MNIST, SVHN no), yes or no.")
+    view_seed: int = _option(0, "--view-seed", "The seed each view's randomness is derived from, with its image "
+                             "and view index.")
     overwrite: bool = _option(False, "--overwrite", "Replace an existing store that holds a different extraction.")
     progress: bool = _option(True, "--no-progress", "No progress bars.", negate=True)
     launcher: str = _option("local", "--launcher", "local: this process (or torchrun's); submitit: --tasks jobs "
@@ -112,6 +120,11 @@ class ExtractConfig:
                                  "(several local processes: torchrun)")
         if self.resolution is not None and self.resolution < 1:
             raise TwinTurboError(f"--resolution {self.resolution}: expected a positive number of pixels")
+        self.view_spec()
+
+    def view_spec(self) -> ViewSpec | None:
+        """--views read, its flips decided for the dataset (None: no views)."""
+        return parse_views(self.views, self.dataset, self.view_flip)
 
 
 def store_path(config: ExtractConfig) -> Path:
@@ -240,27 +253,27 @@ class ChunkWriter:
         self._thread.start()
         self._copy_stream: torch.cuda.Stream | None = None
 
-    def put(self, split: str, start: int, cls: torch.Tensor, patches: torch.Tensor, labels: np.ndarray,
+    def put(self, split: str, start: int, tokens: tuple[torch.Tensor, ...], labels: np.ndarray,
             chunks: list[int]) -> None:
-        """Queue samples [start, start + len(cls)) for writing; only the chunks listed are written."""
+        """Queue samples [start, start + len(cls)) for writing; only the chunks listed are written. `tokens` is
+        (cls, patches), and with views (views_cls [B, V, Dc], views_patches [B, V, T, Dp]) after them."""
         self._raise_if_failed()
         ready = None
-        if cls.device.type == "cuda":
+        if tokens[0].device.type == "cuda":
             if self._copy_stream is None:
-                self._copy_stream = torch.cuda.Stream(device=cls.device)
-            self._copy_stream.wait_stream(torch.cuda.current_stream(cls.device))
+                self._copy_stream = torch.cuda.Stream(device=tokens[0].device)
+            self._copy_stream.wait_stream(torch.cuda.current_stream(tokens[0].device))
             with torch.cuda.stream(self._copy_stream):
-                host_cls = torch.empty(cls.shape, dtype=cls.dtype, pin_memory=True)
-                host_patches = torch.empty(patches.shape, dtype=patches.dtype, pin_memory=True)
-                host_cls.copy_(cls, non_blocking=True)
-                host_patches.copy_(patches, non_blocking=True)
+                host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tokens)
+                for target, source in zip(host, tokens):
+                    target.copy_(source, non_blocking=True)
                 ready = torch.cuda.Event()
                 ready.record(self._copy_stream)
             # The device tensors must outlive the copy queued on the side stream.
-            cls.record_stream(self._copy_stream)
-            patches.record_stream(self._copy_stream)
-            cls, patches = host_cls, host_patches
-        self._queue.put((split, start, cls, patches, labels, chunks, ready))
+            for source in tokens:
+                source.record_stream(self._copy_stream)
+            tokens = host
+        self._queue.put((split, start, tokens, labels, chunks, ready))
 
     def _run(self) -> None:
         while True:
@@ -269,15 +282,16 @@ class ChunkWriter:
                 return
             if self._error is not None:
                 continue  # drain after a failure so `put` never blocks forever
-            split, start, cls, patches, labels, chunks, ready = item
+            split, start, tokens, labels, chunks, ready = item
             try:
                 if ready is not None:
                     ready.synchronize()
-                cls_np, patches_np = cls.numpy(), patches.numpy()
+                arrays = [t.numpy() for t in tokens]
                 for k in chunks:
                     lo = k * self.chunk_size - start
-                    hi = min(lo + self.chunk_size, len(cls_np))
-                    self.store.write_chunk(split, k, cls_np[lo:hi], patches_np[lo:hi], labels[lo:hi])
+                    hi = min(lo + self.chunk_size, len(arrays[0]))
+                    self.store.write_chunk(split, k, *(a[lo:hi] for a in arrays[:2]), labels[lo:hi],
+                                           *(a[lo:hi] for a in arrays[2:]))
             except BaseException as err:  # re-raised in the main thread
                 self._error = err
 
@@ -323,9 +337,30 @@ def pending_batches(done: np.ndarray, n: int, batch_size: int, chunk_size: int, 
     return [b for b in owned if not done[b * per_batch:(b + 1) * per_batch].all()]
 
 
+def read_batch(data, lo: int, hi: int, views: ViewMaker | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images [lo, hi) of a split as uint8 [B, H, W, C], and with `views` their augmented views [V, B, H, W, C]."""
+    images = data.read(lo, hi)
+    return images, (views(images, lo) if views is not None else None)
+
+
+def forward_batch(backbone: torch.nn.Module, images: np.ndarray, view_images: np.ndarray | None, resolution: int,
+                  device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(cls, patches) of the clean images, and with views (views_cls [B, V, Dc], views_patches [B, V, T, Dp]) after
+    them. Each view goes through the backbone as its own batch of B images, the clean one exactly as in a store
+    without views: the clean tokens do not depend on whether views are extracted."""
+    tokens = forward_features(backbone, prepare_images(images, resolution, device))
+    if view_images is None:
+        return tokens
+    per_view = [forward_features(backbone, prepare_images(view, resolution, device)) for view in view_images]
+    return tokens + (torch.stack([cls for cls, _ in per_view], dim=1),
+                     torch.stack([patches for _, patches in per_view], dim=1))
+
+
 def extract_split(store: FeatureStore, split: str, data, n: int, backbone: torch.nn.Module, device: torch.device,
-                  batch_size: int, ranks: Ranks = Ranks(), progress: bool = True) -> SplitResult:
-    """Run this rank's missing batches of one split through the backbone and write their missing chunks."""
+                  batch_size: int, ranks: Ranks = Ranks(), progress: bool = True,
+                  views: ViewMaker | None = None) -> SplitResult:
+    """Run this rank's missing batches of one split (and with `views` their augmented views) through the backbone
+    and write their missing chunks."""
     from tqdm.auto import tqdm
 
     chunk_size = int(store.attrs["chunk_size"])
@@ -337,19 +372,20 @@ def extract_split(store: FeatureStore, split: str, data, n: int, backbone: torch
     resolution = int(backbone.resolution)
     writer = ChunkWriter(store)
     started = time.perf_counter()
-    # Reading the next batch (decoding image files for `folder:`) overlaps the current forward.
+    # Reading the next batch (decoding image files for `folder:`, augmenting its views) overlaps the current forward;
+    # the reader thread is the only user of torch's global generator meanwhile (extract/views.py).
     with ThreadPoolExecutor(max_workers=1) as reader, \
             tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         try:
-            upcoming = reader.submit(data.read, *spans[0]) if spans else None
+            upcoming = reader.submit(read_batch, data, *spans[0], views) if spans else None
             for i, (lo, hi) in enumerate(spans):
-                images = upcoming.result()
+                images, view_images = upcoming.result()
                 if i + 1 < len(spans):
-                    upcoming = reader.submit(data.read, *spans[i + 1])
-                cls, patches = forward_features(backbone, prepare_images(images, resolution, device))
+                    upcoming = reader.submit(read_batch, data, *spans[i + 1], views)
+                tokens = forward_batch(backbone, images, view_images, resolution, device)
                 first = lo // chunk_size
                 missing = [k for k in range(first, (hi + chunk_size - 1) // chunk_size) if not done[k]]
-                writer.put(split, lo, cls, patches, np.asarray(data.labels[lo:hi], dtype=np.int64), missing)
+                writer.put(split, lo, tokens, np.asarray(data.labels[lo:hi], dtype=np.int64), missing)
                 bar.update(hi - lo)
         finally:
             writer.close()
@@ -358,7 +394,9 @@ def extract_split(store: FeatureStore, split: str, data, n: int, backbone: torch
 
 def _store_attrs(config: ExtractConfig, backbone, splits: dict, batch_size: int, limit_n: dict[str, int]) -> dict:
     first = next(iter(splits.values()))
-    return {
+    spec = config.view_spec()
+    views = {"views": spec.to_attrs(), "view_seed": int(config.view_seed)} if spec is not None else {}
+    return {**views, 
         "dataset": config.dataset,
         "backbone": backbone.name,
         "weights_id": backbone.weights_id,
@@ -400,22 +438,35 @@ def progress_of(path: Path, split: str) -> str:
         return ""
 
 
-def check_free_space(path: Path, layouts: dict[str, SplitLayout], chunk_size: int, patch_dtype: str) -> None:
-    """Refuse, before writing, an extraction whose store would not fit on its filesystem: the bytes its arrays need
-    (with one filesystem block of slack per chunk file) less what an existing store already holds."""
+def store_nbytes(layouts: dict[str, SplitLayout], chunk_size: int, patch_dtype: str, num_views: int = 0) -> int:
+    """About how many bytes a store's arrays take on disk, with one filesystem block of slack per chunk file; with
+    `num_views`, the views of VIEW_SPLITS too."""
     need = 0
-    for layout in layouts.values():
-        patch_bytes = layout.num_patches * (layout.patch_dim * (1 if patch_dtype == "int8" else 2)
-                                            + (2 if patch_dtype == "int8" else 0))
-        files = num_chunks(layout.n, chunk_size) * (5 if patch_dtype == "int8" else 4)
-        need += layout.n * (2 * layout.cls_dim + patch_bytes + 8) + files * 4096
+    int8 = patch_dtype == "int8"
+    for name, layout in layouts.items():
+        views = num_views if name in VIEW_SPLITS else 0
+        patch_bytes = layout.num_patches * (layout.patch_dim * (1 if int8 else 2) + (2 if int8 else 0))
+        files = num_chunks(layout.n, chunk_size) * ((5 if int8 else 4) + ((3 if int8 else 2) if views else 0))
+        need += layout.n * ((1 + views) * (2 * layout.cls_dim + patch_bytes) + 8) + files * 4096
+    return need
+
+
+def check_free_space(path: Path, layouts: dict[str, SplitLayout], chunk_size: int, patch_dtype: str,
+                     num_views: int = 0) -> None:
+    """Refuse, before writing, an extraction whose store would not fit on its filesystem: the bytes its arrays need
+    (store_nbytes), for HDF5 plus the room it keeps free to close the file (HDF5_CLOSE_RESERVE, which its writer
+    enforces), less what an existing store already holds."""
+    need = store_nbytes(layouts, chunk_size, patch_dtype, num_views)
+    reserve = HDF5_CLOSE_RESERVE if detect_format(path) == "hdf5" else 0
     held = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else \
         (path.stat().st_size if path.exists() else 0)
     parent = next(p for p in (path, *path.parents) if p.exists())
     free = shutil.disk_usage(parent).free
-    if need - held > free:
-        raise TwinTurboError(f"--out {path.parent}: the store needs about {format_size(need - held)} more and the "
-                             f"filesystem has {format_size(free)} free; free some space or choose another --out")
+    if need + reserve - held > free:
+        kept = f", of which {format_size(reserve)} HDF5 keeps free to close the file" if reserve else ""
+        raise TwinTurboError(f"--out {path.parent}: the store needs about {format_size(need + reserve - held)} more"
+                             f"{kept}, and the filesystem has {format_size(free)} free; free some space or choose "
+                             "another --out")
 
 
 @dataclass
@@ -461,7 +512,8 @@ def prepare(config: ExtractConfig, backbone: torch.nn.Module | None, ranks: Rank
 
 def open_for_writing(config: ExtractConfig, job: Prepared, log) -> FeatureStore:
     """Create the store, or reopen a matching one to resume it (one that holds nothing yet is started afresh)."""
-    check_free_space(job.path, job.layouts, job.chunk_size, config.dtype)
+    spec = config.view_spec()
+    check_free_space(job.path, job.layouts, job.chunk_size, config.dtype, spec.count if spec else 0)
     attrs = _store_attrs(config, job.backbone, job.splits, job.batch_size, job.counts)
     store = create_store(job.path, attrs, job.layouts, job.chunk_size, patch_dtype=config.dtype,
                          overwrite=config.overwrite)
@@ -469,16 +521,35 @@ def open_for_writing(config: ExtractConfig, job: Prepared, log) -> FeatureStore:
     if previous is not None and int(previous) != job.batch_size:
         log(f"note: {job.path} was started with --batch-size {previous}; the rest runs with {job.batch_size} "
             "(features may differ in their last bits from a run with one batch size)")
-    store_checksums = store.attrs.get("source_checksums")
-    wanted = {name: dict(split.source_files) for name, split in job.splits.items()}
-    if store_checksums is not None and store_checksums != wanted and store.chunks_done() == 0:
+    changed = _changed_sources(store.attrs, attrs)
+    if changed and store.chunks_done() == 0:
         store.close()  # the sources changed before anything was computed (a bad image fixed): start afresh
         store = create_store(job.path, attrs, job.layouts, job.chunk_size, patch_dtype=config.dtype, overwrite=True)
-    elif store_checksums is not None and store_checksums != wanted:
+    elif changed:
         store.close()
-        raise TwinTurboError(f"{job.path} was extracted from other source files (checksums differ); "
-                             "pass --overwrite to replace it or choose another --out")
+        raise TwinTurboError(f"{job.path} was extracted from {changed}; pass --overwrite to replace it or choose "
+                             "another --out")
     return store
+
+
+def _changed_sources(stored: dict, wanted: dict) -> str | None:
+    """What differs between the sources a store was extracted from and this extraction's, or None: the raw files'
+    checksums, or the class list (a folder dataset whose empty class folder was removed keeps its files' checksums)."""
+    if stored.get("source_checksums") is not None and stored["source_checksums"] != wanted["source_checksums"]:
+        return "other source files (checksums differ)"
+    if "class_names" in stored and list(stored["class_names"]) != list(wanted["class_names"]):
+        return (f"other classes ({', '.join(map(str, stored['class_names']))} where the dataset now has "
+                f"{', '.join(map(str, wanted['class_names']))})")
+    return None
+
+
+def views_of(store: FeatureStore, split: str) -> ViewMaker | None:
+    """The ViewMaker of a split with views, from the store's own record of its policies and seed (None without)."""
+    entries = store.attrs.get("views") or ()
+    if split not in VIEW_SPLITS or not entries:
+        return None
+    spec = ViewSpec(tuple((e["name"], int(e["count"]), ViewPolicy(**e["policy"])) for e in entries))
+    return ViewMaker(spec, int(store.attrs["view_seed"]))
 
 
 def extract_all(store: FeatureStore, job: Prepared, ranks: Ranks, progress: bool) -> list[SplitResult]:
@@ -489,13 +560,13 @@ def extract_all(store: FeatureStore, job: Prepared, ranks: Ranks, progress: bool
         for name, split in job.splits.items():
             current = name
             results.append(extract_split(store, name, split, job.counts[name], job.backbone, job.device,
-                                         job.batch_size, ranks, progress=progress))
+                                         job.batch_size, ranks, progress=progress, views=views_of(store, name)))
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         close_after_full_disk(store)
-        raise TwinTurboError(f"{job.path}: the disk is full ({os.strerror(err.errno)}) while writing split "
-                             f"'{current}'{progress_of(job.path, current)}; free some space and rerun the same "
+        raise TwinTurboError(f"{job.path}: the disk is full ({err.strerror or os.strerror(err.errno)}) while writing "
+                             f"split '{current}'{progress_of(job.path, current)}; free some space and rerun the same "
                              "command: it resumes from the first chunk not done") from None
     store.close()
     return results

@@ -29,6 +29,7 @@ class SplitSummary:
     patch_dtype: str
     nbytes: int  # on disk
     class_counts: dict[str, int]
+    views: dict[str, int] = field(default_factory=dict)  # augmented views per image, by policy name
 
 
 @dataclass
@@ -51,6 +52,8 @@ class StoreSummary:
             counts = " ".join(f"{name}:{count}" for name, count in s.class_counts.items())
             out.append(f"  {s.name}: N={s.n} cls={s.cls_shape} float16 patches={s.patches_shape} {s.patch_dtype} "
                        f"{s.nbytes / 1e6:.2f} MB  classes {counts}")
+            if s.views:
+                out.append("    views per image: " + ", ".join(f"{kind} {count}" for kind, count in s.views.items()))
         return out
 
 
@@ -101,6 +104,12 @@ def verify_store(path: str | Path, progress: bool = True, samples_per_read: int 
             }
             if patch_dtype == "int8":
                 expected["patch_scales"] = ((n, layout["num_patches"]), "float16")
+            views = store.split(name).num_views
+            if views:
+                expected["views_cls"] = ((n, views, layout["cls_dim"]), "float16")
+                expected["views_patches"] = ((n, views, layout["num_patches"], layout["patch_dim"]), patch_dtype)
+                if patch_dtype == "int8":
+                    expected["views_patch_scales"] = ((n, views, layout["num_patches"]), "float16")
             try:
                 found = _plain_arrays(resolved, name)
             except KeyError:
@@ -124,23 +133,36 @@ def verify_store(path: str | Path, progress: bool = True, samples_per_read: int 
                 raise TwinTurboError(
                     f"{resolved}: split '{name}' is incomplete ({int(done.sum())}/{len(done)} chunks done, first "
                     f"missing chunk {first}); rerun the same tt-extract command to finish it")
-            reader.check_reads = False  # a damaged labels chunk is listed by the chunk scan below, with the others
-            labels = reader.labels()
-            bad = (labels < -1) | (labels >= n_classes)
+            labels, readable = _labels_of_intact_chunks(reader)
+            bad = readable & ((labels < -1) | (labels >= n_classes))
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise TwinTurboError(f"{resolved}: {name}/labels[{i}] = {labels[i]}, expected -1..{n_classes - 1}")
             names = attrs.get("class_names") or []
-            counts = Counter(labels.tolist())
+            counts = Counter(labels[readable].tolist())
             class_counts = {(names[c] if 0 <= c < len(names) else str(c)): counts[c] for c in sorted(counts)}
             summaries.append(SplitSummary(name, n, expected["cls"][0], expected["patches"][0], patch_dtype,
-                                          _disk_bytes(resolved, name), class_counts))
+                                          _disk_bytes(resolved, name), class_counts,
+                                          {kind: count for kind, (_, count) in reader.view_kinds.items()}))
         # The value scan reads every token: only once every split passed the cheap checks above.
         damaged: list[DamagedChunk] = []
         for summary in summaries if scan_values else ():
             damaged += _scan_chunks(resolved, store.split(summary.name), progress)
         checksums = all(store.split(s.name).has_checksums for s in summaries) if scan_values else None
     return StoreSummary(resolved, attrs, summaries, damaged, checksums)
+
+
+def _labels_of_intact_chunks(reader) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, readable): the split's labels and which of them lie in a chunk that passes its checksum. A damaged
+    labels chunk is then named by the chunk scan like any other (and repaired), not taken for labels out of range."""
+    labels = np.zeros(reader.n, dtype=np.int64)
+    readable = np.ones(reader.n, dtype=bool)
+    for start, stop in reader.iter_chunks():
+        try:
+            labels[start:stop] = reader.read_checked("labels", start, stop)
+        except DamagedChunk:
+            readable[start:stop] = False
+    return labels, readable
 
 
 def _scan_chunks(path: Path, reader, progress: bool) -> list[DamagedChunk]:
@@ -150,6 +172,8 @@ def _scan_chunks(path: Path, reader, progress: bool) -> list[DamagedChunk]:
 
     name, damaged = reader.name, []
     arrays = ("cls", "patches") + (("patch_scales",) if reader.patch_dtype == "int8" else ())
+    if reader.num_views:
+        arrays += ("views_cls", "views_patches") + (("views_patch_scales",) if reader.patch_dtype == "int8" else ())
     with tqdm(total=reader.n, unit="sample", desc=f"verify {name}", disable=not progress, leave=False) as bar:
         for start, stop in reader.iter_chunks():
             for array in dict.fromkeys(arrays + reader.checksum_arrays):
