@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -60,16 +61,19 @@ class Cluster:
         return {name: int((self.state / path).read_text()) for name, path in PID_FILES.items()}
 
 
-def script(*args, namespace_etc_slurm: Path | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
-    """Run slurm.sh; with namespace_etc_slurm, in a private mount namespace where that folder is /etc/slurm."""
+def script(*args, namespace: dict[str, Path] | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """Run slurm.sh; with namespace {"/etc/slurm": folder, ...}, in a private mount namespace seeing those instead."""
     command = ["bash", str(SCRIPT), *map(str, args)]
-    return subprocess.run(in_namespace(command, namespace_etc_slurm) if namespace_etc_slurm else command,
-                          capture_output=True, text=True, timeout=timeout, env=clean_env())
+    return subprocess.run(in_namespace(command, namespace) if namespace else command, capture_output=True, text=True,
+                          timeout=timeout, env=clean_env())
 
 
-def in_namespace(command: list[str], etc_slurm: Path) -> list[str]:
+def in_namespace(command: list[str], binds: dict[str, Path]) -> list[str]:
+    """`command` in a mount namespace of its own where each path of `binds` is a bind mount of its value."""
+    mounts = [arg for target, source in binds.items() for arg in (str(source), target)]
     return ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c",
-            'mount --bind "$0" /etc/slurm && exec "$@"', str(etc_slurm), *command]
+            'while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done; shift; exec "$@"', "bash", *mounts, "--",
+            *command]
 
 
 def last_line(result: subprocess.CompletedProcess) -> str:
@@ -307,13 +311,13 @@ def assert_no_process_left(state: Path) -> None:
     assert not left, f"slurm.sh down left processes of {state}: {', '.join(left)}"
 
 
-def require_root_and_packages() -> None:
+def require_root_and_packages(state: Path) -> None:
     """Skip where slurm.sh cannot run; install the packages first where it can, so that apt's own writes to /etc
     (munge's key, slurm's plugstack.conf) happen before anything is compared."""
     if os.geteuid() != 0:
         pytest.skip("slurm.sh: skipped: needs root to install and start the daemons")
     if any(shutil.which(program) is None for program in PROGRAMS):
-        result = script("install")
+        result = script("install", state)
         if result.returncode == 3:
             pytest.skip(last_line(result))
         assert result.returncode == 0, last_line(result)
@@ -322,45 +326,52 @@ def require_root_and_packages() -> None:
 def test_up_and_down_leave_etc_slurm_munge_and_hosts_byte_identical(tmp_path_factory):
     """The cluster lives in its state directory: /etc/slurm, /etc/munge and /etc/hosts are as they were, entry for
     entry and byte for byte, after `up` and `down`; `down` leaves none of its processes."""
-    require_root_and_packages()
-    before = snapshot(WATCHED)
     state = tmp_path_factory.mktemp("etc-check")
+    require_root_and_packages(state)
+    before = snapshot(WATCHED)
     started = script("up", state)
-    try:
-        assert started.returncode == 0, f"slurm.sh up: {last_line(started)}"
-        assert script("status", state).returncode == 0, "slurm.sh status: the private cluster does not answer"
+    try:  # the private cluster answers through its own SLURM_CONF (checked below, after /etc)
+        status = script("status", state)
         answered = Cluster(state).run("sinfo", "-h", "-o", "%P %t")
-        assert answered.returncode == 0 and answered.stdout.split() == ["debug*", "idle"], answered.stdout
     finally:
         stopped = script("down", state, timeout=120)
+    changed = changes(before, snapshot(WATCHED))
+    assert not changed, f"up and down changed {len(changed)} entries under /etc: {', '.join(changed)}"
+    assert started.returncode == 0, f"slurm.sh up: {last_line(started)}"
+    assert status.returncode == 0, "slurm.sh status: the private cluster does not answer"
+    assert answered.returncode == 0 and answered.stdout.split() == ["debug*", "idle"], last_line(answered)
     assert stopped.returncode == 0, f"slurm.sh down: {last_line(stopped)}"
     assert script("status", state).returncode != 0, "slurm.sh status: still up after down"
     assert_no_process_left(state)
-    changed = changes(before, snapshot(WATCHED))
-    assert not changed, f"up and down changed {len(changed)} entries under /etc: {', '.join(changed)}"
 
 
-def test_a_foreign_cluster_is_left_alone_and_the_job_runs_on_the_private_one(slurm_cluster, tmp_path,
-                                                                              tmp_path_factory):
-    """In a mount namespace whose /etc/slurm holds a site's slurm.conf (a fake: a copy of the session cluster's, so
-    that plain `sinfo` answers), `up` starts its own cluster rather than taking that one; a job submitted with the
-    private SLURM_CONF runs there and nowhere else; `down`, even given the foreign daemons' pids in its pid files,
-    stops only its own; the site's file is left byte-identical."""
+def test_on_a_site_workstation_the_private_cluster_runs_the_job_and_leaves_the_site_alone(slurm_cluster, tmp_path,
+                                                                                         tmp_path_factory):
+    """A workstation of a real cluster, faked in a mount namespace: /etc/slurm holds the site's slurm.conf (a copy of
+    the session cluster's, so that plain `sinfo` answers) and /etc/hosts names the machine 127.0.1.1 (Debian's way).
+    `up` starts its own cluster there rather than taking the site's, its daemons listen on 127.0.0.1 only, a job
+    submitted with its SLURM_CONF runs on it and nowhere else; `down`, even given the site daemons' pids in its pid
+    files, stops only its own; the site's files are left byte-identical."""
     probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"unshare --mount is not permitted here: {probe.stderr.strip()}")
-    etc_slurm = tmp_path / "etc-slurm"
-    etc_slurm.mkdir()
-    (etc_slurm / "slurm.conf").write_bytes(b"# a site's cluster (a fake written by the test)\n"
-                                          + (slurm_cluster.state / "slurm.conf").read_bytes())
-    before = snapshot([etc_slurm])
-    foreign = subprocess.run(in_namespace(["sinfo", "-h", "-o", "%N"], etc_slurm), capture_output=True, text=True,
+    site = {"/etc/slurm": tmp_path / "etc-slurm", "/etc/hosts": tmp_path / "hosts"}
+    site["/etc/slurm"].mkdir()
+    (site["/etc/slurm"] / "slurm.conf").write_bytes(b"# a site's cluster (a fake written by the test)\n"
+                                                   + (slurm_cluster.state / "slurm.conf").read_bytes())
+    names = {socket.gethostname(), socket.gethostname().split(".")[0]}
+    others = [line for line in Path("/etc/hosts").read_text().splitlines() if not names & set(line.split()[1:])]
+    site["/etc/hosts"].write_text("\n".join(others + [f"127.0.1.1 {' '.join(sorted(names))}"]) + "\n")
+    before = snapshot(site.values())
+    foreign = subprocess.run(in_namespace(["sinfo", "-h", "-o", "%N"], site), capture_output=True, text=True,
                              env=clean_env(), timeout=60)
     assert foreign.returncode == 0 and foreign.stdout.strip(), f"the fake site cluster does not answer: {foreign}"
 
     state = tmp_path_factory.mktemp("private")  # short: the daemons' socket paths are under it
     try:
-        private = up(state, namespace_etc_slurm=etc_slurm)
+        private = up(state, namespace=site)
+        listening = listening_sockets(private.pids().values())
+        assert listening and all(a.startswith("0100007F:") for a in listening), f"not 127.0.0.1 only: {listening}"
         name = f"tt-private-{uuid.uuid4().hex[:8]}"
         output = tmp_path / "job.out"
         submitted = private.run("sbatch", "--parsable", "-J", name, "-o", str(output), "--wrap", "echo ran")
@@ -368,23 +379,23 @@ def test_a_foreign_cluster_is_left_alone_and_the_job_runs_on_the_private_one(slu
         job = submitted.stdout.strip()
 
         def finished() -> str | None:
-            state = private.run("sacct", "-n", "-P", "-X", "-j", job, "-o", "State").stdout.strip()
-            return state if state not in ("", "PENDING", "RUNNING") else None
+            current = private.run("sacct", "-n", "-P", "-X", "-j", job, "-o", "State").stdout.strip()
+            return current if current not in ("", "PENDING", "RUNNING") else None
 
         assert wait_until(finished, 60) == "COMPLETED"
         assert output.read_text() == "ran\n"
         elsewhere = slurm_cluster.run("sacct", "-n", "-P", "-X", "-S", "now-1days", "--name", name, "-o", "JobID")
         assert elsewhere.returncode == 0 and elsewhere.stdout.strip() == "", f"job on the site's cluster: {elsewhere}"
     finally:
-        stopped = script("down", state, namespace_etc_slurm=etc_slurm, timeout=120)
+        stopped = script("down", state, namespace=site, timeout=120)
     assert stopped.returncode == 0, f"slurm.sh down: {last_line(stopped)}"
     assert_no_process_left(state)
 
     # pid files naming the other cluster's live daemons are not enough to make them this one's
-    for name, pid in slurm_cluster.pids().items():
-        (state / PID_FILES[name]).write_text(f"{pid}\n")
-    assert script("status", state, namespace_etc_slurm=etc_slurm).returncode != 0, "took the other cluster as its own"
-    assert script("down", state, namespace_etc_slurm=etc_slurm, timeout=120).returncode == 0
+    for daemon, pid in slurm_cluster.pids().items():
+        (state / PID_FILES[daemon]).write_text(f"{pid}\n")
+    assert script("status", state, namespace=site).returncode != 0, "took the other cluster as its own"
+    assert script("down", state, namespace=site, timeout=120).returncode == 0
     assert script("status", slurm_cluster.state).returncode == 0, "down stopped the other cluster's daemons"
-    changed = changes(before, snapshot([etc_slurm]))
-    assert not changed, f"the site's /etc/slurm changed: {', '.join(changed)}"
+    changed = changes(before, snapshot(site.values()))
+    assert not changed, f"the site's files changed: {', '.join(changed)}"

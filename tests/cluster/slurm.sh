@@ -9,9 +9,10 @@
 #                                        the node is idle (idempotent: a cluster of DIR that is up is kept)
 #   tests/cluster/slurm.sh down [DIR]    stop DIR's daemons, each by its pid file
 #   tests/cluster/slurm.sh status [DIR]  exit 0 when DIR's cluster answers with an idle node
-#   tests/cluster/slurm.sh install       only install the packages when missing
-# By hand: `tests/cluster/slurm.sh up DIR && export SLURM_CONF=DIR/slurm.conf`, then sbatch, squeue, sacct, ... talk
-# to the private cluster only (every client finds munged's socket through AuthInfo in that slurm.conf).
+#   tests/cluster/slurm.sh install [DIR] only install the packages when missing (apt-get's output: DIR/install.log)
+# By hand, as root: `tests/cluster/slurm.sh up DIR`, then `export SLURM_CONF=DIR/slurm.conf`: sbatch, squeue, sacct,
+# scancel and `tt-sweep --launcher submitit` talk to the private cluster only (every client finds its munged through
+# that slurm.conf); `tests/cluster/slurm.sh down DIR` stops it, and DIR can then be removed.
 # Where it cannot run (no apt-get, not root), `up` prints one line saying why and exits 3: the SLURM tests skip.
 # A daemon is taken as DIR's own only when its pid file names a live process of the right program that was started
 # with SLURM_CONF=DIR/slurm.conf in its environment; `up` never adopts a cluster it did not start (one that `sinfo`
@@ -28,11 +29,9 @@ MYSQL_SOCKET=$STATE/mysql.sock
 LOG=$STATE/log
 RUN=$STATE/run
 NODE=$(hostname -s)
-PACKAGES="munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
+PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 PROGRAMS="munged mariadbd mariadb-install-db slurmdbd slurmctld slurmd sinfo sbatch sacctmgr"
-# pid file and program of each daemon, in start order (`down` goes backwards)
-DAEMONS=("$MUNGE/munged.pid munged" "$RUN/mariadb.pid mariadbd" "$RUN/slurmdbd.pid slurmdbd"
-         "$RUN/slurmctld.pid slurmctld" "$RUN/slurmd.pid slurmd")
+DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)  # in start order; `down` goes backwards
 
 # Whatever the caller's environment says about another cluster (a site's SLURM_CONF, SBATCH_ACCOUNT, ...) must not
 # reach the daemons or the clients below; the daemons carry SLURM_CONF, which is also how `own` recognises them.
@@ -42,23 +41,28 @@ done
 export SLURM_CONF=$CONF
 
 say() { echo "slurm.sh: $*"; }
+REASON=""  # why `up` failed, for its one last line
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     local limit=$1 what=$2; shift 2
     for _ in $(seq 1 $((limit * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-    say "timed out after ${limit}s waiting for $what (logs: $LOG)"; return 1
+    REASON="timed out after ${limit}s waiting for $what"; return 1
 }
 
-own() {  # own PIDFILE PROGRAM: print the pid when it is a live PROGRAM started for this state directory
+pid_file() {  # pid_file DAEMON: where DAEMON's pid is recorded (each daemon writes its own)
+    case $1 in munged) echo "$MUNGE/munged.pid" ;; mariadbd) echo "$RUN/mariadb.pid" ;; *) echo "$RUN/$1.pid" ;; esac
+}
+
+own() {  # own DAEMON: print its pid when the pid file names a live DAEMON started for this state directory
     local pid
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
-    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" || return 1
+    pid=$(cat "$(pid_file "$1")" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] || return 1
+    tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "SLURM_CONF=$CONF" || return 1
     echo "$pid"
 }
 
 all_own() {
     local daemon
-    for daemon in "${DAEMONS[@]}"; do own $daemon >/dev/null || return 1; done
+    for daemon in "${DAEMONS[@]}"; do own "$daemon" >/dev/null || return 1; done
 }
 
 node_ready() { sinfo -h -N -o "%t" 2>/dev/null | grep -qE "^(idle|mix|alloc)"; }
@@ -69,11 +73,12 @@ install_packages() {
     for program in $PROGRAMS; do command -v "$program" >/dev/null || missing="$missing $program"; done
     [ -z "$missing" ] && return 0
     if [ "$(id -u)" != 0 ]; then say "skipped: needs root to install$missing"; exit 3; fi
-    if ! command -v apt-get >/dev/null; then say "skipped: no apt-get to install $PACKAGES"; exit 3; fi
-    say "installing $PACKAGES"
-    local log=${TMPDIR:-/tmp}/twinturbo-slurm-install.log
+    if ! command -v apt-get >/dev/null; then say "skipped: no apt-get to install ${PACKAGES[*]}"; exit 3; fi
+    say "installing ${PACKAGES[*]}"
+    local log=$STATE/install.log
+    mkdir -p "$STATE"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        $PACKAGES) >"$log" 2>&1 || { say "skipped: apt-get install failed (see $log)"; exit 3; }
+        "${PACKAGES[@]}") >"$log" 2>&1 || { say "skipped: apt-get install failed (see $log)"; exit 3; }
 }
 
 free_ports() {  # three ports free on 127.0.0.1 now (held together while chosen, so they differ)
@@ -151,8 +156,8 @@ start_munge() {
     # turns munged's "execute permissions for all required" on the socket's directories into a warning.
     [ -s "$MUNGE/munge.key" ] || { (umask 077; dd if=/dev/urandom bs=1 count=1024 of="$MUNGE/munge.key" 2>/dev/null); }
     chmod 400 "$MUNGE/munge.key"
-    munged --force --key-file="$MUNGE/munge.key" --socket="$MUNGE/munge.socket" --pid-file="$MUNGE/munged.pid" \
-        --log-file="$MUNGE/munged.log" --seed-file="$MUNGE/munged.seed"
+    munged --force --origin=127.0.0.1 --key-file="$MUNGE/munge.key" --socket="$MUNGE/munge.socket" \
+        --pid-file="$MUNGE/munged.pid" --log-file="$MUNGE/munged.log" --seed-file="$MUNGE/munged.seed"
     wait_for 20 munge bash -c "munge -n --socket='$MUNGE/munge.socket' | unmunge --socket='$MUNGE/munge.socket'"
 }
 
@@ -166,14 +171,34 @@ start_mariadb() {
     wait_for 60 MariaDB mariadb-admin --no-defaults --socket="$MYSQL_SOCKET" ping
 }
 
+# With NoInAddrAny every SLURM daemon binds the address its hostname resolves to (not DbdAddr, not NodeAddr), and
+# this machine's /etc/hosts may give a LAN address, Debian's 127.0.1.1 or nothing. Where it does not say 127.0.0.1,
+# the daemons run in a mount namespace of their own whose /etc/hosts is a bind mount of $STATE/hosts, which does;
+# the machine's own file stays as it is.
+LOOPBACK=()  # the prefix that runs a SLURM daemon where its hostname resolves to 127.0.0.1
+first_ipv4() { "$@" getent ahostsv4 "$(hostname)" 2>/dev/null | awk 'NR == 1 {print $1}'; }
+loopback_hosts() {
+    [ "$(first_ipv4)" = 127.0.0.1 ] && return 0
+    { echo "127.0.0.1 $(hostname) $NODE"; cat /etc/hosts; } >"$STATE/hosts"
+    # shellcheck disable=SC2016  # $0 and $@ are the inner bash's
+    LOOPBACK=(unshare --mount --propagation private -- bash -c 'mount --bind "$0" /etc/hosts && exec "$@"'
+              "$STATE/hosts")
+    local seen
+    seen=$(first_ipv4 "${LOOPBACK[@]}")
+    [ "$seen" = 127.0.0.1 ] && return 0
+    say "skipped: $(hostname) resolves to $(first_ipv4 || true), the daemons would bind that, and a private" \
+        "/etc/hosts did not help (unshare --mount: ${seen:-refused})"
+    exit 3
+}
+
 start_slurm() {
     # slurmdbd has no option for its database socket; the MariaDB client library takes it from MYSQL_UNIX_PORT
-    MYSQL_UNIX_PORT=$MYSQL_SOCKET slurmdbd
+    "${LOOPBACK[@]}" env MYSQL_UNIX_PORT="$MYSQL_SOCKET" slurmdbd
     wait_for 60 "slurmdbd on 127.0.0.1:$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$1"
-    slurmctld -f "$CONF"
+    "${LOOPBACK[@]}" slurmctld -f "$CONF"
     wait_for 60 slurmctld scontrol ping
     sacctmgr -i add cluster twinturbo >/dev/null 2>&1 || true
-    slurmd -f "$CONF" -N "$NODE"
+    "${LOOPBACK[@]}" slurmd -f "$CONF" -N "$NODE"
     wait_for 60 "an idle node" node_ready
 }
 
@@ -183,12 +208,11 @@ up() {
     if [ "$(id -u)" != 0 ]; then say "skipped: needs root to start the daemons"; exit 3; fi
     # a Unix socket's path has at most 107 bytes; slurmd's step sockets are $STATE/spool/<node>_<job>.<step> (+29)
     if [ $(( ${#STATE} + ${#NODE} )) -gt 78 ]; then say "state directory path too long for sockets: $STATE"; exit 2; fi
-    if [[ $STATE =~ [[:space:]] ]]; then say "state directory path has a space (slurm.conf cannot say it): $STATE"; exit 2; fi
+    if [[ $STATE =~ [[:space:]] ]]; then say "state directory path has a space, slurm.conf cannot: $STATE"; exit 2; fi
     stop_own  # what is left of an earlier start of this state directory
-    trap 'failed $?' EXIT
-    mkdir -p "$STATE"
-    chmod 700 "$STATE"
-    mkdir -p -m 700 "$STATE"/{spool,state,mysql} "$LOG" "$RUN" "$MUNGE"
+    install -d -m 700 "$STATE" "$STATE"/{spool,state,mysql} "$LOG" "$RUN" "$MUNGE"
+    loopback_hosts
+    trap 'failed $? "$BASH_COMMAND"' EXIT
     local ports
     read -r -a ports <<<"$(free_ports)"
     write_configs "${ports[@]}"
@@ -199,9 +223,9 @@ up() {
     trap - EXIT
 }
 
-failed() {  # an `up` that fails stops what it started: half a cluster would only be found by the next `up`
-    say "up failed (exit $1), stopping what it started (logs: $LOG)"
+failed() {  # failed STATUS COMMAND: an `up` that fails stops what it started (half a cluster helps nobody)
     stop_own
+    say "up failed: ${REASON:-$2 exited with $1}; stopped what it had started (logs: $LOG)"
 }
 
 alive() {  # a zombie (left unreaped where PID 1 does not reap) counts as gone
@@ -212,12 +236,12 @@ stop_own() {  # stop every daemon of this state directory, last started first, e
     local i daemon pid
     for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
         daemon=${DAEMONS[i]}
-        if pid=$(own $daemon); then
+        if pid=$(own "$daemon"); then
             kill "$pid" 2>/dev/null || true
             for _ in $(seq 1 150); do alive "$pid" || break; sleep 0.2; done
-            if alive "$pid"; then say "${daemon#* } ($pid) ignored SIGTERM for 30 s: killed"; kill -9 "$pid"; fi
+            if alive "$pid"; then say "$daemon ($pid) ignored SIGTERM for 30 s: killed"; kill -9 "$pid"; fi
         fi
-        rm -f "${daemon% *}"
+        rm -f "$(pid_file "$daemon")"
     done
 }
 
@@ -228,5 +252,5 @@ case "${1:-}" in
     down) down ;;
     status) status ;;
     install) install_packages ;;
-    *) echo "usage: $0 up|down|status [STATE_DIR] | install" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|install [STATE_DIR]" >&2; exit 2 ;;
 esac
