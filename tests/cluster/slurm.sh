@@ -2,7 +2,7 @@
 # A private single-node SLURM cluster on loopback, for the tests that submit to a real one (tests/test_slurm.py).
 # Everything lives in one state directory DIR (default: .slurm-cluster/ in the repository, git-ignored): its
 # slurm.conf and slurmdbd.conf, its own munge key and munged socket, its own MariaDB datadir and socket (no TCP),
-# pid files, logs, spool. Nothing under /etc, /run or /var is written (but apt-get, when it installs the packages),
+# pid files, logs, spool. Nothing under /etc, /run or /var is written (except by apt-get, installing the packages),
 # so a workstation that belongs to a real cluster keeps its configuration and its queue:
 #   tests/cluster/slurm.sh up [DIR]      install the packages when missing, write the configs with free ports on
 #                                        127.0.0.1, start munged, MariaDB, slurmdbd, slurmctld and slurmd, wait until
@@ -17,6 +17,8 @@
 # A daemon is taken as DIR's own only when its pid file names a live process of the right program that was started
 # with SLURM_CONF=DIR/slurm.conf in its environment; `up` never adopts a cluster it did not start (one that `sinfo`
 # answers, or one of /etc/slurm), and `down` never stops one.
+# Every daemon listens on 127.0.0.1 only, on ports chosen free at `up` (MariaDB on its socket only); where /etc/hosts
+# names this machine other than 127.0.0.1, the SLURM daemons see a private one (below, loopback_hosts).
 # Accounting (slurmdbd + MariaDB) is on, because without it sacct fails, submitit sees UNKNOWN and a cancelled job's
 # result() waits forever.
 set -euo pipefail
