@@ -228,9 +228,10 @@ def _spawn(args: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_resume_after_sigkill_in_the_middle_of_a_split_is_byte_identical(tmp_path, capsys):
+@pytest.mark.parametrize("views", [[], ["--views", "weak:1,strong:2"]], ids=["clean", "with-views"])
+def test_resume_after_sigkill_in_the_middle_of_a_split_is_byte_identical(views, tmp_path, capsys):
     args = ["--dataset", "digits", "--backbone", "effnet-lite0", "--resolution", "64", "--splits", "train",
-            "--limit", "192", "--batch-size", "32", "--chunk-size", "16", "--device", "cpu", "--no-progress"]
+            "--limit", "192", "--batch-size", "32", "--chunk-size", "16", "--device", "cpu", "--no-progress", *views]
     total = 12  # chunks of 16; batches of 32 write them 2 at a time
     killed_out = tmp_path / "killed"
     done_dir = killed_out / "digits" / "train" / "done" / "c"

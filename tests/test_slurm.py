@@ -222,8 +222,9 @@ def test_no_wait_returns_and_a_rerun_while_jobs_run_trains_every_run_once(slurm_
 
 
 def test_extraction_over_two_tasks_equals_one_process_byte_for_byte(slurm_cluster, tmp_path, same_stores):
+    # with augmented views: each view's randomness is its image's and view's, not the task's
     base = ["--dataset", "digits", "--backbone", "effnet-lite0:320", "--resolution", "64", "--limit", "96",
-            "--batch-size", "32", "--chunk-size", "16", "--device", "cpu", "--no-progress"]
+            "--batch-size", "32", "--chunk-size", "16", "--device", "cpu", "--no-progress", "--views", "weak:1,strong:1"]
     one = tt(slurm_cluster, "tt-extract", *base, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     two = tt(slurm_cluster, "tt-extract", *base, "--out", str(tmp_path / "two"), "--launcher", "submitit", "--tasks",

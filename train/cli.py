@@ -24,8 +24,8 @@ from twinturbo.train.memory import MEMORY_HEADROOM
 from twinturbo.train.report import make_report
 from twinturbo.train.rundir import train_from_store
 from twinturbo.train.sweep import (DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, build_grid, format_list, grid_key,
-                                   parse_list)
-from twinturbo.train.terms import DISPLAY_ORDER
+                                   grid_option, parse_list)
+from twinturbo.train.terms import DISPLAY_ORDER, GRID_OPTIONS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -49,10 +49,15 @@ def training_options(shared_only: bool) -> Callable:
 
 
 def grid_options(command: Callable) -> Callable:
-    """--<term>-grid for every additive term of Eq. 22 (train/terms/): the weights a sweep tries for it."""
+    """--<term>-grid for every additive term of Eq. 22 (train/terms/): the weights a sweep tries for it; and
+    --<option>-grid for each option a sweep sweeps like a weight (FixMatch's threshold)."""
+    for term, option in reversed(GRID_OPTIONS):
+        command = click.option(grid_option(option.name), grid_key(option.name),
+                               help=_with_default(f"{option.symbol} values of the setups with {term.name}: "
+                                                  f"{option.help}", format_list((float(option.default),))))(command)
     for term in reversed(DISPLAY_ORDER):
         default = format_list(term.weight.grid) if term.weight.grid else "none: give it when a setup uses the term"
-        command = click.option(f"--{term.name}-grid", grid_key(term.name),
+        command = click.option(grid_option(term.name), grid_key(term.name),
                                help=_with_default(f"{term.weight.symbol} values of the setups with {term.name} "
                                                   f"({term.summary}).", default))(command)
     return command

@@ -12,7 +12,7 @@ from dataclasses import asdict, field, fields, make_dataclass
 
 from twinturbo.common.device import PRECISION_HELP, PRECISIONS
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.train.terms import DISPLAY_ORDER, TASK_LOSSES, TERMS, WEIGHT_FIELDS
+from twinturbo.train.terms import DISPLAY_ORDER, OPTIONAL_OPTION_FIELDS, TASK_LOSSES, TERMS, WEIGHT_FIELDS
 
 RESCALES = ("softmax", "sigmoid")
 
@@ -66,17 +66,27 @@ class _TrainConfigMethods:
             raise TwinTurboError(f"--warmup-start {self.warmup_start_factor}: expected a factor in (0, 1]")
         if not 0 <= self.dropout < 1:
             raise TwinTurboError(f"--dropout {self.dropout}: expected a probability in [0, 1)")
+        for term in list(TASK_LOSSES.values()) + list(TERMS.values()):
+            for option in term.options:
+                value = getattr(self, option.name)
+                if option.bounds and not option.bounds[0] < value <= option.bounds[1]:
+                    raise TwinTurboError(f"{option.flag} {value}: expected a number in ({option.bounds[0]:g}, "
+                                         f"{option.bounds[1]:g}]")
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def identity(self) -> dict:
-        """What names this run in a sweep (its run id hashes it): every field, except the weights of Eq. 22 that are 0.
-        A weight of 0 switches its term off whatever the term is, so adding a term to the package keeps every
-        existing run id."""
+        """What names this run in a sweep (its run id hashes it): every field, except the weights of Eq. 22 that are 0
+        and the options of a term not of the paper while it is off. A weight of 0 switches its term off whatever the
+        term is, so adding a term (and its options) to the package keeps every existing run id."""
+        def off(name: str) -> bool:
+            term = OPTIONAL_OPTION_FIELDS.get(name)
+            return term is not None and getattr(self, term.weight_field) == 0
+
         return {name: value for name, value in self.to_dict().items()
-                if not (name in WEIGHT_FIELDS and value == 0)}
+                if not (name in WEIGHT_FIELDS and value == 0) and not off(name)}
 
     def run_name(self) -> str:
         """`<loss>_<rescale>_c<critic>_l<latent>[_<term><weight>...]_n<labels>_s<seed>`: the default run directory."""
@@ -90,7 +100,7 @@ def _term_fields() -> list[tuple]:
     weights = [(term.weight_field, float, _option(0.0, term.weight.flag, term.weight.help, per_run=True))
                for term in DISPLAY_ORDER]
     options = [(option.name, type(option.default), _option(option.default, option.flag, option.help,
-                                                           choices=option.choices))
+                                                           per_run=option.grid, choices=option.choices))
                for term in list(TASK_LOSSES.values()) + list(TERMS.values()) for option in term.options]
     return weights + options
 
@@ -139,16 +149,20 @@ weight decay 0.01 on every parameter, the validation split, the precision.
 
 
 # The random streams of a run, each seeded from the run's seed alone, so the fused sweep can replay them. Adding a
-# stream leaves the others' draws unchanged (each is its own generator).
+# stream leaves the others' draws unchanged (each is its own generator). A view row group has two of its own,
+# `views:<group>` and `dropout:<group>` (sampling.RunDraws.view_streams).
 SEED_STREAMS = ("init", "data", "dropout", "validation")
+GROUP_STREAMS = ("views", "dropout")
 
 
 def derived_seed(seed: int, stream: str) -> int:
-    """An independent 63-bit seed for one stream of a run (`init`, `data`, `dropout`, `validation`).
+    """An independent 63-bit seed for one stream of a run (`init`, `data`, `dropout`, `validation`, or
+    `views:<group>` / `dropout:<group>` of a view row group).
 
     Hashing keeps the streams of seed 42 unrelated to those of seed 43, which `seed + k` offsets would not.
     """
-    if stream not in SEED_STREAMS:
+    kind, _, group = stream.partition(":")
+    if not (stream in SEED_STREAMS or (kind in GROUP_STREAMS and group)):
         raise ValueError(f"unknown seed stream {stream!r}")
     digest = hashlib.sha256(f"twinturbo:{seed}:{stream}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1

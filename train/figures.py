@@ -206,8 +206,7 @@ def plot_diagnostics(rows: list[dict], chosen: dict[tuple, Combination], dataset
     for row in rows:
         config = row["config"]
         combo = chosen.get((row["setup"], int(config["labels"])))
-        if combo is not None and any(value > 0 for _, value in combo.weights) and all(
-                float(config.get(name, 0.0)) == value for name, value in combo.weights):
+        if combo is not None and combo.has_terms and combo.matches(config):
             curves[(row["setup"], int(config["labels"]))].append(row.get("epoch_diagnostics") or [])
     if not any(any(epochs) for runs in curves.values() for epochs in runs):
         return False

@@ -42,7 +42,8 @@ from twinturbo.train.heads import RunHeads
 from twinturbo.train.model import TwinTurboHead
 from twinturbo.train.sampling import start_run_draws, validation_subset
 from twinturbo.train.step import LOSS_NAMES, Optimisers, autocast, step_inputs, train_step
-from twinturbo.train.terms import TASK_LOSSES, TERMS, WEIGHT_FIELDS, active_terms, needs_discriminator, rows_needed
+from twinturbo.train.terms import (TASK_LOSSES, TERMS, WEIGHT_FIELDS, RowGroup, active_terms, needs_discriminator,
+                                   rows_needed)
 
 SYNC_EVERY = 10  # steps between host syncs: the NaN check and the progress bar read losses this often
 # Fields in which runs trained together may differ: the task loss, its rescaling, the terms' weights and the options
@@ -158,7 +159,8 @@ def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Spli
     val_index = validation_subset(train_split.labels, first.val_labels, num_classes, subset, first.seed)
     val_split = train_split.subset(val_index) if len(val_index) else None
     steps_per_epoch = -(-len(train_split) // first.batch_size)
-    read_unlabelled = any("unlabelled" in rows_needed(c) for c in configs)
+    read_unlabelled = any(RowGroup.parse(g).source == "unlabelled" for c in configs for g in rows_needed(c))
+    states: list[dict] = [{} for _ in configs]  # what each run's terms keep from step to step
 
     histories: list[list[dict]] = [[] for _ in configs]
     nonfinite: list[tuple[int, torch.Tensor] | None] = [None] * k
@@ -173,7 +175,8 @@ def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Spli
             step += 1
             batch, mask = step_inputs(configs, draws, train_split, unlabelled_index, labelled_index, device)
             record = train_step(heads, configs, batch, mask, optimisers, draws.prior, bf16,
-                                measure_gradients=step % GRADIENT_EVERY == 0)
+                                measure_gradients=step % GRADIENT_EVERY == 0, states=states,
+                                num_samples=len(train_split))
             # log: losses and NaN checks every SYNC_EVERY steps (one host sync)
             window.append(record.losses)
             diagnostics.append(record.diagnostics)

@@ -38,17 +38,19 @@ def default_memory_limit() -> int | None:
 
 
 def load_splits(store: FeatureStore, device: torch.device, memory_limit: int | None = None,
-                progress: bool = True) -> tuple[Split, Split]:
+                progress: bool = True, views: bool = False) -> tuple[Split, Split]:
     """(train, test) for training: both in memory (load_split) when they fit `memory_limit` bytes together (default:
     default_memory_limit()); else the train split streamed (stream.StreamedSplit: the labelled subset, a shuffle
     buffer and chunks read ahead stay under the limit) and the test split in memory if what is left holds it, else
-    read in order at each evaluation."""
+    read in order at each evaluation. With `views` (a run's terms read augmented views) the train split's views
+    are held or streamed with it."""
     limit = default_memory_limit() if memory_limit is None else memory_limit
     readers = {name: store.split(name) for name in ("train", "test")}
-    needed = {name: reader.loaded_nbytes(quantised=reader.patch_dtype == "int8") for name, reader in readers.items()}
+    needed = {name: reader.loaded_nbytes(quantised=reader.patch_dtype == "int8", views=views)
+              for name, reader in readers.items()}
     if limit is None or needed["train"] + needed["test"] <= limit:
-        return tuple(load_split(store, name, device, progress) for name in ("train", "test"))
-    train = StreamedSplit(readers["train"], limit)
+        return tuple(load_split(store, name, device, progress, views) for name in ("train", "test"))
+    train = StreamedSplit(readers["train"], limit, views=views)
     streaming = train.resident_nbytes(0, 1)
     test = load_split(store, "test", device, progress) if needed["test"] + streaming <= limit else \
         RangeSplit(readers["test"])

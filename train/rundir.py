@@ -15,10 +15,11 @@ from twinturbo.common.device import resolve_precision
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.data import num_classes_of
+from twinturbo.train.data import check_views, num_classes_of
 from twinturbo.train.memory import load_splits
 from twinturbo.train.loop import TrainResult, train
 from twinturbo.train.model import TwinTurboHead
+from twinturbo.train.terms import views_needed
 
 HEAD_FILE, CONFIG_FILE, METRICS_FILE = "head.pt", "config.json", "metrics.json"
 
@@ -83,7 +84,8 @@ def train_from_store(features: str | Path, config: TrainConfig, device: torch.de
         for split in ("train", "test"):
             if split not in store.splits:
                 raise TwinTurboError(f"{store.path} has no '{split}' split (it has: {', '.join(store.splits)})")
-        train_split, test_split = load_splits(store, device, memory_limit, progress)
+        check_views(store, [config])
+        train_split, test_split = load_splits(store, device, memory_limit, progress, views=bool(views_needed(config)))
         num_classes = num_classes_of(store, train_split.labels)
         identity = store.identity()
         dataset = store.attrs.get("dataset") or store.path.name

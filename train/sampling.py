@@ -7,10 +7,12 @@ and label budget see the same batches whatever their loss weights:
     2. per epoch: `epoch_plan`                  the unlabelled permutation, then the labelled repetitions
                   (`streamed_epoch_plan` instead when the split is streamed: chunk order, then shuffle-buffer picks)
     3. per step:  `draw_partners`, then `draw_prior_onehot`   (drawn every step, used only when their term is on)
+
+Stored views (`draw_views`) come from streams of their own, one per view row group (RunDraws.view_streams).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -205,6 +207,12 @@ def draw_prior_onehot(prior: torch.Tensor, n: int, generator: torch.Generator) -
     return torch.nn.functional.one_hot(classes, num_classes=len(prior)).float()
 
 
+def draw_views(view_kinds: dict[str, tuple[int, int]], kind: str, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n stored view indices of `kind`, uniform over that kind's views (view_kinds: name -> (first index, count))."""
+    first, count = view_kinds[kind]
+    return first + torch.randint(count, (n,), generator=generator)
+
+
 @dataclass
 class RunDraws:
     """A run's random streams and its once-per-run draws, shared by every run with the same seed and label budget."""
@@ -214,6 +222,18 @@ class RunDraws:
     subset: torch.Tensor
     partners: PartnerTable
     prior: torch.Tensor
+    seed: int = 0
+    _view_streams: dict = field(default_factory=dict)
+
+    def view_streams(self, group: str, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+        """(view choices on the CPU, dropout masks on `device`) of a view row group, each its own stream of the
+        run's seed: a group's draws do not depend on which other groups the step reads, so fused runs share them
+        and a run's draws are its own whatever it is fused with."""
+        if group not in self._view_streams:
+            self._view_streams[group] = (
+                torch.Generator().manual_seed(derived_seed(self.seed, f"views:{group}")),
+                torch.Generator(device=device).manual_seed(derived_seed(self.seed, f"dropout:{group}")))
+        return self._view_streams[group]
 
 
 def start_run_draws(config: TrainConfig, train_labels: torch.Tensor, num_classes: int,
@@ -224,4 +244,4 @@ def start_run_draws(config: TrainConfig, train_labels: torch.Tensor, num_classes
     train_labels = train_labels.cpu()
     subset = labelled_subset(train_labels, config.labels, num_classes, data)
     return RunDraws(data, dropout, subset, PartnerTable(subset, train_labels),
-                    class_prior(config.prior, train_labels[subset], num_classes))
+                    class_prior(config.prior, train_labels[subset], num_classes), config.seed)

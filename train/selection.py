@@ -20,12 +20,19 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from twinturbo.train.terms import DISPLAY_ORDER, WEIGHT_FIELDS
+from twinturbo.train.terms import DISPLAY_ORDER, GRID_OPTION_FIELDS, GRID_OPTIONS, WEIGHT_FIELDS
 
 PROTOCOLS = ("val", "test", "paper")
 EPOCH_RULES = ("last", "best-val")
-# How a weight field is named in tables and figures, and the tt-sweep option of its grid.
-WEIGHT_NAMES = {term.weight_field: (term.weight.symbol, f"--{term.name}-grid") for term in DISPLAY_ORDER}
+# The config fields a combination is told apart by: every term's weight, then every option swept like one.
+AXIS_FIELDS = WEIGHT_FIELDS + GRID_OPTION_FIELDS
+# How an axis field is named in tables and figures, and the tt-sweep option of its grid.
+WEIGHT_NAMES = {**{term.weight_field: (term.weight.symbol, f"--{term.name}-grid") for term in DISPLAY_ORDER},
+                **{option.name: (option.symbol, "--" + option.name.replace("_", "-") + "-grid")
+                   for _, option in GRID_OPTIONS}}
+AXIS_DEFAULT = {**{name: 0.0 for name in WEIGHT_FIELDS},
+                **{option.name: float(option.default) for _, option in GRID_OPTIONS}}
+OPTION_WEIGHT = {option.name: term.weight_field for term, option in GRID_OPTIONS}  # a grid option -> its term's weight
 
 
 def weight_symbol(name: str) -> str:
@@ -82,7 +89,7 @@ class Combination:
     setup: int | str
     setup_name: str
     labels: int
-    weights: tuple[tuple[str, float], ...]  # (config field, value) of every term weight, in WEIGHT_FIELDS order
+    weights: tuple[tuple[str, float], ...]  # (config field, value) of every axis, in AXIS_FIELDS order
     runs: dict[int, RunFigures] = field(default_factory=dict)  # seed -> figures
     val_samples: int = 0  # validation samples every run of it was scored on (0 = no validation split)
 
@@ -97,7 +104,16 @@ class Combination:
         return all(run.val for run in self.runs.values())
 
     def weight(self, name: str) -> float:
-        return dict(self.weights).get(name, 0.0)
+        return dict(self.weights).get(name, AXIS_DEFAULT.get(name, 0.0))
+
+    @property
+    def has_terms(self) -> bool:
+        """Whether some additive term of Eq. 22 is on (a weight > 0)."""
+        return any(self.weight(name) > 0 for name in WEIGHT_FIELDS)
+
+    def matches(self, config: dict) -> bool:
+        """Whether a run's config is of this combination (its axes' values; absent ones at their defaults)."""
+        return _weights_of(config) == self.weights
 
     def lambda_text(self, active: tuple[str, ...], separator: str = " ") -> str:
         """'λ_C=1 λ_L=0.01' for the weights the setup sweeps (`active`)."""
@@ -105,7 +121,7 @@ class Combination:
 
 
 def _weights_of(config: dict) -> tuple[tuple[str, float], ...]:
-    return tuple((name, float(config.get(name, 0.0))) for name in WEIGHT_FIELDS)
+    return tuple((name, float(config.get(name, AXIS_DEFAULT[name]))) for name in AXIS_FIELDS)
 
 
 def row_group(row: dict) -> tuple[str, str]:
@@ -139,8 +155,10 @@ def setup_order(setup: int | str) -> tuple:
 
 
 def swept_weights(combos: list[Combination]) -> tuple[str, ...]:
-    """The weights that are not 0 in some combination of these (one setup and budget): the ones it sweeps."""
-    return tuple(name for name in WEIGHT_FIELDS if any(c.weight(name) for c in combos))
+    """The axes of these combinations (one setup and budget): the weights that are not 0 in some, and the grid options
+    of those weights' terms."""
+    active = {name for name in WEIGHT_FIELDS if any(c.weight(name) for c in combos)}
+    return tuple(name for name in AXIS_FIELDS if name in active or OPTION_WEIGHT.get(name) in active)
 
 
 def by_setup(combos: list[Combination]) -> dict[tuple, list[Combination]]:

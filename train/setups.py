@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.config import RESCALES
-from twinturbo.train.terms import DISPLAY_ORDER, TASK_LOSSES, TERMS
+from twinturbo.train.terms import DISPLAY_ORDER, TASK_LOSSES, TERMS, term_axes
 
 
 @dataclass(frozen=True)
 class Setup:
     """One setup: `key` names it (a number for the paper's, any short name for others), `terms` are the additive
-    terms it switches on (in DISPLAY_ORDER), `grids` its own weight grids ((term, values) pairs) where it has them."""
+    terms it switches on (in DISPLAY_ORDER), `grids` its own grids ((axis, values) pairs: a term's weight or one of
+    its grid options, e.g. fixmatch_threshold) where it has them."""
 
     key: int | str
     loss: str
@@ -55,14 +56,17 @@ class Setup:
             if term not in TERMS:
                 raise TwinTurboError(f"{where}: term {term!r}, expected some of {', '.join(TERMS)}")
         grids = dict(data.get("grids", {}))
-        for term, values in grids.items():
-            if term not in terms:
-                raise TwinTurboError(f"{where}: a grid for {term!r}, which the setup does not switch on")
-            if not values or any(float(v) <= 0 for v in values):
-                raise TwinTurboError(f"{where}: grid of {term}: expected a non-empty list of weights > 0")
         order = [t.name for t in DISPLAY_ORDER]
-        return cls(key, data["loss"], rescale, tuple(sorted(terms, key=order.index)),
-                   tuple((t, tuple(float(v) for v in grids[t])) for t in sorted(grids, key=order.index)))
+        terms = sorted(terms, key=order.index)
+        axes = term_axes(terms)
+        for axis, values in grids.items():
+            if axis not in axes:
+                raise TwinTurboError(f"{where}: a grid for {axis!r}, which is no weight or grid option of the terms "
+                                     f"the setup switches on ({', '.join(axes) or 'none'})")
+            if not values or any(float(v) <= 0 for v in values):
+                raise TwinTurboError(f"{where}: grid of {axis}: expected a non-empty list of values > 0")
+        return cls(key, data["loss"], rescale, tuple(terms),
+                   tuple((a, tuple(float(v) for v in grids[a])) for a in sorted(grids, key=axes.index)))
 
 
 PAPER_SETUPS: dict[int, Setup] = {

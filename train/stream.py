@@ -22,28 +22,22 @@ import torch
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import SplitReader
 from twinturbo.common.sizes import format_size
-from twinturbo.train.data import Split, SplitTensors
+from twinturbo.train.data import Split, SplitTensors, empty_split
 from twinturbo.train.sampling import EpochPlan, shuffle_buffer_samples, streamed_epoch_plan
 
 SHUFFLE_BUFFER_CHUNKS = 32  # buffer capacity in whole chunks (at least two batches): part of the streamed order
 READ_AHEAD_CHUNKS = 4  # chunks the reader thread may hold beyond the buffer
 
 
-def empty_resident(reader: SplitReader, rows: int) -> SplitTensors:
-    """Host tensors for `rows` samples as the store holds them (int8 patch tokens stay int8, with their scales)."""
-    quantised = reader.patch_dtype == "int8"
-    return SplitTensors(torch.empty((rows, reader.cls_dim), dtype=torch.float16),
-                        torch.empty((rows, reader.num_patches, reader.patch_dim),
-                                    dtype=torch.int8 if quantised else torch.float16),
-                        torch.full((rows,), -1, dtype=torch.int64),
-                        torch.empty((rows, reader.num_patches), dtype=torch.float16) if quantised else None)
-
-
-def read_resident(reader: SplitReader, start: int, stop: int) -> SplitTensors:
-    """Samples [start, stop) of the store as stored, in new host tensors (labels left at -1)."""
-    part = empty_resident(reader, stop - start)
+def read_resident(reader: SplitReader, start: int, stop: int, views: bool = False) -> SplitTensors:
+    """Samples [start, stop) of the store as stored (with `views`, their views too), in new host tensors (labels
+    left at -1)."""
+    part = empty_split(reader, stop - start, views)
     reader.read_stored(start, stop, part.cls.numpy(), part.patches.numpy(),
                        None if part.patch_scales is None else part.patch_scales.numpy())
+    if part.views_cls is not None:
+        reader.read_views_stored(start, stop, part.views_cls.numpy(), part.views_patches.numpy(),
+                                 None if part.views_patch_scales is None else part.views_patch_scales.numpy())
     return part
 
 
@@ -52,8 +46,8 @@ class ChunkReader:
 
     Errors in the thread reach the consumer at its next `next_chunk`; `stop` ends the thread early."""
 
-    def __init__(self, reader: SplitReader, chunks: list[int], ahead: int = READ_AHEAD_CHUNKS):
-        self._reader, self._chunks = reader, chunks
+    def __init__(self, reader: SplitReader, chunks: list[int], ahead: int = READ_AHEAD_CHUNKS, views: bool = False):
+        self._reader, self._chunks, self._views = reader, chunks, views
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tt-train-stream", daemon=True)
@@ -73,7 +67,7 @@ class ChunkReader:
         for chunk in self._chunks:
             start, stop = chunk * size, min((chunk + 1) * size, n)
             try:
-                part = read_resident(self._reader, start, stop)
+                part = read_resident(self._reader, start, stop, self._views)
             except BaseException as err:  # re-raised by next_chunk in the training thread
                 self._put(err)
                 return
@@ -95,14 +89,17 @@ class StreamedSplit(Split):
     """A train split read from the store as it is used (see the module docstring). `memory_limit` bounds the
     labelled subset + shuffle buffer + read-ahead; a run that would need more is refused before it starts."""
 
-    def __init__(self, reader: SplitReader, memory_limit: int, buffer_chunks: int = SHUFFLE_BUFFER_CHUNKS):
+    def __init__(self, reader: SplitReader, memory_limit: int, buffer_chunks: int = SHUFFLE_BUFFER_CHUNKS,
+                 views: bool = False):
         self.reader = reader
         self.cls_dim, self.num_patches, self.patch_dim = reader.cls_dim, reader.num_patches, reader.patch_dim
         self.labels = torch.from_numpy(reader.labels())
         self.memory_limit = memory_limit
         self.buffer_chunks = buffer_chunks
+        self.views = views and reader.num_views > 0  # the augmented views travel with their samples
+        self.view_kinds = dict(reader.view_kinds) if self.views else {}
         self._held = torch.empty(0, dtype=torch.int64)
-        self._resident = empty_resident(reader, 0)
+        self._resident = empty_split(reader, 0, self.views)
         self._resident_row = torch.full((len(self.labels),), -1, dtype=torch.int64)  # -1: not in memory now
         self._buffer_start, self._capacity = 0, 0
         self._free: list[int] = []
@@ -125,7 +122,7 @@ class StreamedSplit(Split):
     def resident_nbytes(self, labelled: int, batch_size: int) -> int:
         """Bytes held while training: labelled subset, shuffle buffer and chunks read ahead (plus the one in use)."""
         rows = labelled + self.capacity(batch_size) + (READ_AHEAD_CHUNKS + 1) * self.reader.chunk_size
-        return rows * self.reader.stored_row_nbytes()
+        return rows * self.reader.stored_row_nbytes(self.views)
 
     def epoch_plan(self, subset: torch.Tensor, batch_size: int, generator: torch.Generator,
                    read_unlabelled: bool = True) -> EpochPlan:
@@ -144,7 +141,7 @@ class StreamedSplit(Split):
         if read_unlabelled:
             self._stream, self._position = plan.stream, 0
             chunk_order = torch.unique_consecutive(plan.stream // self.reader.chunk_size).tolist()
-            self._chunks = ChunkReader(self.reader, chunk_order)
+            self._chunks = ChunkReader(self.reader, chunk_order, views=self.views)
             self._admit(capacity)
         return plan
 
@@ -152,12 +149,10 @@ class StreamedSplit(Split):
         """Rows [0, H) of the resident tensors hold the labelled subset, [H, H + capacity) the shuffle buffer."""
         held = torch.unique(subset.cpu())
         if not torch.equal(held, self._held) or self._capacity != capacity:
-            self._resident = empty_resident(self.reader, len(held) + capacity)
+            self._resident = empty_split(self.reader, len(held) + capacity, self.views)
             for row, index in enumerate(held.tolist()):
-                sample = read_resident(self.reader, index, index + 1)
-                self._resident.cls[row], self._resident.patches[row] = sample.cls[0], sample.patches[0]
-                if sample.patch_scales is not None:
-                    self._resident.patch_scales[row] = sample.patch_scales[0]
+                sample = read_resident(self.reader, index, index + 1, self.views)
+                self._resident.put(torch.tensor([row]), sample, torch.tensor([0]))
             self._resident.labels[:len(held)] = self.labels[held]
             self._held, self._buffer_start, self._capacity = held, len(held), capacity
         self._resident_row.fill_(-1)
@@ -187,9 +182,7 @@ class StreamedSplit(Split):
             unheld = self._resident_row[index] < 0  # a labelled sample is served from its labelled row
             index, offset = index[unheld], offset[unheld]
             rows = torch.tensor([self._free.pop() for _ in range(len(index))], dtype=torch.int64)
-            self._resident.cls[rows], self._resident.patches[rows] = part.cls[offset], part.patches[offset]
-            if part.patch_scales is not None:
-                self._resident.patch_scales[rows] = part.patch_scales[offset]
+            self._resident.put(rows, part, offset)
             self._resident.labels[rows] = self.labels[index]
             self._resident_row[index] = rows
             self._chunk_offset += take
@@ -211,13 +204,14 @@ class StreamedSplit(Split):
         if self._position >= len(self._stream):
             self._stop_reading()
 
-    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, index: torch.Tensor, device: torch.device,
+              views: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(cls, patches, labels) of samples now in memory (labelled subset or shuffle buffer), as SplitTensors.batch."""
         rows = self._resident_row[index.cpu()]
         if bool((rows < 0).any()):
             missing = index.cpu()[rows < 0][:5].tolist()
             raise RuntimeError(f"samples {missing} are not in memory: the batch does not follow the epoch plan")
-        return self._resident.batch(rows, device)
+        return self._resident.batch(rows, device, views)
 
     def _stop_reading(self) -> None:
         if self._chunks is not None:
@@ -239,8 +233,9 @@ class RangeSplit(Split):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The samples of a contiguous ascending `index` range, as SplitTensors.batch."""
+    def batch(self, index: torch.Tensor, device: torch.device,
+              views: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The samples of a contiguous ascending `index` range, as SplitTensors.batch (clean: the evaluation's)."""
         start, stop = int(index[0]), int(index[-1]) + 1
         if len(index) != stop - start or not torch.equal(index.cpu(), torch.arange(start, stop)):
             raise ValueError("RangeSplit serves contiguous ascending index ranges only")

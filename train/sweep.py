@@ -23,14 +23,24 @@ from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.hashing import canonical_json, write_json_atomic
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.setups import PAPER_SETUPS, Setup, setup_key
-from twinturbo.train.terms import DISPLAY_ORDER, TERMS, rows_needed
+from twinturbo.train.terms import (DISPLAY_ORDER, GRID_OPTION_FIELDS, GRID_OPTIONS, TERMS, axis_symbol, rows_needed,
+                                   term_axes)
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = 1
 
-# The TrainConfig fields a sweep's grid sets per run: the setup's loss and rescaling, the weights, the label budget
-# and the seed. Every other field is a training flag the sweep's runs share (unset: tt-train's default).
-GRID_FIELDS = ("loss", "rescale", *(term.weight_field for term in DISPLAY_ORDER), "labels", "seed")
+# The TrainConfig fields a sweep's grid sets per run: the setup's loss and rescaling, the weights (and the options
+# swept like them, terms.GRID_OPTIONS), the label budget and the seed. Every other field is a training flag the
+# sweep's runs share (unset: tt-train's default).
+GRID_FIELDS = ("loss", "rescale", *(term.weight_field for term in DISPLAY_ORDER), *GRID_OPTION_FIELDS, "labels",
+               "seed")
+# A sweep's axes besides label budgets and seeds, by name: each term (its weight) and each grid option (its field),
+# with the values it takes where neither the command nor the setup says.
+AXIS_DEFAULTS: dict[str, tuple[float, ...]] = {
+    **{term.name: term.weight.grid for term in DISPLAY_ORDER},
+    **{option.name: (float(option.default),) for _, option in GRID_OPTIONS}}
+OPTION_TERMS = {option.name: term.name for term, option in GRID_OPTIONS}  # a grid option -> the term it belongs to
+
 TRAINING_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in GRID_FIELDS)
 # Grid files may also spell a training field as its tt-train flag (warmup for warmup_steps, ...).
 TRAINING_ALIASES = {f.metadata["flag"].lstrip("-").replace("-", "_"): f.name for f in fields(TrainConfig)
@@ -41,9 +51,15 @@ DEFAULT_LABELS = (100, 1000)
 DEFAULT_SEEDS = (42, 1337, 3435)
 
 
-def grid_key(term: str) -> str:
-    """The key of a term's grid in grid files and sweep.json, and its option without dashes: critic -> critic_grid."""
-    return f"{term}_grid"
+def grid_key(axis: str) -> str:
+    """The key of an axis' grid in grid files and sweep.json, and its option without dashes: critic -> critic_grid,
+    fixmatch_threshold -> fixmatch_threshold_grid."""
+    return f"{axis}_grid"
+
+
+def grid_option(axis: str) -> str:
+    """The tt-sweep option of an axis' grid: critic -> --critic-grid."""
+    return "--" + grid_key(axis).replace("_", "-")
 
 
 def format_list(values: Iterable) -> str:
@@ -73,7 +89,7 @@ class RunSpec:
 
     def train_config(self) -> TrainConfig:
         """This run's complete tt-train configuration (training flags left unset keep tt-train's defaults)."""
-        weights = {TERMS[term].weight_field: value for term, value in self.weights}
+        weights = {TERMS[name].weight_field if name in TERMS else name: value for name, value in self.weights}
         return TrainConfig(loss=self.setup.loss, rescale=self.setup.rescale, labels=self.labels, seed=self.seed,
                            **weights, **dict(self.training)).validate()
 
@@ -89,6 +105,7 @@ class RunSpec:
         digest = hashlib.sha256(canonical_json([identity, self.store_fingerprint]).encode()).hexdigest()[:8]
         weights = "".join(f"-{term.weight.id_letter or term.name}{format_weight(self.weight(term.name))}"
                           for term in DISPLAY_ORDER if term.weight.id_letter or self.weight(term.name))
+        weights += "".join(f"-{name}{format_weight(value)}" for name, value in self.weights if name in OPTION_TERMS)
         return (f"s{self.setup.key}-{self.setup.loss}-{self.setup.rescale}{weights}-n{self.labels}-seed{self.seed}"
                 f"-{digest}")
 
@@ -116,8 +133,8 @@ class SweepGrid:
         self.setups = tuple(setup_key(s) for s in self.setups)
         self.labels = tuple(int(n) for n in self.labels)
         self.seeds = tuple(int(s) for s in self.seeds)
-        self.grids = {term: tuple(float(x) for x in self.grids.get(term, TERMS[term].weight.grid))
-                      for term in TERMS if term in self.grids or TERMS[term].weight.grid}
+        self.grids = {name: tuple(float(x) for x in self.grids.get(name, default))
+                      for name, default in AXIS_DEFAULTS.items() if name in self.grids or default}
         self.setup_grids = {setup_key(k): {name: tuple(float(x) for x in values) for name, values in v.items()}
                             for k, v in self.setup_grids.items()}
         self.training = {TRAINING_ALIASES.get(k, k): v for k, v in self.training.items() if v is not None}
@@ -130,7 +147,7 @@ class SweepGrid:
                                  f"{', '.join(map(str, self.table))}: the paper's 1-7, listed in the README, and any "
                                  "a grid file defines)")
         for name, values in (("--setups", self.setups), ("--labels", self.labels), ("--seeds", self.seeds),
-                             *((f"--{term}-grid", values) for term, values in self.grids.items())):
+                             *((grid_option(term), values) for term, values in self.grids.items())):
             if not values:
                 raise TwinTurboError(f"{name}: the list is empty (give at least one value)")
             if len(set(values)) != len(values):
@@ -139,7 +156,7 @@ class SweepGrid:
             raise TwinTurboError(f"--labels: {self.labels} must be positive label budgets")
         for term, values in self.grids.items():
             if any(x <= 0 for x in values):
-                raise TwinTurboError(f"--{term}-grid: weights must be > 0 (a setup without the term is the run "
+                raise TwinTurboError(f"{grid_option(term)}: values must be > 0 (a setup without the term is the run "
                                      f"without it), got {values}")
         for key in self.setups:
             for term in self.table[key].terms:
@@ -148,11 +165,15 @@ class SweepGrid:
                                          f"--{term}-grid")
         for key, grids in self.setup_grids.items():
             for name, values in grids.items():
-                if name not in {grid_key(t) for t in TERMS}:
+                if name not in {grid_key(axis) for axis in AXIS_DEFAULTS}:
                     raise TwinTurboError(f"setup_grids.{key}.{name}: expected one of "
-                                         f"{', '.join(grid_key(t) for t in TERMS)}")
+                                         f"{', '.join(grid_key(axis) for axis in AXIS_DEFAULTS)}")
                 if not values or any(x <= 0 for x in values):
                     raise TwinTurboError(f"setup_grids.{key}.{name}: expected a non-empty list of weights > 0")
+        for name in self.grids:  # every run is validated whole; a grid option's bounds are checked here, early
+            if name in OPTION_TERMS:
+                for value in self.grids[name]:
+                    TrainConfig(**{name: value}).validate()
         unknown_flags = sorted(set(self.training) - set(TRAINING_KEYS))
         if unknown_flags:
             raise TwinTurboError(
@@ -163,16 +184,18 @@ class SweepGrid:
         except TypeError as err:
             raise TwinTurboError(f"training flags: {err}") from None
 
-    def weight_grid(self, key: int | str, term: str) -> tuple[float, ...]:
-        """The values of `term`'s weight for setup `key`: setup_grids, else the setup's own, else the sweep's."""
-        own = self.setup_grids.get(key, {}).get(grid_key(term)) or dict(self.table[key].grids).get(term)
-        return own or self.grids[term]
+    def weight_grid(self, key: int | str, axis: str) -> tuple[float, ...]:
+        """The values of an axis (a term's weight, or a grid option) for setup `key`: setup_grids, else the setup's
+        own, else the sweep's."""
+        own = self.setup_grids.get(key, {}).get(grid_key(axis)) or dict(self.table[key].grids).get(axis)
+        return own or self.grids[axis]
 
     def combinations(self, key: int | str) -> list[tuple[tuple[str, float], ...]]:
-        """Every weight combination of setup `key`: the product of its terms' grids (one empty one without terms)."""
+        """Every combination of setup `key`'s axes: the product of its terms' weight grids and their grid options'
+        (one empty one without terms)."""
         combos: list[tuple[tuple[str, float], ...]] = [()]
-        for term in self.table[key].terms:
-            combos = [combo + ((term, value),) for combo in combos for value in self.weight_grid(key, term)]
+        for axis in term_axes(self.table[key].terms):
+            combos = [combo + ((axis, value),) for combo in combos for value in self.weight_grid(key, axis)]
         return combos
 
     def expand(self, store_fingerprint: str = "") -> list[RunSpec]:
@@ -186,11 +209,11 @@ class SweepGrid:
         """sweep.json's record of the grid. The paper's terms' grids are always written; another term's only when a
         chosen setup uses it, and the setup table only where it is not the paper's, so that a sweep recorded before a
         term or setup was added still compares equal."""
-        used = {term for key in self.setups for term in self.table[key].terms}
+        used = {axis for key in self.setups for axis in term_axes(self.table[key].terms)}
         data = {"setups": list(self.setups), "labels": list(self.labels), "seeds": list(self.seeds)}
-        for term in DISPLAY_ORDER:
-            if term.paper or term.name in used:
-                data[grid_key(term.name)] = list(self.grids.get(term.name, ()))
+        for name in AXIS_DEFAULTS:
+            if (name in TERMS and TERMS[name].paper) or name in used:
+                data[grid_key(name)] = list(self.grids.get(name, ()))
         data["setup_grids"] = {str(k): {n: list(v) for n, v in g.items()}
                                for k, g in sorted(self.setup_grids.items(), key=lambda item: str(item[0]))}
         data["training"] = dict(sorted(self.training.items()))
@@ -203,7 +226,7 @@ class SweepGrid:
     def from_dict(cls, data: dict, source: str = "grid") -> "SweepGrid":
         """A grid from a grid file's mapping (or sweep.json's record): the keys of to_dict, plus `setup` (a list of
         setup tables that extend the paper's seven, or replace them with `replace_setups = true`)."""
-        grid_keys = {grid_key(t) for t in TERMS}
+        grid_keys = {grid_key(axis) for axis in AXIS_DEFAULTS}
         known = {"setups", "labels", "seeds", "setup_grids", "training", "setup", "setup_table", "replace_setups"} \
             | grid_keys
         unknown = sorted(set(data) - known)
@@ -216,10 +239,10 @@ class SweepGrid:
                     value = data[key]
                     kwargs[key] = parse_list(value, int if key != "setups" else str, key) \
                         if isinstance(value, str) else tuple(value)
-            for term in TERMS:
-                if grid_key(term) in data:
-                    value = data[grid_key(term)]
-                    kwargs["grids"][term] = parse_list(value, float, grid_key(term)) if isinstance(value, str) \
+            for axis in AXIS_DEFAULTS:
+                if grid_key(axis) in data:
+                    value = data[grid_key(axis)]
+                    kwargs["grids"][axis] = parse_list(value, float, grid_key(axis)) if isinstance(value, str) \
                         else tuple(value)
             if "setup_grids" in data:
                 kwargs["setup_grids"] = {k: dict(v) for k, v in dict(data["setup_grids"]).items()}
@@ -363,7 +386,7 @@ def run_table(runs: list[RunSpec], finished: set[str] = frozenset()) -> str:
     lines = [header, "-" * len(header)]
     for index, run in enumerate(runs, 1):
         status = "done" if run.run_id in finished else "pending"
-        weights = " ".join(f"{TERMS[t].weight.symbol}={format_weight(w)}" for t, w in run.weights) or "-"
+        weights = " ".join(f"{axis_symbol(t)}={format_weight(w)}" for t, w in run.weights) or "-"
         lines.append(f"{index:>4}  {str(run.setup.key) + ': ' + run.setup.name:<40} {weights:<22} {run.labels:>6} "
                      f"{run.seed:>6}  {status:<8} {run.run_id}")
     done = sum(run.run_id in finished for run in runs)
@@ -375,7 +398,7 @@ def run_table(runs: list[RunSpec], finished: set[str] = frozenset()) -> str:
 # The engine behind tt-sweep
 # ---------------------------------------------------------------------------------------------------------------------
 
-LIST_KINDS = {"setups": str, "labels": int, "seeds": int, **{grid_key(term): float for term in TERMS}}
+LIST_KINDS = {"setups": str, "labels": int, "seeds": int, **{grid_key(axis): float for axis in AXIS_DEFAULTS}}
 
 
 def build_grid(grid_file: str | None, lists: dict[str, str | None], training: dict[str, Any]) -> SweepGrid:

@@ -8,8 +8,12 @@ loss, chosen by `--loss`). The training loop, the diagnostics, the sweep's grid 
 `TASK_LOSSES` and `TERMS`; none of them names a term. TrainConfig (train/config.py) takes each term's weight and
 options as its fields.
 
-Row groups of a step (loop.StepBatch): `labelled` (the labelled batch, with labels), `star` (x*, another labelled
-sample of the same class, for each labelled row) and `unlabelled` (the unlabelled batch).
+Row groups of a step (step.StepBatch) are data: a group is a source, optionally with a view. The sources are
+`labelled` (the labelled batch, with labels), `star` (x*, another labelled sample of the same class, for each
+labelled row) and `unlabelled` (the unlabelled batch); `<source>:<view>` names the same samples through one of the
+augmented views a store with views holds (extract/views.py), e.g. `unlabelled:weak`, `unlabelled:strong` or
+`labelled:weak`: each step draws one stored view of that kind per row from the run's own generator. A term lists the
+groups it reads; the step gathers them, and a term that reads a view is refused on a store without that view.
 """
 from __future__ import annotations
 
@@ -22,13 +26,44 @@ import torch
 
 from twinturbo.train.losses import log_rescale
 
-ROW_GROUPS = ("labelled", "star", "unlabelled")
+ROW_SOURCES = ("labelled", "star", "unlabelled")  # a step's index lists, in the order its rows are laid out
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """A row group: the samples of one of a step's index lists (`source`), clean (`view` None) or through a stored
+    view of that kind."""
+
+    source: str
+    view: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source if self.view is None else f"{self.source}:{self.view}"
+
+    @classmethod
+    def parse(cls, name: str) -> "RowGroup":
+        source, _, view = name.partition(":")
+        if source not in ROW_SOURCES or (":" in name and not view):
+            raise ValueError(f"row group {name!r}: expected one of {', '.join(ROW_SOURCES)}, optionally with "
+                             ":<view> (e.g. unlabelled:weak)")
+        return cls(source, view or None)
+
+
+def group_order(names) -> list[str]:
+    """Row group names in the order a step lays its rows out: the clean sources in ROW_SOURCES order, then the view
+    groups by name (a run without views lays out its rows as before views existed)."""
+    groups = [RowGroup.parse(name) for name in set(names)]
+    return [g.name for g in sorted(groups, key=lambda g: (g.view is not None, ROW_SOURCES.index(g.source),
+                                                          g.view or ""))]
 
 
 @dataclass(frozen=True)
 class Option:
     """A TrainConfig field a term reads besides its weight (e.g. the latent term's temperature). `shared`: the option
-    changes the data stream (the critic's prior changes the real draws), so runs fused together must agree on it."""
+    changes the data stream (the critic's prior changes the real draws), so runs fused together must agree on it.
+    `grid`: a sweep axis like the weights (FixMatch's threshold), chosen on validation labels with them; `symbol`
+    names it in tables."""
 
     name: str
     flag: str
@@ -36,6 +71,9 @@ class Option:
     help: str
     choices: tuple = ()
     shared: bool = False
+    grid: bool = False
+    symbol: str = ""
+    bounds: tuple[float, float] | None = None  # a number option's valid range (low, high]
 
 
 @dataclass(frozen=True)
@@ -72,7 +110,10 @@ class Term:
 
 @dataclass
 class StepView:
-    """One run's outputs on one step, by row group, as a term's function reads them."""
+    """One run's outputs on one step, by row group, as a term's function reads them. `indices[group]` are the train
+    indices of the group's rows (which samples), `state` a dict the run keeps from step to step (a term that
+    remembers, e.g. FlexMatch's per-sample pseudo-labels, keeps its own entry) and `num_samples` the size of the
+    train split."""
 
     config: Any  # TrainConfig
     labels: torch.Tensor
@@ -80,6 +121,9 @@ class StepView:
     logits: dict[str, torch.Tensor]
     real: torch.Tensor | None = None
     discriminator: Callable[[torch.Tensor], torch.Tensor] | None = None
+    indices: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+    num_samples: int = 0
     _probabilities: dict = field(default_factory=dict)
 
     def probabilities(self, group: str) -> torch.Tensor:
@@ -97,6 +141,8 @@ def _discover() -> dict[str, Term]:
         if term is not None:
             if term.name in found:
                 raise RuntimeError(f"two terms named {term.name!r} in {__name__}")
+            for name in term.rows:
+                RowGroup.parse(name)
             found[term.name] = term
     return found
 
@@ -112,6 +158,27 @@ DISPLAY_ORDER: tuple[Term, ...] = tuple(sorted(TERMS.values(), key=lambda t: (no
 WEIGHT_FIELDS = tuple(term.weight_field for term in DISPLAY_ORDER)
 
 
+# The options a sweep sweeps like weights, (term, option) in DISPLAY_ORDER; their TrainConfig fields.
+GRID_OPTIONS: tuple[tuple[Term, Option], ...] = tuple((term, option) for term in DISPLAY_ORDER
+                                                      for option in term.options if option.grid)
+GRID_OPTION_FIELDS = tuple(option.name for _, option in GRID_OPTIONS)
+def term_axes(terms) -> list[str]:
+    """The sweep axes of a set of additive terms (names): each term's weight, then each of its grid options."""
+    return [name for term in terms for name in (term, *(o.name for o in TERMS[term].options if o.grid))]
+
+
+def axis_symbol(name: str) -> str:
+    """How a sweep axis is named in tables: a term's weight symbol (critic -> λ_C) or a grid option's (τ_Fix)."""
+    if name in TERMS:
+        return TERMS[name].weight.symbol
+    return next((option.symbol or option.name for _, option in GRID_OPTIONS if option.name == name), name)
+
+
+# Options a run's identity leaves out while their term is off: those of terms that are not the paper's, so that a term
+# added to the package (with its options) leaves every existing run id as it was.
+OPTIONAL_OPTION_FIELDS = {option.name: term for term in TERMS.values() if not term.paper for option in term.options}
+
+
 def active_terms(config) -> list[Term]:
     """The additive terms a run computes: weight > 0, in summation order."""
     return [term for term in TERMS.values() if getattr(config, term.weight_field) > 0]
@@ -123,6 +190,11 @@ def rows_needed(config) -> frozenset[str]:
     for term in active_terms(config):
         rows |= term.rows
     return frozenset(rows)
+
+
+def views_needed(config) -> frozenset[str]:
+    """The kinds of stored views (e.g. weak, strong) a run's row groups read: a store must hold them."""
+    return frozenset(RowGroup.parse(name).view for name in rows_needed(config)) - {None}
 
 
 def needs_discriminator(config) -> bool:
