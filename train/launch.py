@@ -28,12 +28,13 @@ from twinturbo.common.slurm import SlurmOptions, job_failure, raise_unfinished
 from twinturbo.common.device import resolve_device, resolve_precision
 from twinturbo.common.store import open_store
 from twinturbo.train.claims import Claims, live_claims
-from twinturbo.train.data import num_classes_of
+from twinturbo.train.data import check_views, num_classes_of
 from twinturbo.train.loop import train_runs
 from twinturbo.train.memory import default_memory_limit, load_splits
 from twinturbo.train.results import RESULTS_FILE, append_row, cut_lines_note, finished_run_ids, result_row
 from twinturbo.train.rundir import run_dims, save_run
 from twinturbo.train.sampling import check_budgets
+from twinturbo.train.terms import views_needed
 from twinturbo.train.sweep import (SWEEP_FILE, RunSpec, SweepGrid, fusion_groups, pending_runs, prepare_sweep_dir,
                                    run_table)
 
@@ -83,7 +84,8 @@ def run_groups(work: SweepWork, groups: list[list[RunSpec]], on_group_done: Call
             if not group:
                 continue
             if loaded is None:
-                loaded = _load_store(work, progress)
+                views = any(views_needed(run.train_config()) for g in groups for run in g)
+                loaded = _load_store(work, progress, views)
             rows = _train_group(work, group, loaded, progress)
             rows_written += rows
             claims.release([run.run_id for run in group])
@@ -108,11 +110,11 @@ class _Loaded:
     device: torch.device
 
 
-def _load_store(work: SweepWork, progress: bool) -> _Loaded:
+def _load_store(work: SweepWork, progress: bool, views: bool = False) -> _Loaded:
     device = resolve_device(work.device)
     store = open_store(work.features)
     store.require_complete()
-    train_split, test_split = load_splits(store, device, work.memory_limit, progress=progress)
+    train_split, test_split = load_splits(store, device, work.memory_limit, progress=progress, views=views)
     return _Loaded(store, store.identity(), train_split, test_split, num_classes_of(store, train_split.labels), device)
 
 
@@ -317,13 +319,14 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
         raise TwinTurboError(f"--workers {workers}: expected a number of processes >= 1")
     if launcher == "submitit" and slurm is not None:
         slurm.validate()
+    grid.training["precision"] = sweep_precision(grid.training.get("precision", "auto"), device, launcher, slurm)
     with open_store(features) as store:
         store.require_complete()
         identity = store.identity()
         train_labels = torch.from_numpy(store.split("train").labels())
         num_classes = num_classes_of(store, train_labels)
-    grid.training["precision"] = sweep_precision(grid.training.get("precision", "auto"), device, launcher, slurm)
-    runs = grid.expand(identity["fingerprint"])
+        runs = grid.expand(identity["fingerprint"])
+        check_views(store, [run.train_config() for run in runs])
     try:
         for budget, val_labels in sorted({(c.labels, c.val_labels) for c in (run.train_config() for run in runs)}):
             check_budgets(train_labels, num_classes, budget, val_labels)
