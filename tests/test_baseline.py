@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
@@ -12,6 +13,12 @@ from twinturbo.train.baseline import logistic_baseline, run_labelled_subset, spr
 from twinturbo.train.data import load_split
 from twinturbo.train.loop import train
 from twinturbo.train.report import make_report
+
+
+def fits(sweep) -> dict[str, float]:
+    """The accuracy entries of a report's baselines.json (beside them: what a fit warned, what it chose)."""
+    cached = json.loads((sweep / "baselines.json").read_text())
+    return {key: value for key, value in cached.items() if not key.endswith(("/warnings", "/chosen"))}
 
 
 def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path, quick_config, write_synthetic_store):
@@ -47,8 +54,8 @@ def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path, qu
            f"{int(100 * expected > 50)}/1 |" in summary
     assert f"| LabelSpreading | 30 | - | - | {100 * spreading:.2f} (n=1) |" in summary
     assert "| SelfTraining | 30 |" in summary
-    cached = json.loads((sweep / "baselines.json").read_text())
-    assert len(cached) == 3 and any(v == 100 * expected for k, v in cached.items() if "LogisticRegression" in k)
+    cached = fits(sweep)
+    assert len(cached) == 5 and any(v == 100 * expected for k, v in cached.items() if "LogisticRegression" in k)
     make_report(sweep)  # from the cache: the same summary
     assert (sweep / "summary.md").read_text() == summary
 
@@ -152,17 +159,18 @@ def test_each_baseline_fit_is_cached_as_it_ends_and_baselines_picks_the_methods(
     monkeypatch.setitem(baseline.BASELINES, "LabelSpreading", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_report(sweep)
-    cached = json.loads((sweep / "baselines.json").read_text())
-    assert sorted(k.split("/")[1].split("-")[0] for k in cached) == ["LogisticRegression"] * 2 + ["SelfTraining"] * 2
+    cached = fits(sweep)
+    assert sorted(k.split("/")[1].split("-")[0] for k in cached) == (["LinearProbe"] * 2 + ["LogisticRegression"] * 2
+                                                                     + ["SelfTraining"] * 2)
 
     def refitted(*args, **kwargs):
         raise AssertionError("a cached fit was fitted again")
 
-    monkeypatch.setitem(baseline.BASELINES, "LogisticRegression", refitted)
-    monkeypatch.setitem(baseline.BASELINES, "SelfTraining", refitted)
+    for method in ("LogisticRegression", "LinearProbe", "SelfTraining"):
+        monkeypatch.setitem(baseline.BASELINES, method, refitted)
     monkeypatch.setitem(baseline.BASELINES, "LabelSpreading", spreading_baseline)
     make_report(sweep)  # resumes: only LabelSpreading is fitted
-    assert len(json.loads((sweep / "baselines.json").read_text())) == 6
+    assert len(fits(sweep)) == 10  # and SemiGMM, after it
 
     result = CliRunner().invoke(report_main, [str(sweep), "--baselines", "LogisticRegression,LabelSpreading"])
     assert result.exit_code == 0, result.output
@@ -172,7 +180,7 @@ def test_each_baseline_fit_is_cached_as_it_ends_and_baselines_picks_the_methods(
     result = CliRunner().invoke(report_main, [str(sweep), "--baselines", "LogisticRegression,FixMatch"])
     assert result.exit_code == 2 and result.output.strip().splitlines() == [
         "error: --baselines LogisticRegression,FixMatch: unknown 'FixMatch'; expected a comma-separated list of "
-        "LogisticRegression, SelfTraining, LabelSpreading"], result.output
+        "LogisticRegression, LinearProbe, SelfTraining, LabelSpreading, SemiGMM"], result.output
     with pytest.raises(TwinTurboError):
         make_report(sweep, methods=("nothing",))
 
@@ -192,7 +200,7 @@ def test_self_training_threshold_is_chosen_on_the_validation_labels_that_choose_
     for val_size, used in ((None, 20), (40, 40), (500, 100)):  # default: as many as the labels; capped at the recorded
         (sweep / "baselines.json").unlink(missing_ok=True)
         make_report(sweep, val_size=val_size, methods=("SelfTraining",))
-        cached = json.loads((sweep / "baselines.json").read_text())
+        cached = fits(sweep)
         assert [key.split("/")[3] for key in cached] == [f"val{used}"]
         expected = 100 * self_training_baseline(str(path), 20, [42], val_labels=used)[42]
         assert list(cached.values()) == [expected]
@@ -236,3 +244,84 @@ def test_a_library_warning_during_a_baseline_fit_goes_to_the_summary_not_the_ter
     summary = (sweep / "summary.md").read_text()
     assert "Warnings of the libraries while fitting the baselines:" in summary
     assert "- RuntimeWarning: invalid value encountered in divide (LabelSpreading at 4 labels, seed 1)" in summary
+
+
+def test_semi_gmm_is_em_as_scikit_learn_computes_it_when_the_labels_agree_with_their_clusters():
+    """Well separated clusters, one labelled vector each: clamping a labelled vector changes its responsibility only
+    by what the E-step would give anyway (< 1e-100), so the fit is scikit-learn's GaussianMixture from the same start
+    (labelled means, the data's covariance for every class, uniform weights, the same ridge)."""
+    from sklearn.mixture import GaussianMixture
+
+    from twinturbo.train.baseline import SEMI_GMM_REG, semi_gmm_fit
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0, 0.0], [12.0, 0.0, 0.0], [0.0, 12.0, 3.0]])
+    x = np.concatenate([c + rng.normal(size=(200, 3)) @ rng.normal(size=(3, 3)) * 0.5 for c in centres])
+    labels = np.full(len(x), -1)
+    labels[[0, 200, 400]] = [0, 1, 2]
+    mixture, iterations = semi_gmm_fit(x, labels, 3, tol=1e-8)
+    ridge = SEMI_GMM_REG * np.trace(np.cov(x, rowvar=False)) / 3
+    start = np.cov(x, rowvar=False) + ridge * np.eye(3)
+    reference = GaussianMixture(3, covariance_type="full", reg_covar=ridge, tol=1e-8, max_iter=200,
+                                weights_init=np.full(3, 1 / 3), means_init=x[[0, 200, 400]],
+                                precisions_init=np.repeat(np.linalg.inv(start)[None], 3, axis=0)).fit(x)
+    assert 1 < iterations < 200
+    np.testing.assert_allclose(mixture.means, reference.means_, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixture.covariances, reference.covariances_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mixture.weights, reference.weights_, rtol=1e-6)
+    assert np.array_equal(mixture.predict(x), reference.predict(x))
+
+
+def test_semi_gmm_holds_labelled_vectors_to_their_class():
+    """Every vector labelled: EM has nothing to infer, and one iteration gives each class's own frequency, mean and
+    covariance (plus the ridge), by hand; a labelled vector deep in another class's cluster still counts for its own."""
+    from twinturbo.train.baseline import SEMI_GMM_REG, semi_gmm_fit
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(50, 2)) + 6])
+    labels = np.array([0] * 30 + [1] * 50)
+    labels[5] = 1  # in cluster 0, labelled 1
+    mixture, _ = semi_gmm_fit(x, labels, 2)
+    ridge = SEMI_GMM_REG * np.trace(np.cov(x, rowvar=False)) / 2 * np.eye(2)
+    for c in (0, 1):
+        members = x[labels == c]
+        centred = members - members.mean(axis=0)
+        np.testing.assert_allclose(mixture.means[c], members.mean(axis=0), rtol=1e-9)
+        np.testing.assert_allclose(mixture.covariances[c], centred.T @ centred / len(members) + ridge, rtol=1e-9)
+        assert mixture.weights[c] == pytest.approx(len(members) / len(x))
+
+
+def test_probe_and_semi_gmm_choose_on_validation_and_equal_independent_fits(tmp_path, write_synthetic_store):
+    from sklearn.decomposition import PCA
+
+    from twinturbo.train.baseline import (PROBE_C, SEMI_GMM_DIMS, probe_baseline, seed_split, semi_gmm_baseline,
+                                          semi_gmm_fit, read_cls_vectors)
+
+    path = write_synthetic_store(tmp_path / "synthetic", n_train=400, n_test=120, scale=3.0, cls_dim=40)
+    with open_store(path) as store:
+        train_split, test_split = store.split("train"), store.split("test")
+        cls, patches = train_split.read(0, 400)
+        test_cls, test_patches = test_split.read(0, 120)
+        y, y_test = train_split.labels(), test_split.labels()
+    x = np.concatenate([cls, patches.astype(np.float32).mean(axis=1)], axis=1).astype(np.float32)
+    x_test = np.concatenate([test_cls, test_patches.astype(np.float32).mean(axis=1)], axis=1).astype(np.float32)
+    subset, val = seed_split(read_cls_vectors(str(path)), 30, 7, 50)
+    scores = {c: LogisticRegression(max_iter=5000, C=c).fit(x[subset], y[subset]) for c in PROBE_C}
+    best = max(PROBE_C, key=lambda c: ((scores[c].predict(x[val]) == y[val]).mean(), -c))
+    chosen: dict = {}
+    assert probe_baseline(str(path), 30, [7], val_labels=50, chosen=chosen) == {
+        7: float((scores[best].predict(x_test) == y_test).mean())}
+    assert chosen == {7: f"C {best:g}"}
+
+    features = cls.astype(np.float32)
+    pca = PCA(n_components=32, random_state=0).fit(features)  # 40-d CLS: the dimensions up to 32 are candidates
+    reduced, reduced_test = pca.transform(features), pca.transform(test_cls.astype(np.float32))
+    partial = np.full(400, -1)
+    partial[subset] = y[subset]
+    fitted = {d: semi_gmm_fit(reduced[:, :d], partial, 10)[0] for d in (16, 32)}
+    best_d = max((16, 32), key=lambda d: ((fitted[d].predict(reduced[val][:, :d]) == y[val]).mean(), -d))
+    chosen = {}
+    assert [d for d in SEMI_GMM_DIMS if d <= 40] == [16, 32]
+    assert semi_gmm_baseline(str(path), 30, [7], val_labels=50, chosen=chosen) == {
+        7: float((fitted[best_d].predict(reduced_test[:, :best_d]) == y_test).mean())}
+    assert chosen == {7: f"d {best_d}"}

@@ -335,3 +335,37 @@ def test_the_finding_names_the_largest_paired_gain_and_says_when_there_is_no_int
            f"{half:.2f} points, above setup 1 on 3 of 3 seeds (its interval excludes 0)" in finding
     assert "at 1000 labels the largest gain over setup 1 is setup 2 (cat_cross/softmax + critic): +1.00 (n=1) " \
            "points, above setup 1 on 1 of 1 seeds (one seed: no interval)" in finding
+
+
+def test_the_summary_opens_with_the_best_method_and_what_each_term_adds_on_top_of_the_setup_without_it(tmp_path):
+    """Setups 1 and 2 (the critic on top of setup 1) with one λ each, and a setup with FixMatch, and one with FixMatch
+    and the critic, on 3 seeds: the best by seed-mean test accuracy with its paired margin over the runner-up, and
+    each one-term step paired by seed, against the t intervals by hand."""
+    tests = {"1": (0.60, 0.70, 0.65), "2": (0.63, 0.72, 0.68), "fix": (0.66, 0.71, 0.70), "fixcritic": (0.69, 0.75, 0.71)}
+    names = {"1": "cat_cross/softmax", "2": "cat_cross/softmax + critic", "fix": "cat_cross/softmax + fixmatch",
+             "fixcritic": "cat_cross/softmax + critic + fixmatch"}
+    for setup, values in tests.items():
+        for seed, test in zip((42, 1337, 3435), values):
+            row = _row(1, 100, 1.0 if setup in ("2", "fixcritic") else 0.0, 0.0, seed, test, 0.7)
+            row.update(setup=setup if setup in ("fix", "fixcritic") else int(setup), setup_name=names[setup],
+                       run_id=f"{setup}-{seed}")
+            if "fix" in setup:
+                row["config"].update(fixmatch_weight=1.0, fixmatch_threshold=0.95)
+            append_row(tmp_path / "results.jsonl", row)
+    assert CliRunner().invoke(report_main, [str(tmp_path), "--no-baseline"]).exit_code == 0
+    summary = (tmp_path / "summary.md").read_text()
+    best = next(line for line in summary.splitlines() if line.startswith("Best:"))
+    mean, half = _interval([69.0, 75.0, 71.0])
+    margin, margin_half = _interval([3.0, 4.0, 1.0])  # fixcritic - fix, in points
+    assert (f"at 100 labels the best is setup fixcritic (cat_cross/softmax + critic + fixmatch, λ_C=1, λ_Fix=1, "
+            f"τ_Fix=0.95) with {mean:.2f} ± {half:.2f} % test accuracy, ahead of setup fix (cat_cross/softmax + "
+            f"fixmatch, λ_Fix=1, τ_Fix=0.95) by +{margin:.2f} ± {margin_half:.2f} points on the same 3 seeds (3 "
+            "above; its interval includes 0)") in best
+    critic_on_fix = (f"- critic on top of setup fix (cat_cross/softmax + fixmatch), at 100 labels: setup fixcritic "
+                     f"minus setup fix = +{margin:.2f} ± {margin_half:.2f} points, above on 3 of 3 seeds (its interval "
+                     "includes 0)")
+    assert critic_on_fix in summary.splitlines()
+    gain, gain_half = _interval([6.0, 3.0, 3.0])  # fixcritic - 2
+    assert (f"- fixmatch on top of setup 2 (cat_cross/softmax + critic), at 100 labels: setup fixcritic minus setup 2 "
+            f"= +{gain:.2f} ± {gain_half:.2f} points, above on 3 of 3 seeds") in summary
+    assert sum(line.startswith("- ") and " on top of setup " in line for line in summary.splitlines()) == 4

@@ -1,14 +1,23 @@
-"""The baselines a user tries first, on the same labelled subsets as the runs (tt-report shows all three):
+"""The baselines a user tries first, and the ones the frozen-feature literature uses, on the same labelled subsets as
+the runs (tt-report shows them beside the setups):
 
 - LogisticRegression on the CLS vectors of the labelled subset (supervised: it sees only the labelled samples);
+- LinearProbe: the same on exactly the features the head sees, CLS concatenated with the mean of the patch tokens,
+  its regularisation C chosen on the validation split: what "more features" alone is worth, told apart from what
+  unlabelled data adds;
 - SelfTraining: scikit-learn's SelfTrainingClassifier around the same LogisticRegression (self-training, or
   pseudo-labelling: Yarowsky 1995), over the labelled subset plus every other train CLS vector as unlabelled; its
   confidence threshold is chosen on the run's validation split (`--val-labels`), like λ;
 - LabelSpreading (Zhou et al. 2004, scikit-learn, kNN graph) over the labelled subset plus every other train CLS
-  vector as unlabelled (semi-supervised, transductive on the train split), predicting the test CLS vectors.
+  vector as unlabelled (semi-supervised, transductive on the train split), predicting the test CLS vectors;
+- SemiGMM: PCA of the train CLS vectors to d dimensions (d chosen on the validation split), then a Gaussian mixture
+  with one component per class fitted by EM over the labelled and unlabelled vectors together, the labelled
+  vectors' responsibilities fixed to their class (the density model behind the strongest frozen-feature results at
+  a few labels per class, e.g. SemiOccam, arXiv:2506.03582).
 
 Each is fitted on exactly the labelled subset a run with the same seed and label budget draws (the first draw of
-`train()`'s data stream, see train/loop.py), so a TwinTURBO run and its baselines see the same labels.
+`train()`'s data stream, see train/loop.py), so a TwinTURBO run and its baselines see the same labels; a hyperparameter
+is chosen on the run's validation split, never on the test set, and what each seed chose is recorded (`chosen`).
 """
 from __future__ import annotations
 
@@ -42,15 +51,45 @@ class ClsVectors:
     num_classes: int
 
 
-def read_cls_vectors(features: str) -> ClsVectors:
+def read_cls_vectors(features: str, pooled_patches: bool = False) -> ClsVectors:
+    """The CLS vectors of both splits; with `pooled_patches`, each concatenated with the mean of its patch tokens
+    (the vector the head's projector reads, before the token mixer: LinearProbe's features)."""
+    def vectors(split) -> np.ndarray:
+        cls = split.read_cls(0, split.n).astype(np.float32)
+        if not pooled_patches:
+            return cls
+        pooled = np.empty((split.n, split.patch_dim), dtype=np.float32)
+        for start, stop in split.iter_chunks(max(1, 4096 // split.chunk_size)):
+            pooled[start:stop] = split.read_patches(start, stop).astype(np.float32).mean(axis=1)
+        return np.concatenate([cls, pooled], axis=1)
+
     with open_store(features) as store:
         store.require_complete()
         train, test = store.split("train"), store.split("test")
-        x_train, y_train = train.read_cls(0, train.n).astype(np.float32), train.labels()
-        x_test, y_test = test.read_cls(0, test.n).astype(np.float32), test.labels()
+        x_train, y_train = vectors(train), train.labels()
+        x_test, y_test = vectors(test), test.labels()
         num_classes = len(store.class_names) or int(y_train.max()) + 1
     known = y_test >= 0
     return ClsVectors(x_train, y_train, x_test[known], y_test[known], num_classes)
+
+
+def seed_split(data: ClsVectors, budget: int, seed: int, val_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labelled subset, validation split) of a run with this seed, label budget and --val-labels."""
+    subset = run_labelled_subset(data.y_train, budget, data.num_classes, seed)
+    val = validation_subset(torch.as_tensor(data.y_train), val_labels, data.num_classes, torch.as_tensor(subset),
+                            seed).numpy()
+    return subset, val
+
+
+def best_on_validation(candidates, fit, score):
+    """The candidate whose fit scores best on the validation split (ties: the first), and its fitted model."""
+    best = None
+    for candidate in candidates:
+        model = fit(candidate)
+        value = score(model)
+        if best is None or value > best[0]:
+            best = (value, candidate, model)
+    return best[1], best[2]
 
 
 def run_labelled_subset(train_labels: np.ndarray, budget: int, num_classes: int, seed: int) -> np.ndarray:
@@ -121,28 +160,151 @@ def self_training_fit(x_train: np.ndarray, partial_labels: np.ndarray, threshold
 
 
 def self_training_baseline(features: str, budget: int, seeds: list[int], vectors: ClsVectors | None = None,
-                           val_labels: int | None = None) -> dict[int, float]:
+                           val_labels: int | None = None, chosen: dict | None = None) -> dict[int, float]:
     """seed -> test accuracy of self-training with the threshold of SELF_TRAINING_THRESHOLDS that is best on that
     seed's validation split of `val_labels` samples (default: as many as `budget`, as tt-train's --val-labels);
-    the validation labels are hidden from the fit like every other unlabelled sample."""
+    the validation labels are hidden from the fit like every other unlabelled sample. `chosen` receives each
+    seed's threshold."""
     data = vectors or read_cls_vectors(features)
     val_labels = budget if val_labels is None else val_labels
     accuracies = {}
     for seed in seeds:
-        subset = run_labelled_subset(data.y_train, budget, data.num_classes, seed)
+        subset, val = seed_split(data, budget, seed, val_labels)
         partial = np.full(len(data.y_train), -1, dtype=np.int64)
         partial[subset] = data.y_train[subset]
-        val = validation_subset(torch.as_tensor(data.y_train), val_labels, data.num_classes, torch.as_tensor(subset),
-                                seed).numpy()
-        best = None
-        for threshold in sorted(SELF_TRAINING_THRESHOLDS) if len(val) else (SELF_TRAINING_DEFAULT,):
-            model = self_training_fit(data.x_train, partial, threshold)
-            score = float((model.predict(data.x_train[val]) == data.y_train[val]).mean()) if len(val) else 0.0
-            if best is None or score >= best[0]:  # ties: the higher threshold, met later
-                best = (score, model)
-        accuracies[seed] = float((best[1].predict(data.x_test) == data.y_test).mean())
+        # ties: the higher threshold (the fewer pseudo-labels), tried first
+        thresholds = sorted(SELF_TRAINING_THRESHOLDS, reverse=True) if len(val) else (SELF_TRAINING_DEFAULT,)
+        threshold, model = best_on_validation(
+            thresholds, lambda t: self_training_fit(data.x_train, partial, t),
+            lambda m: float((m.predict(data.x_train[val]) == data.y_train[val]).mean()) if len(val) else 0.0)
+        accuracies[seed] = float((model.predict(data.x_test) == data.y_test).mean())
+        if chosen is not None:
+            chosen[seed] = f"threshold {threshold:g}"
     return accuracies
 
 
-BASELINES = {"LogisticRegression": logistic_baseline, "SelfTraining": self_training_baseline,
-             "LabelSpreading": spreading_baseline}
+PROBE_C = (0.1, 1.0, 10.0)  # LinearProbe's regularisation candidates (scikit-learn's C: 1 is its default)
+
+
+def probe_baseline(features: str, budget: int, seeds: list[int], vectors: ClsVectors | None = None,
+                   val_labels: int | None = None, chosen: dict | None = None) -> dict[int, float]:
+    """seed -> test accuracy of LogisticRegression(max_iter=5000, C) on that seed's labelled [CLS, mean patch token]
+    vectors, C of PROBE_C best on its validation split (ties: the smaller C, the stronger regularisation)."""
+    from sklearn.linear_model import LogisticRegression
+
+    data = vectors or read_cls_vectors(features, pooled_patches=True)
+    val_labels = budget if val_labels is None else val_labels
+    accuracies = {}
+    for seed in seeds:
+        subset, val = seed_split(data, budget, seed, val_labels)
+        c, model = best_on_validation(
+            PROBE_C if len(val) else (1.0,),
+            lambda c: LogisticRegression(max_iter=5000, C=c).fit(data.x_train[subset], data.y_train[subset]),
+            lambda m: float((m.predict(data.x_train[val]) == data.y_train[val]).mean()) if len(val) else 0.0)
+        accuracies[seed] = float((model.predict(data.x_test) == data.y_test).mean())
+        if chosen is not None:
+            chosen[seed] = f"C {c:g}"
+    return accuracies
+
+
+SEMI_GMM_DIMS = (16, 32, 64, 128)  # PCA dimensions d, chosen on the validation split (ties: the smaller)
+SEMI_GMM_MAX_ITER = 200
+SEMI_GMM_TOL = 1e-5  # stop when the mean log-likelihood per vector changes by less
+# Ours: each class's covariance gets this share of the data's mean variance on its diagonal, so that a class whose
+# unlabelled mass collapses keeps a proper density (scikit-learn's reg_covar, relative to the data's scale).
+SEMI_GMM_REG = 1e-3
+
+
+@dataclass
+class GaussianMixture:
+    """One full-covariance Gaussian per class: weights [C], means [C, d], covariances [C, d, d] (float64)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+
+    def log_joint(self, x: np.ndarray) -> np.ndarray:
+        """log pi_c + log N(x | mu_c, Sigma_c), [N, C], through each Cholesky factor's inverse (one matmul a class)."""
+        n, d = x.shape
+        out = np.empty((n, len(self.weights)))
+        for c, (mean, cov) in enumerate(zip(self.means, self.covariances)):
+            factor = np.linalg.cholesky(cov)
+            whitened = (x - mean) @ np.linalg.inv(factor).T
+            out[:, c] = (np.log(self.weights[c]) - 0.5 * np.einsum("ij,ij->i", whitened, whitened)
+                         - np.log(np.diag(factor)).sum() - 0.5 * d * np.log(2 * np.pi))
+        return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.log_joint(x).argmax(axis=1)
+
+
+def semi_gmm_fit(x: np.ndarray, labels: np.ndarray, num_classes: int, reg: float = SEMI_GMM_REG,
+                 max_iter: int = SEMI_GMM_MAX_ITER, tol: float = SEMI_GMM_TOL) -> tuple[GaussianMixture, int]:
+    """EM for a C-component full-covariance mixture on x [N, d] (float64), where labels[i] >= 0 fixes vector i's
+    responsibilities to its class and -1 leaves them to the E-step. Starts from the labelled class means, the data's
+    covariance for every class and uniform weights. Returns the mixture and the iterations run."""
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    labelled = labels >= 0
+    clamped = np.zeros((n, num_classes))
+    clamped[np.flatnonzero(labelled), labels[labelled]] = 1.0
+    ridge = reg * np.trace(np.cov(x, rowvar=False)) / d * np.eye(d)
+    means = np.stack([x[labels == c].mean(axis=0) for c in range(num_classes)])
+    mixture = GaussianMixture(np.full(num_classes, 1.0 / num_classes), means,
+                              np.repeat((np.cov(x, rowvar=False) + ridge)[None], num_classes, axis=0))
+    previous, iterations = -np.inf, 0
+    for iterations in range(1, max_iter + 1):
+        log_joint = mixture.log_joint(x)  # E-step
+        top = log_joint.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(log_joint - top).sum(axis=1))
+        responsibilities = np.where(labelled[:, None], clamped, np.exp(log_joint - log_norm[:, None]))
+        mass = responsibilities.sum(axis=0) + 1e-12  # M-step
+        means = responsibilities.T @ x / mass[:, None]
+        covariances = np.empty((num_classes, d, d))
+        for c in range(num_classes):
+            centred = x - means[c]
+            covariances[c] = (responsibilities[:, c, None] * centred).T @ centred / mass[c] + ridge
+        mixture = GaussianMixture(mass / mass.sum(), means, covariances)
+        likelihood = float(log_norm.mean())
+        if abs(likelihood - previous) < tol:
+            break
+        previous = likelihood
+    return mixture, iterations
+
+
+def semi_gmm_baseline(features: str, budget: int, seeds: list[int], vectors: ClsVectors | None = None,
+                      val_labels: int | None = None, chosen: dict | None = None) -> dict[int, float]:
+    """seed -> test accuracy of SemiGMM (module docstring): PCA fitted on the train CLS vectors (unsupervised), then
+    semi_gmm_fit with that seed's labelled subset clamped, d of SEMI_GMM_DIMS best on its validation split (whose
+    labels stay hidden from the fit)."""
+    from sklearn.decomposition import PCA
+
+    data = vectors or read_cls_vectors(features)
+    val_labels = budget if val_labels is None else val_labels
+    dims = [d for d in SEMI_GMM_DIMS if d <= min(data.x_train.shape)] or [min(data.x_train.shape)]
+    pca = PCA(n_components=max(dims), random_state=0).fit(data.x_train)
+    # PCA to d is the first d of these components (sorted by variance; up to the randomised solver's precision)
+    x_train, x_test = pca.transform(data.x_train), pca.transform(data.x_test)
+    accuracies = {}
+    for seed in seeds:
+        subset, val = seed_split(data, budget, seed, val_labels)
+        partial = np.full(len(data.y_train), -1, dtype=np.int64)
+        partial[subset] = data.y_train[subset]
+        d, mixture = best_on_validation(
+            dims if len(val) else dims[-1:],
+            lambda d: semi_gmm_fit(x_train[:, :d], partial, data.num_classes)[0],
+            lambda m: float((m.predict(x_train[val][:, :m.means.shape[1]]) == data.y_train[val]).mean())
+            if len(val) else 0.0)
+        accuracies[seed] = float((mixture.predict(x_test[:, :d]) == data.y_test).mean())
+        if chosen is not None:
+            chosen[seed] = f"d {d}"
+    return accuracies
+
+
+BASELINES = {"LogisticRegression": logistic_baseline, "LinearProbe": probe_baseline,
+             "SelfTraining": self_training_baseline, "LabelSpreading": spreading_baseline,
+             "SemiGMM": semi_gmm_baseline}
+# The baselines that choose a hyperparameter on the validation split (their fits depend on its size) and read which
+# vectors: CLS alone, or with the mean patch token.
+VALIDATED = ("LinearProbe", "SelfTraining", "SemiGMM")
+POOLED_PATCHES = ("LinearProbe",)

@@ -22,8 +22,8 @@ GPU_HEADROOM = 0.7  # the share of a GPU's free memory a split may take there (t
 
 class Split:
     """What the training loop reads of a split: `len`, `labels` [N], the widths `cls_dim`, `num_patches`,
-    `patch_dim`, the stored views `view_kinds`, and `batch(index, device, views)`; these defaults are the in-memory behaviour, which streamed splits
-    (train/stream.py) replace."""
+    `patch_dim`, the stored views `view_kinds`, and `batch(index, device, views)`; these defaults are the in-memory
+    behaviour, which streamed splits (train/stream.py) replace."""
 
     cls_dim: int
     num_patches: int

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import math
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -21,11 +22,13 @@ from tqdm import tqdm
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.hashing import write_json_atomic
 from twinturbo.common.store import open_store
-from twinturbo.train.baseline import BASELINES, SELF_TRAINING_THRESHOLDS, SELF_TRAINING_WARM_START, read_cls_vectors
+from twinturbo.train.baseline import (BASELINES, POOLED_PATCHES, PROBE_C, SELF_TRAINING_THRESHOLDS, SELF_TRAINING_WARM_START,
+                                     SEMI_GMM_DIMS, SEMI_GMM_MAX_ITER, SEMI_GMM_REG, SEMI_GMM_TOL, VALIDATED,
+                                     read_cls_vectors)
 from twinturbo.train.figures import plot_all, plot_diagnostics, plot_selected
 from twinturbo.train.selection import (EPOCH_RULES, PROTOCOLS, Combination, by_setup, choose, combinations,
                                        grid_edges, row_group, swept_weights, validation_size_study, weight_symbol)
-from twinturbo.train.stats import mean_interval, paired_difference
+from twinturbo.train.stats import Paired, mean_interval, paired_difference
 from twinturbo.train.results import RESULTS_FILE, cut_lines_note, read_rows
 
 Baselines = dict[str, dict[int, dict[int, float]]]  # method -> label budget -> seed -> accuracy %
@@ -37,6 +40,11 @@ BASELINE_TEXT = {
                     "labels that choose λ (self-training / pseudo-labelling)",
     "LabelSpreading": "scikit-learn LabelSpreading (kNN graph, 64 PCA components) over the labelled subset plus every "
                       "other train CLS vector as unlabelled",
+    "LinearProbe": "LogisticRegression on exactly the features the head sees, the CLS vector and the mean patch token, "
+                   "of each seed's labelled subset (supervised), C chosen on the validation labels",
+    "SemiGMM": "PCA of the train CLS vectors to d dimensions, then a Gaussian mixture with one full-covariance "
+               "component per class fitted by EM over the labelled and unlabelled vectors, the labelled ones fixed "
+               "to their class (as SemiOccam); d chosen on the validation labels",
 }
 VALIDATION_SIZES = (50, 100, 250, 500, 1000)
 PROTOCOL_SENTENCE = {
@@ -53,13 +61,15 @@ PROTOCOL_SENTENCE = {
 
 def baselines_of(rows: list[dict], features: str | None = None, cache: Path | None = None,
                  methods: tuple[str, ...] = tuple(BASELINES),
-                 val_size: int | None = None) -> tuple[dict[tuple[str, str], Baselines | str], list[str]]:
+                 val_size: int | None = None) -> tuple[dict[tuple[str, str], Baselines | str], list[str], dict]:
     """(dataset, backbone) -> method -> label budget -> seed -> accuracy % on the rows' own store (or on `features`,
-    when it holds the same extraction), or the reason it could not be computed; and the warnings the libraries gave
-    while fitting (summary.md quotes them: none reaches the terminal). SelfTraining chooses its threshold on
-    the validation labels that choose λ: the first `val_size` (default: as many as the budget) of those the runs
-    recorded. Each fit is kept in `cache` as soon as it is done (a JSON file keyed by store fingerprint, method,
-    budget, validation size and seed): an interrupted report resumes, and a finished one is redrawn in seconds."""
+    when it holds the same extraction), or the reason it could not be computed; the warnings the libraries gave
+    while fitting (summary.md quotes them: none reaches the terminal); and (dataset, backbone) -> method -> label
+    budget -> what each seed's validation split chose, in seed order (the baselines that choose a hyperparameter).
+    The baselines that choose a hyperparameter (baseline.VALIDATED) choose it on the validation labels that choose
+    λ: the first `val_size` (default: as many as the budget) of those the runs recorded. Each fit is kept in `cache` as soon as it is done (a JSON file
+    keyed by store fingerprint, method, budget, validation size and seed): an interrupted report resumes, and a
+    finished one is redrawn in seconds."""
     stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     wanted: dict[tuple[str, str], dict] = {}
     for row in rows:
@@ -71,7 +81,9 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
         spec["seeds"].add(int(row["config"]["seed"]))
     out: dict[tuple[str, str], Baselines | str] = {}
     said_by: dict[str, list[str]] = {}  # a library's warning -> the fits it came from
+    chosen_of: dict[tuple[str, str], dict] = {}
     for key, entry in wanted.items():
+        chosen_by: dict[str, dict[int, list[str]]] = {}  # method -> budget -> what each seed's validation chose
         fingerprint, path = entry["store"].get("fingerprint"), entry["store"].get("path")
         result: Baselines = {method: {} for method in methods}
         missing = [(method, budget, seed, spec["val"]) for method in methods
@@ -87,16 +99,21 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
                     if store.identity()["fingerprint"] != fingerprint:
                         out[key] = f"the store at {path} changed since the sweep"
                         continue
-                vectors = read_cls_vectors(path)
+                vectors: dict[bool, object] = {}  # pooled_patches -> the store's vectors, read once
                 bar = tqdm(missing, desc="baselines", unit="fit", leave=False)
                 for method, budget, seed, val in bar:
                     bar.set_postfix_str(f"{method} n={budget} seed {seed}")
-                    fit = BASELINES[method]
-                    kwargs = {"val_labels": val} if method == "SelfTraining" else {}
+                    pooled = method in POOLED_PATCHES
+                    if pooled not in vectors:
+                        vectors[pooled] = read_cls_vectors(path, pooled_patches=pooled)
+                    chosen: dict[int, str] = {}
+                    kwargs = {"val_labels": val, "chosen": chosen} if method in VALIDATED else {}
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        accuracy = fit(path, budget, [seed], vectors, **kwargs)[seed]
+                        accuracy = BASELINES[method](path, budget, [seed], vectors[pooled], **kwargs)[seed]
                     stored[_cache_key(fingerprint, method, budget, val, seed)] = 100.0 * accuracy
+                    if chosen:
+                        stored[_cache_key(fingerprint, method, budget, val, seed) + CHOSEN_SUFFIX] = chosen[seed]
                     said = sorted({f"{w.category.__name__}: {w.message}".splitlines()[0] for w in caught})
                     if said:
                         stored[_cache_key(fingerprint, method, budget, val, seed) + WARNINGS_SUFFIX] = said
@@ -110,20 +127,27 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
                 result[method][budget] = {seed: stored[_cache_key(fingerprint, method, budget, spec["val"], seed)]
                                           for seed in spec["seeds"]}
                 for seed in sorted(spec["seeds"]):
-                    for said in stored.get(_cache_key(fingerprint, method, budget, spec["val"], seed)
-                                           + WARNINGS_SUFFIX, []):
+                    fit_key = _cache_key(fingerprint, method, budget, spec["val"], seed)
+                    for said in stored.get(fit_key + WARNINGS_SUFFIX, []):
                         said_by[said] = said_by.get(said, []) + [f"{method} at {budget} labels, seed {seed}"]
+                    if fit_key + CHOSEN_SUFFIX in stored:
+                        chosen_by.setdefault(method, {}).setdefault(budget, []).append(stored[fit_key + CHOSEN_SUFFIX])
         out[key] = result
-    return out, [f"{said} ({'; '.join(where)})" for said, where in said_by.items()]
+        chosen_of[key] = chosen_by
+    return out, [f"{said} ({'; '.join(where)})" for said, where in said_by.items()], chosen_of
 
 
 WARNINGS_SUFFIX = "/warnings"  # the cache's entry beside a fit's accuracy: what the library warned while fitting
+CHOSEN_SUFFIX = "/chosen"  # ... and what its validation split chose (VALIDATED baselines)
+# What a baseline's fit depends on beyond its data: a change of recipe is a new cache entry.
+RECIPES = {"SelfTraining": [list(SELF_TRAINING_THRESHOLDS), SELF_TRAINING_WARM_START],
+           "LinearProbe": [list(PROBE_C)],
+           "SemiGMM": [list(SEMI_GMM_DIMS), SEMI_GMM_REG, SEMI_GMM_MAX_ITER, SEMI_GMM_TOL]}
 
 
 def _cache_key(fingerprint, method: str, budget: int, val: int, seed: int) -> str:
-    recipe = [list(SELF_TRAINING_THRESHOLDS), SELF_TRAINING_WARM_START] if method == "SelfTraining" else []
-    digest = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:6]
-    return f"{fingerprint}/{method}-{digest}/n{budget}/val{val if method == 'SelfTraining' else 0}/seed{seed}"
+    digest = hashlib.sha256(json.dumps(RECIPES.get(method, [])).encode()).hexdigest()[:6]
+    return f"{fingerprint}/{method}-{digest}/n{budget}/val{val if method in VALIDATED else 0}/seed{seed}"
 
 
 # ---- summary.md ----------------------------------------------------------------------------------------------------
@@ -265,18 +289,72 @@ def finding_sentence(combos: list[Combination], chosen: dict[tuple, Combination]
         if not gains:
             continue
         best, combo = max(gains, key=lambda item: item[0].difference.mean)
-        low, high = best.difference.low, best.difference.high
-        verdict = ("one seed: no interval" if not math.isfinite(low) else
-                   "its interval excludes 0" if low > 0 or high < 0 else "its interval includes 0")
         sentences.append(f"at {budget} labels the largest gain over setup 1 is setup {combo.setup} "
                          f"({combo.setup_name}): {best.difference.text(signed=True)} points, above setup 1 on "
-                         f"{best.positive} of {len(best.seeds)} seeds ({verdict})")
+                         f"{best.positive} of {len(best.seeds)} seeds ({verdict(best)})")
     return ("Finding: " + "; ".join(sentences) + ".") if sentences else ""
+
+
+def verdict(paired: Paired) -> str:
+    """Whether a paired difference's 95% interval excludes 0."""
+    low, high = paired.difference.low, paired.difference.high
+    return ("one seed: no interval" if not math.isfinite(low) else
+            "its interval excludes 0" if low > 0 or high < 0 else "its interval includes 0")
+
+
+def best_sentence(chosen: dict[tuple, Combination], baselines: Baselines | None, epoch_rule: str) -> str:
+    """Per label budget, the best method by seed-mean test accuracy, every setup at its chosen λ and every baseline
+    competing, and its paired margin over the runner-up on the seeds both have."""
+    sentences = []
+    for budget in sorted({labels for _, labels in chosen}):
+        entrants = [(f"setup {c.setup} ({c.setup_name}{', ' + c.lambda_text(swept_weights([c]), ', ') * c.has_terms})",
+                     c.test(epoch_rule)) for (_, n), c in chosen.items() if n == budget]
+        entrants += [(method, seeds) for method, per_budget in (baselines or {}).items()
+                     for n, seeds in per_budget.items() if n == budget]
+        if len(entrants) < 2:
+            continue
+        ranked = sorted(entrants, key=lambda item: -statistics.fmean(item[1].values()))
+        (best, values), (second, others) = ranked[:2]
+        margin = paired_difference(values, others)
+        if margin is None:
+            continue
+        sentences.append(f"at {budget} labels the best is {best} with {mean_interval(list(values.values())).text()} "
+                         f"% test accuracy, ahead of {second} by {margin.difference.text(signed=True)} points on the "
+                         f"same {len(margin.seeds)} seeds ({margin.positive} above; {verdict(margin)})")
+    return ("Best: " + "; ".join(sentences) + ".") if sentences else ""
+
+
+def setup_terms(combo: Combination) -> tuple[str, frozenset[str]]:
+    """(task loss/rescaling, the additive terms) of a combination's setup, read from its name ('cat_cross/softmax +
+    critic + fixmatch')."""
+    base, *terms = combo.setup_name.split(" + ")
+    return base, frozenset(terms)
+
+
+def term_gains(chosen: dict[tuple, Combination], epoch_rule: str) -> list[str]:
+    """For every two setups (at one budget, with one task loss and rescaling) that differ by exactly one term, what
+    adding it gives, each at its own chosen λ, paired over the seeds both have: e.g. the critic on top of FixMatch."""
+    lines = []
+    for (setup, budget), combo in chosen.items():
+        base, terms = setup_terms(combo)
+        for (other_setup, other_budget), other in chosen.items():
+            other_base, other_terms = setup_terms(other)
+            if other_budget != budget or other_base != base or not (other_terms < terms
+                                                                    and len(terms - other_terms) == 1):
+                continue
+            gain = paired_difference(combo.test(epoch_rule), other.test(epoch_rule))
+            if gain is None:
+                continue
+            (term,) = terms - other_terms
+            lines.append(f"- {term} on top of setup {other_setup} ({other.setup_name}), at {budget} labels: setup "
+                         f"{setup} minus setup {other_setup} = {gain.difference.text(signed=True)} points, above on "
+                         f"{gain.positive} of {len(gain.seeds)} seeds ({verdict(gain)})")
+    return lines
 
 
 def summary_markdown(rows: list[dict], by_group: dict[tuple[str, str], list[Combination]],
                      baselines: dict[tuple[str, str], Baselines | str], protocol: str, epoch_rule: str,
-                     val_size: int | None) -> tuple[str, dict]:
+                     val_size: int | None, chosen_by_baselines: dict | None = None) -> tuple[str, dict]:
     """summary.md's text, and per group the choices and grid-edge notes (for the figures)."""
     lines, drawn = [], {}
     for (dataset, backbone), combos in sorted(by_group.items()):
@@ -298,15 +376,28 @@ def summary_markdown(rows: list[dict], by_group: dict[tuple[str, str], list[Comb
         if protocol == "val" and not has_val:
             lines.append("These rows have no validation split (trained before --val-labels): λ is chosen on the "
                          "test set below, which is optimistic.")
-        lines += ["", finding_sentence(combos, chosen, epoch_rule), "", *table, ""]
+        lines += ["", best_sentence(chosen, baseline if isinstance(baseline, dict) else None, epoch_rule), "",
+                  finding_sentence(combos, chosen, epoch_rule), ""]
+        gains = term_gains(chosen, epoch_rule)
+        if gains:
+            lines += ["What each term adds on top of the setup without it (each setup at its own chosen λ):", "",
+                      *gains, ""]
+        lines += [*table, ""]
         notes = [f"- setup {s} at {n} labels: {note}" for (s, n), found in edges.items() for note in found]
         if notes:
             lines += ["Grid edges (the chosen λ may lie beyond the grid):", "", *notes, ""]
         if isinstance(baseline, str):
             lines += [f"Baselines not computed: {baseline}", ""]
         elif baseline:
+            picked = (chosen_by_baselines or {}).get((dataset, backbone), {})
+
+            def what_chose(method: str) -> str:
+                per_budget = picked.get(method, {})
+                return "".join(f" (chosen at {budget} labels, seed by seed: {', '.join(values)})"
+                               for budget, values in sorted(per_budget.items()))
+
             lines += ["Baselines, on the same labelled subsets: " + "; ".join(
-                f"{method}: {BASELINE_TEXT.get(method, method)}" for method in baseline) + ".", ""]
+                f"{method}: {BASELINE_TEXT.get(method, method)}{what_chose(method)}" for method in baseline) + ".", ""]
         lines += ["The paper's protocol beside it (optimism = the paper's bar minus the seed mean of the λ chosen "
                   "here; 'of which λ on test' is the part due to choosing λ on the test set, the rest is quoting the "
                   "best seed):", "", *optimism_table(combos, chosen, epoch_rule), ""]
@@ -393,9 +484,9 @@ def make_report(sweep_dirs: str | Path | list[str | Path], out_dir: str | Path |
         raise TwinTurboError(f"{directories[0] / RESULTS_FILE}: a row lacks {err} (not written by tt-sweep?)") from None
     out = Path(out_dir) if out_dir is not None else directories[0]
     out.mkdir(parents=True, exist_ok=True)
-    baselines, library_warnings = (baselines_of(rows, features, out / "baselines.json", methods, val_size)
-                                   if baseline and methods else ({}, []))
-    text, drawn = summary_markdown(rows, by_group, baselines, protocol, epoch_rule, val_size)
+    baselines, library_warnings, chosen_by_baselines = (
+        baselines_of(rows, features, out / "baselines.json", methods, val_size) if baseline and methods else ({}, [], {}))
+    text, drawn = summary_markdown(rows, by_group, baselines, protocol, epoch_rule, val_size, chosen_by_baselines)
     if library_warnings:
         text += "\nWarnings of the libraries while fitting the baselines:\n\n" + "\n".join(
             f"- {line}" for line in library_warnings) + "\n"
