@@ -41,3 +41,18 @@ class Command(click.Command):
             sys.exit(130)
         if isinstance(code, int) and code:  # e.g. --help returns 0, a click Exit(n) returns n
             sys.exit(code)
+
+
+def plugins_option(command):
+    """--plugins FILE.py[,FILE.py]: the console entry point (twinturbo/commands.py) has loaded them before this
+    command was built; here they are checked to be in force (a command invoked another way refuses, saying so)."""
+    def put_in_force(ctx, param, value):
+        if value:
+            from twinturbo.plugins import use_plugins
+
+            use_plugins(*[part for part in value.split(",") if part.strip()])
+        return value
+
+    return click.option("--plugins", callback=put_in_force, expose_value=False, is_eager=True,
+                        help="Python files defining terms of Eq. 22 (each a module with TERM), besides the package's "
+                             "own and those of installed entry points (group twinturbo.terms).")(command)

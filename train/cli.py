@@ -12,7 +12,7 @@ from typing import Callable
 
 import click
 
-from twinturbo.common.command import Command
+from twinturbo.common.command import Command, plugins_option
 from twinturbo.common.device import resolve_device, resolve_precision
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.sizes import parse_size
@@ -76,6 +76,7 @@ memory_limit_option = click.option(
 # ---- tt-train ----------------------------------------------------------------------------------------------------
 
 @click.command(cls=Command, context_settings=CONTEXT)
+@plugins_option
 @features_option
 @training_options(shared_only=False)
 @device_option
@@ -103,6 +104,7 @@ class SweepCommand(Command):
 
 
 @click.command(cls=SweepCommand, context_settings=CONTEXT)
+@plugins_option
 @click.option("--features", type=click.Path(), help="Feature store from tt-extract (zarr directory or .h5 file); "
               "required unless --status.")
 @click.option("--out", "sweep_dir", required=True, type=click.Path(file_okay=False),
@@ -162,6 +164,7 @@ def sweep_main(features: str | None, sweep_dir: str, status: bool, grid_file: st
 # ---- tt-report ---------------------------------------------------------------------------------------------------
 
 @click.command(cls=Command, context_settings=CONTEXT)
+@plugins_option
 @click.argument("sweep_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Where to write the report [SWEEP_DIR; required for several sweeps].")

@@ -136,6 +136,21 @@ _FIELDS = [
     ("precision", str, _option("auto", "--precision", PRECISION_HELP, choices=PRECISIONS)),
 ]
 
+def _check_unique(specs: list[tuple]) -> None:
+    """A plugin term whose weight or option would take the name (or flag) of another field is one line naming it."""
+    owners = {option.name: term for term in list(TASK_LOSSES.values()) + list(TERMS.values()) for option in term.options}
+    owners.update({term.weight_field: term for term in TERMS.values()})
+    seen: dict[str, str] = {}
+    for name, _, spec in specs:
+        for key in (name, spec.metadata["flag"]):
+            if key in seen:
+                term = owners.get(name)
+                where = f"{term.source}: term {term.name!r}" if term is not None else "TrainConfig"
+                raise TwinTurboError(f"{where}: {key} is already a training option ({seen[key]}); rename it")
+            seen[key] = name
+
+
+_check_unique(_FIELDS)
 TrainConfig = make_dataclass("TrainConfig", _FIELDS, bases=(_TrainConfigMethods,))
 TrainConfig.__module__ = __name__
 TrainConfig.__doc__ = """Everything that decides a run's result. Two runs with equal configs on the same device give

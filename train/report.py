@@ -29,6 +29,7 @@ from twinturbo.train.figures import plot_all, plot_diagnostics, plot_selected
 from twinturbo.train.selection import (EPOCH_RULES, PROTOCOLS, Combination, by_setup, choose, combinations,
                                        grid_edges, row_group, swept_weights, validation_size_study, weight_symbol)
 from twinturbo.train.stats import Paired, mean_interval, paired_difference
+from twinturbo.train.terms import missing_terms
 from twinturbo.train.results import RESULTS_FILE, cut_lines_note, read_rows
 
 Baselines = dict[str, dict[int, dict[int, float]]]  # method -> label budget -> seed -> accuracy %
@@ -447,6 +448,7 @@ def read_sweeps(directories: list[Path]) -> list[dict]:
         if note:
             print(note, file=sys.stderr)
         for row in read_rows(results):
+            missing_terms(row.get("config") or {}, row.get("plugins"), f"{results}: run {row.get('run_id')}")
             if row.get("run_id") not in seen:
                 seen.add(row.get("run_id"))
                 rows.append(row)

@@ -16,6 +16,7 @@ import torch
 
 from twinturbo.common.device import host_description
 from twinturbo.train.sweep import RunSpec
+from twinturbo.train.terms import plugin_sources
 
 RESULTS_FILE = "results.jsonl"
 
@@ -49,6 +50,7 @@ def result_row(run: RunSpec, metrics: dict, store_identity: dict, device: str, f
         "host": host_description(torch.device(device)),
         "store": store_identity,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"plugins": plugins} if (plugins := plugin_sources(run.train_config())) else {}),
     }
 
 

@@ -19,9 +19,10 @@ from twinturbo.train.data import check_views, num_classes_of
 from twinturbo.train.memory import load_splits
 from twinturbo.train.loop import TrainResult, train
 from twinturbo.train.model import TwinTurboHead
-from twinturbo.train.terms import views_needed
+from twinturbo.train.terms import missing_terms, plugin_sources, views_needed
 
 HEAD_FILE, CONFIG_FILE, METRICS_FILE = "head.pt", "config.json", "metrics.json"
+PLUGINS_KEY = "plugins"  # beside a run's config: {term: plugin or entry point} for the terms not of the package
 
 
 @dataclass
@@ -38,15 +39,20 @@ class RunDir:
 def save_run(result: TrainResult, config: TrainConfig, out_dir: Path, store_identity: dict, dims: dict) -> None:
     """RUN_DIR/config.json, metrics.json and head.pt (state_dict + config + widths, enough to rebuild the head)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    plugins = plugin_sources(config)  # which plugin each of its terms came from (none for the package's own)
+    (out_dir / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), **({PLUGINS_KEY: plugins} if plugins else {})},
+                                                  indent=2) + "\n")
     metrics = dict(result.metrics, store=store_identity)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     state = {k: v.detach().cpu() for k, v in result.head.state_dict().items()}
-    torch.save({"state_dict": state, "config": config.to_dict(), "dims": dims}, out_dir / HEAD_FILE)
+    torch.save({"state_dict": state, "config": config.to_dict(), "dims": dims, PLUGINS_KEY: plugins},
+               out_dir / HEAD_FILE)
 
 
-def config_from_dict(values: dict) -> TrainConfig:
-    """A TrainConfig from a saved config; runs saved before --precision computed in fp32."""
+def config_from_dict(values: dict, plugins: dict | None = None, where: str = "the run") -> TrainConfig:
+    """A TrainConfig from a saved config; runs saved before --precision computed in fp32. A config whose terms are
+    not registered here (trained with a plugin that is not loaded) is a one-line error naming the plugin."""
+    missing_terms(values, plugins, where)
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{"precision": "fp32", **{k: v for k, v in values.items() if k in known}})
 
@@ -70,7 +76,8 @@ def load_run(path: str | Path) -> RunDir:
             from None
     metrics_file = path / METRICS_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return RunDir(path, head.eval(), config_from_dict(checkpoint["config"]), metrics, dims)
+    config = config_from_dict(checkpoint["config"], checkpoint.get(PLUGINS_KEY), str(path))
+    return RunDir(path, head.eval(), config, metrics, dims)
 
 
 def train_from_store(features: str | Path, config: TrainConfig, device: torch.device, out_dir: Path | None = None,

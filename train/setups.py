@@ -54,7 +54,8 @@ class Setup:
         terms = list(data.get("terms", []))
         for term in terms:
             if term not in TERMS:
-                raise TwinTurboError(f"{where}: term {term!r}, expected some of {', '.join(TERMS)}")
+                raise TwinTurboError(f"{where}: term {term!r}, expected some of {', '.join(TERMS)} (a term of a "
+                                     "plugin? pass --plugins FILE.py)")
         grids = dict(data.get("grids", {}))
         order = [t.name for t in DISPLAY_ORDER]
         terms = sorted(terms, key=order.index)

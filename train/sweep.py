@@ -401,10 +401,14 @@ def run_table(runs: list[RunSpec], finished: set[str] = frozenset()) -> str:
 LIST_KINDS = {"setups": str, "labels": int, "seeds": int, **{grid_key(axis): float for axis in AXIS_DEFAULTS}}
 
 
-def build_grid(grid_file: str | None, lists: dict[str, str | None], training: dict[str, Any]) -> SweepGrid:
-    """The grid of a sweep: a --grid file when given, then the command line's list options and training flags over
-    it (`None` = not given); what neither sets keeps the defaults of this module and of TrainConfig."""
-    data = load_grid_file(grid_file) if grid_file else {}
+def build_grid(grid_file: str | dict | None, lists: dict[str, str | None], training: dict[str, Any]) -> SweepGrid:
+    """The grid of a sweep: a --grid file (or, from Python, the mapping such a file holds) when given, then the
+    command line's list options and training flags over it (`None` = not given); what neither sets keeps the
+    defaults of this module and of TrainConfig."""
+    if isinstance(grid_file, dict):
+        data, grid_file = dict(grid_file), "(mapping)"
+    else:
+        data = load_grid_file(grid_file) if grid_file else {}
     shared = dict(data.pop("training", {}) or {})
     for key, text in lists.items():
         if text is not None:

@@ -22,7 +22,7 @@ import torch
 import click
 
 from twinturbo.common.device import resolve_device
-from twinturbo.common.command import Command
+from twinturbo.common.command import Command, plugins_option
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FeatureStore, open_store
 from twinturbo.extract.backbones import BackboneOptions, build_backbone
@@ -201,6 +201,7 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, accuracy
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@plugins_option
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--features", type=click.Path(),
               help="A store of the run's backbone: predict its --split [default with --images: the run's own store].")

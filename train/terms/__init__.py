@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 
+from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.losses import log_rescale
 
+BUILT_IN = "built-in"
 ROW_SOURCES = ("labelled", "star", "unlabelled")  # a step's index lists, in the order its rows are laid out
 
 
@@ -102,6 +104,7 @@ class Term:
     options: tuple[Option, ...] = ()
     order: int = 100
     paper: bool = False  # a term of the paper (Eqs. 17-21), as opposed to one of ours
+    source: str = BUILT_IN  # where the term came from: this package, an entry point or a plugin file (plugins.py)
 
     @property
     def weight_field(self) -> str:
@@ -135,6 +138,9 @@ class StepView:
 
 
 def _discover() -> dict[str, Term]:
+    """The package's terms (one module each), then those of entry points and plugin files (twinturbo.plugins)."""
+    from twinturbo.plugins import plugin_modules
+
     found = {}
     for module in pkgutil.iter_modules(__path__):
         term = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TERM", None)
@@ -144,6 +150,19 @@ def _discover() -> dict[str, Term]:
             for name in term.rows:
                 RowGroup.parse(name)
             found[term.name] = term
+    for source, module in plugin_modules():
+        term = getattr(module, "TERM", None)
+        if not isinstance(term, Term):
+            raise TwinTurboError(f"{source}: defines no TERM (a twinturbo.train.terms.Term)")
+        if term.name in found:
+            clash = found[term.name].source
+            raise TwinTurboError(f"{source}: term {term.name!r} is already a term ({clash}); give it another name")
+        try:
+            for name in term.rows:
+                RowGroup.parse(name)
+        except ValueError as err:
+            raise TwinTurboError(f"{source}: term {term.name!r}: {err}") from None
+        found[term.name] = replace(term, source=source)
     return found
 
 
@@ -195,6 +214,30 @@ def rows_needed(config) -> frozenset[str]:
 def views_needed(config) -> frozenset[str]:
     """The kinds of stored views (e.g. weak, strong) a run's row groups read: a store must hold them."""
     return frozenset(RowGroup.parse(name).view for name in rows_needed(config)) - {None}
+
+
+def plugin_sources(config) -> dict[str, str]:
+    """{term: where it came from} of a run's task loss and active terms that are not the package's own: what a run
+    records so that a command meeting it without them can say which plugin to load."""
+    terms = [TASK_LOSSES[config.loss], *active_terms(config)]
+    return {term.name: term.source for term in terms if term.source != BUILT_IN}
+
+
+def missing_terms(config: dict, plugins: dict | None, where: str) -> None:
+    """Raise a one-line TwinTurboError when a recorded run's config names a term that is not registered here, saying
+    which plugin it was trained with and how to load it."""
+    from twinturbo.plugins import how_to_load
+
+    unknown = [key.removesuffix("_weight") for key, value in config.items()
+               if key.endswith("_weight") and key != "weight_decay" and key not in WEIGHT_FIELDS and value]
+    if config.get("loss") is not None and config["loss"] not in TASK_LOSSES:
+        unknown.append(config["loss"])
+    if unknown:
+        name = unknown[0]
+        source = (plugins or {}).get(name)
+        hint = (f"it was trained with {name!r} from {source}: {how_to_load(source)}" if source else
+                f"term {name!r} is not registered here (a plugin's? pass --plugins FILE.py)")
+        raise TwinTurboError(f"{where}: {hint}")
 
 
 def needs_discriminator(config) -> bool:
