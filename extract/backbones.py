@@ -556,9 +556,13 @@ def _hf_source(source: str, spec: str) -> Path | str:
 
 
 def _load_hf_model(where: Path | str, spec: str, trust_remote_code: bool) -> nn.Module:
-    """AutoModel.from_pretrained in float32 (the extraction loop picks bf16 autocast on CUDA itself)."""
+    """AutoModel.from_pretrained in float32 (the extraction loop picks bf16 autocast on CUDA itself), without
+    transformers' "Loading weights" bar (stderr stays ours: a user error is one line)."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(str(where), trust_remote_code=trust_remote_code, dtype=torch.float32)
     except ValueError as err:
@@ -572,6 +576,9 @@ def _load_hf_model(where: Path | str, spec: str, trust_remote_code: bool) -> nn.
     except OSError as err:  # not on the hub, offline, or a directory without config.json / weights
         raise TwinTurboError(f"--backbone {spec}: could not load {where} ({one_line(err)[:200]}); offline, pass a "
                              "directory written by save_pretrained as hf:DIR") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 
