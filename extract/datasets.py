@@ -522,7 +522,8 @@ def _decode_image(path, size: tuple[int, int], where: str | None = None) -> np.n
                 rgb = rgb.resize(size, Image.Resampling.BILINEAR)
             return np.asarray(rgb)
     except (OSError, SyntaxError, ValueError) as err:
-        raise TwinTurboError(f"cannot read image {where or path} ({one_line(err)})") from None
+        why = one_line(err).replace(repr(path), "(its bytes)")  # PIL names a file object by its repr
+        raise TwinTurboError(f"cannot read image {where or path} ({why})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -654,9 +655,10 @@ def _unreadable_rows(rows, column: str, block: int = 1024) -> list[tuple[int, st
     for start in tqdm(range(0, len(rows), block), desc="checking images", unit="block", leave=False,
                       disable=len(rows) < 2000):
         for i, entry in enumerate(rows[start:start + block][column]):
-            why = _image_problem(_image_entry_source(entry))
+            source = _image_entry_source(entry)
+            why = _image_problem(source)
             if why is not None:
-                bad.append((start + i, why))
+                bad.append((start + i, why.replace(repr(source), "(its bytes)")))
     return bad
 
 

@@ -10,6 +10,9 @@ fixture returns just that directory. Sizes: 40 train / 20 test images (image fol
     cifar10_tar_raw, cifar10_tar_root     data_root/cifar10/cifar-10-python.tar.gz     same layout, archive only
     svhn_raw, svhn_root                   data_root/svhn/{train,test}_32x32.mat        32x32x3, file labels 1..10
     image_folder_raw, image_folder        PATH/{train,test}/<class>/*.png|bmp          5x6x3 (H x W), 3 classes
+    hf_dataset_raw                        a DatasetDict by save_to_disk (12 / 6 rows)  5x6x3 PNG bytes, ClassLabel
+
+and, for the user's own backbones: hf_vit_dir, hf_remote_code_dir (save_pretrained directories), hub_dir (hubconf.py).
 """
 from __future__ import annotations
 
@@ -583,12 +586,13 @@ def _png(pixels: np.ndarray) -> bytes:
 HF_DATASET_CLASSES = ["cat", "dog", "bird"]  # the ClassLabel's order, deliberately not sorted
 
 
-def write_hf_dataset(path: Path, splits=(("train", 12), ("test", 6)), corrupt: dict | None = None) -> RawDataset:
+def write_hf_dataset(path: Path, splits=(("train", 12), ("test", 6)), corrupt: dict | None = None,
+                     seed: int = 4) -> RawDataset:
     """A DatasetDict saved with save_to_disk: an Image column of PNG bytes (6 wide x 5 high RGB, row 1 grey) and a
     ClassLabel column, plus a string column. `corrupt` maps a split to a row whose bytes are no image."""
     import datasets as hf
 
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=HF_DATASET_CLASSES),
                             "caption": hf.Value("string")})
     tables, images, labels = {}, {}, {}
@@ -604,7 +608,11 @@ def write_hf_dataset(path: Path, splits=(("train", 12), ("test", 6)), corrupt: d
         tables[split] = hf.Dataset.from_dict(
             {"image": [{"bytes": b, "path": None} for b in encoded], "label": labels[split].tolist(),
              "caption": [f"image {i}" for i in range(n)]}, features=features)
-    hf.DatasetDict(tables).save_to_disk(str(path))
+    hf.disable_progress_bars()  # a test's stderr holds only what the code under test writes
+    try:
+        hf.DatasetDict(tables).save_to_disk(str(path))
+    finally:
+        hf.enable_progress_bars()
     return RawDataset(path, images, labels, list(HF_DATASET_CLASSES))
 
 
