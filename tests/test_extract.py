@@ -423,3 +423,17 @@ def test_hf_dataset_with_an_undecodable_image_is_refused_before_anything_is_writ
 def test_hf_options_belong_to_hf_datasets(tmp_path, capsys):
     code, _, err = run_cli(SMALL + ["--out", tmp_path, "--test-split", "validation"], capsys)
     assert_one_line_error(code, err, "--test-split applies to hf: datasets only")
+
+
+def test_transformers_and_datasets_are_imported_only_for_hf_specs(tmp_path):
+    """Without an hf: spec, tt-extract never imports the hf extra's libraries (they are optional)."""
+    code = ("import sys\n"
+            "from twinturbo.extract.cli import main\n"
+            "try:\n"
+            f"    main({SMALL!r} + ['--limit', '16', '--splits', 'test', '--out', {str(tmp_path)!r}])\n"
+            "except SystemExit as exit_:\n"
+            "    assert not exit_.code, exit_.code\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'datasets'}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=same_threads_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
