@@ -32,7 +32,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from twinturbo.common.errors import TwinTurboError, one_line
+from twinturbo.common.errors import TwinTurboError, import_optional, one_line
 from twinturbo.common.hashing import file_digest
 
 DEFAULT_BACKBONE = "radio"
@@ -601,7 +601,7 @@ def _hf_normalise(processor: dict) -> tuple[nn.Module, str]:
     mean, std = processor.get("image_mean"), processor.get("image_std")
     if isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3:
         return _Normalise(tuple(map(float, mean)), tuple(map(float, std))), "its image processor's mean/std"
-    return _Normalise(IMAGENET_MEAN, IMAGENET_STD), "ImageNet mean/std (it has no image processor)"
+    return _Normalise(IMAGENET_MEAN, IMAGENET_STD), "ImageNet mean/std (no image processor found)"
 
 
 def _hf_weights_id(where: Path | str, model: nn.Module) -> str:
@@ -644,6 +644,7 @@ class HFModel(Backbone):
         spec = f"hf:{source}"
         if not source:
             raise TwinTurboError("--backbone hf: needs a model: hf:NAME (Hugging Face hub) or hf:DIR (save_pretrained)")
+        import_optional("transformers", f"--backbone {spec}")
         where = _hf_source(source, spec)
         self.model = _load_hf_model(where, spec, options.trust_remote_code)
         config = self.model.config
@@ -680,7 +681,8 @@ class HFModel(Backbone):
         if not torch.is_tensor(tokens) or tokens.ndim not in (3, 4):
             raise TwinTurboError(f"--backbone {spec}: its forward gives {type(output).__name__} without a 3-d or 4-d "
                                  "last_hidden_state; expected a ViT-like model or a (summary, features) tuple")
-        no_token = "pooler_output (it has no class token)" if pooled else "the mean of the patches (no class token, no pooler_output)"
+        no_token = ("pooler_output (it has no class token)" if pooled
+                    else "the mean of the patches (no class token, no pooler_output)")
         if tokens.ndim == 4:
             return 0, no_token
         patch = _hf_patch_size(self.model.config)
@@ -751,7 +753,8 @@ def _module_resolution(model: nn.Module) -> tuple[int | None, int | None]:
     patch_embed = getattr(model, "patch_embed", None)
     own = (_square_side(getattr(model, "preferred_resolution", None))
            or _square_side(getattr(patch_embed, "img_size", None)) or _square_side(getattr(model, "img_size", None)))
-    step = (_square_side(getattr(model, "min_resolution_step", None)) or _square_side(getattr(model, "patch_size", None))
+    step = (_square_side(getattr(model, "min_resolution_step", None))
+            or _square_side(getattr(model, "patch_size", None))
             or _square_side(getattr(patch_embed, "patch_size", None)))
     return own, step
 
@@ -856,7 +859,8 @@ class PyModel(Backbone):
                                  "nn.Module whose forward returns (cls, patches), or a Backbone")
         own = _square_side(getattr(model, "resolution", None))
         if isinstance(model, Backbone) and options.resolution is not None and own != int(options.resolution):
-            raise TwinTurboError(f"--resolution {options.resolution}: the Backbone {spec} returns takes {own}")
+            raise TwinTurboError(f"--resolution {options.resolution}: the Backbone that {spec} returns has resolution "
+                                 f"{own}")
         self.model = model.eval()
         self.resolution = _own_resolution(options, own, None, spec)
         self.weights_id = state_dict_sha256(model, hashlib.sha256(_module_source(module))).hexdigest()[:16]

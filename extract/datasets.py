@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from twinturbo.common.errors import TwinTurboError, one_line
+from twinturbo.common.errors import TwinTurboError, import_optional, one_line
 from twinturbo.common.hashing import file_digest
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "svhn", "digits")
@@ -569,8 +569,7 @@ def _is_saved_dataset(path: Path) -> bool:
 def _open_hf_dataset(dataset: str, root: Path):
     """The DatasetDict of an hf: dataset: load_from_disk for a save_to_disk directory, load_dataset otherwise (hub
     names, local data or script directories)."""
-    import datasets as hf
-
+    hf = import_optional("datasets", f"--dataset {dataset}")
     source, config = _hf_spec(dataset)
     local = _resolve_folder(Path(source).expanduser(), root)
     try:
@@ -586,13 +585,14 @@ def _open_hf_dataset(dataset: str, root: Path):
     except Exception as err:  # datasets raises many types: not found, offline, unknown config, unreadable files
         raise TwinTurboError(f"{dataset}: could not load it ({type(err).__name__}: {one_line(err)[:200]})") from None
     if not isinstance(loaded, hf.DatasetDict):
-        raise TwinTurboError(f"{dataset}: one Dataset without splits; save a DatasetDict({{'train': ..., 'test': ...}}) "
-                             "with save_to_disk")
+        raise TwinTurboError(f"{dataset}: one Dataset without splits; save a DatasetDict({{'train': ..., "
+                             "'test': ...}) with save_to_disk")
     return loaded
 
 
 def _hf_split(splits, dataset: str, split: str, options: HFDatasetOptions):
-    """The dataset's split stored as `split` (train or test), or one line saying which splits exist and how to choose."""
+    """The dataset's split stored as `split` (train or test), or one line saying which splits exist and how to
+    choose."""
     name = options.train_split if split == "train" else options.test_split
     if name in splits:
         return name, splits[name]
@@ -675,8 +675,7 @@ def _load_hf(dataset: str, split: str, root: Path, options: HFDatasetOptions) ->
     """One split of an hf: dataset: the Image column decoded lazily, the ClassLabel column's labels and names (the test
     split must have the train split's names). Every image is checked before anything is written: all bad rows, with
     their split, in one message."""
-    import datasets as hf
-
+    hf = import_optional("datasets", f"--dataset {dataset}")
     splits = _open_hf_dataset(dataset, root)
     name, table = _hf_split(splits, dataset, split, options)
     image_column = _feature_column(table, options.image_column, hf.Image, "--image-column", dataset, "")

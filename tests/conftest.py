@@ -404,7 +404,7 @@ def same_stores():
     return _same_stores
 
 
-# ---- the researcher's own backbone and dataset (issue 29): hf:, hub:, py: ---------------------------------------------
+# ---- the researcher's own backbone and dataset (issue 29): hf:, hub:, py: -------------------------------------------
 # Real formats written offline: a transformers model directory (save_pretrained), one with its own code (auto_map, as
 # nvidia/RADIO-B), a torch.hub directory (hubconf.py), a DatasetDict written with save_to_disk.
 

@@ -383,7 +383,7 @@ def test_tt_extract_with_a_bad_radio_checkpoint_leaves_no_store(fake_hub, tmp_pa
     assert "Traceback" not in err and not (tmp_path / "features").exists()
 
 
-# ---------------------------------------------------------------------------------------------- hf:, hub:, py: (issue 29)
+# -------------------------------------------------------------------------------------------- hf:, hub:, py: (issue 29)
 # Each source is written offline by a conftest fixture; tt-extract's store (40 digits) is compared with a forward of
 # the same model written here: bilinear resize, grey to RGB, the model's normalisation, its own outputs.
 
@@ -633,7 +633,8 @@ def test_py_factory_from_the_current_directory_returning_a_backbone(tmp_path, mo
         cls, patches = backbone(x)
     torch.testing.assert_close(patches, 2 * F.avg_pool2d(x, 4).flatten(2).transpose(1, 2))
     torch.testing.assert_close(cls, patches.mean(dim=1))
-    with pytest.raises(TwinTurboError, match="--resolution 32: the Backbone py:user_backbone_xyz:build returns takes 24"):
+    with pytest.raises(TwinTurboError, match="--resolution 32: the Backbone that py:user_backbone_xyz:build returns "
+                                             "has resolution 24"):
         build_backbone("py:user_backbone_xyz:build", BackboneOptions(resolution=32))
     __import__("sys").modules.pop("user_backbone_xyz", None)
 
@@ -659,3 +660,10 @@ def test_own_backbone_errors_are_one_line_naming_the_option(hf_vit_dir, hub_dir,
         code, err = run_extract(OWN_ARGS + ["--out", out, *args], capsys)
         assert code == 2 and err.startswith(f"error: {option}") and err.count("\n") == 1, (args, err)
         assert words in err and "Traceback" not in err and not out.exists(), (args, err)
+
+
+def test_hf_without_transformers_installed_is_one_line(hf_vit_dir, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # import transformers now fails
+    with pytest.raises(TwinTurboError, match=r"--backbone hf:.* needs the package transformers, which is not "
+                                             r"installed: .*twinturbo\[hf\]"):
+        build_backbone(f"hf:{hf_vit_dir}")

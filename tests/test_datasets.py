@@ -599,3 +599,8 @@ def test_hf_dataset_specs_and_store_names(tmp_path):
     assert store_name("hf:someone/beans") == "beans" and store_name("hf:someone/beans:small") == "beans-small"
     user_error("dataset 'hf:' needs a name or a directory", "hf:", "train")
     user_error("could not load it", f"hf:{tmp_path / 'nothing-here'}", "train")
+
+
+def test_hf_dataset_without_the_datasets_package_is_one_line(hf_dataset_raw, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import datasets now fails
+    user_error("needs the package datasets, which is not installed", f"hf:{hf_dataset_raw.root}", "train")
