@@ -667,3 +667,28 @@ def test_hf_without_transformers_installed_is_one_line(hf_vit_dir, monkeypatch):
     with pytest.raises(TwinTurboError, match=r"--backbone hf:.* needs the package transformers, which is not "
                                              r"installed: .*twinturbo\[hf\]"):
         build_backbone(f"hf:{hf_vit_dir}")
+
+
+def test_hf_hub_name_loads_from_the_cache_offline_and_records_its_commit(hf_vit_dir, tmp_path):
+    """hf:OWNER/NAME as the Hugging Face cache holds it (huggingface_hub's layout, HF_HUB_OFFLINE=1): the weights id is
+    the name and the snapshot's commit."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub-cache" / "models--someone--tiny-vit"
+    shutil.copytree(hf_vit_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("from twinturbo.extract.backbones import build_backbone\n"
+            "backbone = build_backbone('hf:someone/tiny-vit')\n"
+            "print(backbone.weights_id, backbone.resolution, backbone.num_patches)\n"
+            "print(backbone.note)\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub-cache"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ids, note = result.stdout.strip().splitlines()[-2:]
+    assert ids == f"hf:someone/tiny-vit@{commit} 32 16"
+    assert "image processor's mean/std" in note  # read from the cached snapshot too
