@@ -528,17 +528,21 @@ def _summary_and_features(output, spec: str) -> tuple[torch.Tensor, torch.Tensor
     return _as_tokens(summary, features, spec)
 
 
-def _probe(backbone: Backbone, spec: str) -> None:
-    """Backbone._freeze_and_probe for a model we did not write: a forward that fails at the resolution is one line
-    naming the spec and the resolution."""
+def _one_line_on_failure(call, resolution: int, spec: str, what: str = "forward"):
+    """call(), a probe of a model we did not write on one zero image at `resolution`: whatever the model's code raises
+    on an input it cannot take becomes one line naming the spec and the resolution."""
     try:
-        backbone._freeze_and_probe()
+        return call()
     except TwinTurboError:
         raise
-    except Exception as err:  # the model's own code raises whatever it raises on an input it cannot take
-        raise TwinTurboError(
-            f"--backbone {spec}: its forward failed on a [1, 3, {backbone.resolution}, {backbone.resolution}] batch "
-            f"(--resolution {backbone.resolution}): {type(err).__name__}: {one_line(err)[:200]}") from None
+    except Exception as err:  # the model's own code raises whatever it raises
+        raise TwinTurboError(f"--backbone {spec}: its {what} failed on a [1, 3, {resolution}, {resolution}] batch "
+                             f"(--resolution {resolution}): {type(err).__name__}: {one_line(err)[:200]}") from None
+
+
+def _probe(backbone: Backbone, spec: str) -> None:
+    """Backbone._freeze_and_probe for a model we did not write (a failure is one line)."""
+    _one_line_on_failure(backbone._freeze_and_probe, backbone.resolution, spec)
 
 
 # ---- hf:<name or dir> -------------------------------------------------------------------------------------------
@@ -667,13 +671,9 @@ class HFModel(Backbone):
     def _read_layout(self, spec: str) -> tuple[int, str]:
         """(prefix tokens before the patches, where cls comes from), from one forward of a zero image."""
         self.requires_grad_(False)
-        try:
-            with torch.inference_mode():
-                output = self._raw_output(torch.zeros(1, 3, self.resolution, self.resolution))
-        except Exception as err:  # the model's own code raises whatever it raises on an input it cannot take
-            raise TwinTurboError(
-                f"--backbone {spec}: its forward failed on a [1, 3, {self.resolution}, {self.resolution}] batch "
-                f"(--resolution {self.resolution}): {type(err).__name__}: {one_line(err)[:200]}") from None
+        with torch.inference_mode():
+            zeros = torch.zeros(1, 3, self.resolution, self.resolution)
+            output = _one_line_on_failure(lambda: self._raw_output(zeros), self.resolution, spec)
         if isinstance(output, tuple):
             return 0, "the summary of its (summary, features) output"
         tokens = getattr(output, "last_hidden_state", None)
@@ -768,7 +768,8 @@ class HubModel(Backbone):
     A model whose `forward_features` returns DINOv2's dict gives cls = `x_norm_clstoken`, patches =
     `x_norm_patchtokens` (register tokens are not among them), on ImageNet-normalised input as DINOv2's own
     transforms do; any other model is called and must return RADIO's (summary, features), on [0, 1] RGB as RADIO's
-    input conditioner expects (ours: which normalisation follows which output is our choice, by these two models).
+    input conditioner expects. Tying the normalisation to the kind of output is our choice, made for these two models;
+    a model that wants another is wrapped with py:MODULE:FACTORY.
     """
 
     def __init__(self, repo: str, entry: str, options: BackboneOptions):
@@ -788,13 +789,10 @@ class HubModel(Backbone):
         if not callable(getattr(self.model, "forward_features", None)):
             return False
         self.requires_grad_(False)
-        try:
-            with torch.inference_mode():
-                output = self.model.forward_features(torch.zeros(1, 3, self.resolution, self.resolution))
-        except Exception as err:  # the hub code raises whatever it raises on an input it cannot take
-            raise TwinTurboError(
-                f"--backbone {spec}: its forward_features failed on a [1, 3, {self.resolution}, {self.resolution}] "
-                f"batch (--resolution {self.resolution}): {type(err).__name__}: {one_line(err)[:200]}") from None
+        with torch.inference_mode():
+            zeros = torch.zeros(1, 3, self.resolution, self.resolution)
+            output = _one_line_on_failure(lambda: self.model.forward_features(zeros), self.resolution, spec,
+                                          "forward_features")
         return isinstance(output, Mapping) and all(key in output for key in DINOV2_KEYS)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
