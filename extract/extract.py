@@ -36,7 +36,7 @@ from twinturbo.common.slurm import SlurmOptions, job_failure, raise_unfinished
 from twinturbo.common.store import (FORMATS, HDF5_CLOSE_RESERVE, PATCH_DTYPES, VIEW_SPLITS, FeatureStore, SplitLayout,
                                     create_store, detect_format, num_chunks, open_store)
 from twinturbo.extract.backbones import BACKBONE_SPECS, DEFAULT_BACKBONE, BackboneOptions, build_backbone
-from twinturbo.extract.datasets import read_dataset_split, store_name
+from twinturbo.extract.datasets import HF_PREFIX, HFDatasetOptions, read_dataset_split, store_name
 from twinturbo.extract.views import ViewMaker, ViewPolicy, ViewSpec, parse_views
 
 SPLIT_NAMES = ("train", "test")
@@ -52,8 +52,9 @@ def _option(default, flag: str, help: str, kind: type | None = None, shown: str 
 class ExtractConfig:
     """Everything `tt-extract` needs; extract/cli.py builds its options from these fields (README.md, `tt-extract`)."""
 
-    dataset: str = _option(None, "--dataset", "mnist | fashion-mnist | cifar10 | svhn | digits | folder:PATH",
-                           kind=str, shown="required")
+    dataset: str = _option(None, "--dataset", "mnist | fashion-mnist | cifar10 | svhn | digits | folder:PATH | "
+                           "hf:NAME_OR_DIR[:CONFIG] (a Hugging Face dataset: a save_to_disk directory, a hub name, or "
+                           "a local data dir)", kind=str, shown="required")
     out: Path = _option(None, "--out", "Directory receiving the store <out>/<dataset>[.h5].", kind=Path,
                         shown="required")
     backbone: str = _option(DEFAULT_BACKBONE, "--backbone", BACKBONE_SPECS)
@@ -75,8 +76,19 @@ class ExtractConfig:
                                    shown="none")
     radio_checkpoint: Path | None = _option(None, "--radio-checkpoint", "Local RADIO checkpoint (.pth.tar).",
                                             kind=Path, shown="none")
-    hub_dir: Path | None = _option(None, "--hub-dir", "Local copy of the NVlabs/RADIO hub repo.", kind=Path,
-                                   shown="none")
+    hub_dir: Path | None = _option(None, "--hub-dir", "Local copy of the torch.hub repo (NVlabs/RADIO for radio, "
+                                   "OWNER/REPO for hub:OWNER/REPO:ENTRY), loaded offline.", kind=Path, shown="none")
+    trust_remote_code: bool = _option(False, "--trust-remote-code", "Let hf:<model> run the code the model ships "
+                                      "(config.json's auto_map, e.g. nvidia/RADIO-B); read it first.")
+    image_column: str | None = _option(None, "--image-column", "hf: datasets: the column of images.", kind=str,
+                                       shown="its Image feature")
+    label_column: str | None = _option(None, "--label-column", "hf: datasets: the column of labels; its names are "
+                                       "the class names.", kind=str, shown="its ClassLabel feature")
+    train_split: str | None = _option(None, "--train-split", "hf: datasets: the dataset's split stored as train.",
+                                      kind=str, shown="train")
+    test_split: str | None = _option(None, "--test-split", "hf: datasets: the dataset's split stored as test (e.g. "
+                                     "validation where it has no test split; or --splits train).", kind=str,
+                                     shown="test")
     views: str | None = _option(None, "--views", "Augmented views of every train image stored beside its clean one, "
                                 "e.g. weak:2,strong:4 (FixMatch's policies, extract/views.py); the test split gets "
                                 "none.", kind=str, shown="none")
@@ -120,7 +132,17 @@ class ExtractConfig:
                                  "(several local processes: torchrun)")
         if self.resolution is not None and self.resolution < 1:
             raise TwinTurboError(f"--resolution {self.resolution}: expected a positive number of pixels")
+        if not self.dataset.startswith(HF_PREFIX):
+            for name in ("image_column", "label_column", "train_split", "test_split"):
+                if getattr(self, name) is not None:
+                    flag = "--" + name.replace("_", "-")
+                    raise TwinTurboError(f"{flag} applies to hf: datasets only (--dataset hf:NAME_OR_DIR)")
         self.view_spec()
+
+    def hf_options(self) -> HFDatasetOptions:
+        """The hf: dataset options, unset ones at their defaults."""
+        return HFDatasetOptions(self.image_column, self.label_column, self.train_split or "train",
+                                self.test_split or "test")
 
     def view_spec(self) -> ViewSpec | None:
         """--views read, its flips decided for the dataset (None: no views)."""
@@ -491,15 +513,19 @@ def prepare(config: ExtractConfig, backbone: torch.nn.Module | None, ranks: Rank
     if note and ranks.rank == 0:
         log(f"note: {note}")
     splits = {name: data[name] if data and name in data else
-              read_dataset_split(config.dataset, name, config.data_root, config.download) for name in config.splits}
+              read_dataset_split(config.dataset, name, config.data_root, config.download, config.hf_options())
+              for name in config.splits}
     counts = {name: min(len(split), config.limit) if config.limit else len(split) for name, split in splits.items()}
     for name, count in counts.items():
         if count == 0:
             raise TwinTurboError(f"{config.dataset}: split '{name}' has no images")
     if backbone is None:
         options = BackboneOptions(resolution=config.resolution, weights=config.weights,
-                                  radio_checkpoint=config.radio_checkpoint, hub_dir=config.hub_dir)
+                                  radio_checkpoint=config.radio_checkpoint, hub_dir=config.hub_dir,
+                                  trust_remote_code=config.trust_remote_code)
         backbone = build_backbone(config.backbone, options)
+        if getattr(backbone, "note", "") and ranks.rank == 0:
+            log(f"note: {backbone.note}")
     elif config.resolution is not None and int(config.resolution) != int(backbone.resolution):
         raise TwinTurboError(f"--resolution {config.resolution} differs from the given backbone's {backbone.resolution}")
     backbone = backbone.to(device).eval()

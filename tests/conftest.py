@@ -10,6 +10,9 @@ fixture returns just that directory. Sizes: 40 train / 20 test images (image fol
     cifar10_tar_raw, cifar10_tar_root     data_root/cifar10/cifar-10-python.tar.gz     same layout, archive only
     svhn_raw, svhn_root                   data_root/svhn/{train,test}_32x32.mat        32x32x3, file labels 1..10
     image_folder_raw, image_folder        PATH/{train,test}/<class>/*.png|bmp          5x6x3 (H x W), 3 classes
+    hf_dataset_raw                        a DatasetDict by save_to_disk (12 / 6 rows)  5x6x3 PNG bytes, ClassLabel
+
+and, for the user's own backbones: hf_vit_dir, hf_remote_code_dir (save_pretrained directories), hub_dir (hubconf.py).
 """
 from __future__ import annotations
 
@@ -399,3 +402,246 @@ def _same_stores(a: Path, b: Path) -> None:
 def same_stores():
     """`same_stores(a, b)`: two stores hold the same arrays, byte for byte (plain zarr or h5py reads)."""
     return _same_stores
+
+
+# ---- the researcher's own backbone and dataset (issue 29): hf:, hub:, py: -------------------------------------------
+# Real formats written offline: a transformers model directory (save_pretrained), one with its own code (auto_map, as
+# nvidia/RADIO-B), a torch.hub directory (hubconf.py), a DatasetDict written with save_to_disk.
+
+HF_VIT_MEAN, HF_VIT_STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)  # not ImageNet's: the processor's values must be used
+
+
+def write_hf_vit(path: Path) -> Path:
+    """A tiny randomly initialised transformers ViT (32 px, patch 8: 16 patches + the class token, width 32) and its
+    ViTImageProcessor, saved with save_pretrained."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=64))
+    model.save_pretrained(path)
+    ViTImageProcessor(image_mean=list(HF_VIT_MEAN), image_std=list(HF_VIT_STD)).save_pretrained(path)
+    return path
+
+
+TINY_RADIO_CODE = '''
+"""A stand-in for nvidia/RADIO-B's remote code (radio/hf_model.py of github.com/NVlabs/RADIO): a PreTrainedModel whose
+forward takes [0, 1] RGB, normalises it itself and returns RadioOutput(summary, features)."""
+from collections import namedtuple
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+RadioOutput = namedtuple("RadioOutput", ["summary", "features"])
+
+
+class TinyRadioConfig(PretrainedConfig):
+    model_type = "tiny_radio"
+
+    def __init__(self, patch_size=8, dim=12, preferred_resolution=(32, 32), **kwargs):
+        self.patch_size, self.dim, self.preferred_resolution = patch_size, dim, list(preferred_resolution)
+        super().__init__(**kwargs)
+
+
+class TinyRadioModel(PreTrainedModel):
+    config_class = TinyRadioConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.patch_generator = nn.Conv2d(3, config.dim, config.patch_size, config.patch_size)
+        self.summary_heads = nn.Linear(config.dim, 3 * config.dim)
+        self.post_init()
+
+    @property
+    def min_resolution_step(self):
+        return self.config.patch_size
+
+    def forward(self, x):
+        x = (x - 0.5) / 0.25  # RADIO's input conditioner
+        features = self.patch_generator(x).flatten(2).transpose(1, 2)
+        return RadioOutput(self.summary_heads(features.mean(dim=1)), features)
+'''
+
+
+def write_hf_remote_code_model(path: Path, code_dir: Path) -> Path:
+    """A model directory that needs its own code, as nvidia/RADIO-B: config.json with auto_map, the module file beside
+    the weights, and RADIO's processor config (CLIPImageProcessor, do_normalize false)."""
+    import importlib.util
+    import json
+    import sys
+
+    import torch
+
+    code_dir.mkdir(parents=True, exist_ok=True)
+    source = code_dir / "modeling_tiny_radio.py"
+    source.write_text(TINY_RADIO_CODE)
+    spec = importlib.util.spec_from_file_location("modeling_tiny_radio", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.TinyRadioConfig.register_for_auto_class()
+    module.TinyRadioModel.register_for_auto_class("AutoModel")
+    sys.modules[spec.name] = module  # save_pretrained copies the module's file beside the weights, found by name
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            module.TinyRadioModel(module.TinyRadioConfig()).save_pretrained(path)
+    finally:
+        del sys.modules[spec.name]
+    (path / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_normalize": False, "do_resize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    return path
+
+
+TINY_HUBCONF = '''
+"""A stand-in for github.com/facebookresearch/dinov2's hubconf.py: entry points building a model whose
+forward_features returns DINOv2's dict (class token, 2 register tokens, patch tokens), and one returning RADIO's
+(summary, features) from its forward."""
+dependencies = ["torch"]
+
+from collections import namedtuple
+
+import torch
+from torch import nn
+
+RadioOutput = namedtuple("RadioOutput", ["summary", "features"])
+
+
+class TinyDinoV2(nn.Module):
+    def __init__(self, patch_size=8, dim=16, registers=2, img_size=32):
+        super().__init__()
+        self.patch_size = patch_size
+        self.patch_embed = nn.Conv2d(3, dim, patch_size, patch_size)
+        self.patch_embed.img_size = (img_size, img_size)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.register_tokens = nn.Parameter(torch.randn(1, registers, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward_features(self, x):
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)
+        prefix = torch.cat([self.cls_token, self.register_tokens], dim=1).expand(len(x), -1, -1)
+        tokens = torch.cat([prefix, patches], dim=1)
+        tokens = self.norm(tokens + self.mlp(tokens))
+        r = prefix.shape[1]
+        return {"x_norm_clstoken": tokens[:, 0], "x_norm_regtokens": tokens[:, 1:r],
+                "x_norm_patchtokens": tokens[:, r:], "x_prenorm": tokens, "masks": None}
+
+    def forward(self, x):
+        return self.forward_features(x)["x_norm_clstoken"]
+
+
+class TinySummaryModel(nn.Module):
+    def __init__(self, patch_size=8, dim=12):
+        super().__init__()
+        self.patch_size = patch_size
+        self.patch_generator = nn.Conv2d(3, dim, patch_size, patch_size)
+        self.summary_heads = nn.Linear(dim, 2 * dim)
+
+    def forward(self, x):
+        features = self.patch_generator((x - 0.5) / 0.25)  # NCHW, as RADIO with feature_fmt='NCHW'
+        return RadioOutput(self.summary_heads(features.mean(dim=(2, 3))), features)
+
+
+def _seeded(build, seed):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def tiny_dinov2(pretrained=True, **kwargs):
+    return _seeded(TinyDinoV2, 0)
+
+
+def tiny_dinov2_retrained(pretrained=True, **kwargs):
+    return _seeded(TinyDinoV2, 1)
+
+
+def tiny_summary(pretrained=True, **kwargs):
+    return _seeded(TinySummaryModel, 2)
+'''
+
+
+def write_hub_dir(path: Path) -> Path:
+    """A local torch.hub directory: hubconf.py with the entry points tiny_dinov2, tiny_dinov2_retrained (the same
+    model, other weights) and tiny_summary."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "hubconf.py").write_text(TINY_HUBCONF)
+    return path
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+HF_DATASET_CLASSES = ["cat", "dog", "bird"]  # the ClassLabel's order, deliberately not sorted
+
+
+def write_hf_dataset(path: Path, splits=(("train", 12), ("test", 6)), corrupt: dict | None = None,
+                     seed: int = 4) -> RawDataset:
+    """A DatasetDict saved with save_to_disk: an Image column of PNG bytes (6 wide x 5 high RGB, row 1 grey) and a
+    ClassLabel column, plus a string column. `corrupt` maps a split to a row whose bytes are no image."""
+    import datasets as hf
+
+    rng = np.random.default_rng(seed)
+    features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=HF_DATASET_CLASSES),
+                            "caption": hf.Value("string")})
+    tables, images, labels = {}, {}, {}
+    for split, n in splits:
+        pixels = rng.integers(0, 256, size=(n, 5, 6, 3), dtype=np.uint8)
+        pixels[1] = pixels[1, ..., :1]  # a grey image, stored as mode "L"
+        encoded = [_png(pixels[i, ..., 0] if i == 1 else pixels[i]) for i in range(n)]
+        if corrupt and split in corrupt:
+            encoded[corrupt[split]] = b"\x89PNG but not really"
+        labels[split] = (np.arange(n) % len(HF_DATASET_CLASSES)).astype(np.int64)
+        rng.shuffle(labels[split])
+        images[split] = pixels
+        tables[split] = hf.Dataset.from_dict(
+            {"image": [{"bytes": b, "path": None} for b in encoded], "label": labels[split].tolist(),
+             "caption": [f"image {i}" for i in range(n)]}, features=features)
+    hf.disable_progress_bars()  # a test's stderr holds only what the code under test writes
+    try:
+        hf.DatasetDict(tables).save_to_disk(str(path))
+    finally:
+        hf.enable_progress_bars()
+    return RawDataset(path, images, labels, list(HF_DATASET_CLASSES))
+
+
+@pytest.fixture
+def hf_dataset_raw(tmp_path_factory) -> RawDataset:
+    """A DatasetDict (train 12, test 6 rows) saved with save_to_disk; pass `hf:<root>`; its store name is "shapes"."""
+    return write_hf_dataset(tmp_path_factory.mktemp("hf") / "shapes")
+
+
+@pytest.fixture(scope="session")
+def write_hf_dataset_dict():
+    """Write a DatasetDict with save_to_disk: `write_hf_dataset_dict(path, splits=..., corrupt={split: row})`."""
+    return write_hf_dataset
+
+
+@pytest.fixture
+def hf_vit_dir(tmp_path_factory) -> Path:
+    """A tiny transformers ViT and its ViTImageProcessor (HF_VIT_MEAN/STD), written by save_pretrained."""
+    return write_hf_vit(tmp_path_factory.mktemp("hf-vit") / "tiny-vit")
+
+
+@pytest.fixture
+def hf_remote_code_dir(tmp_path_factory) -> Path:
+    """A RADIO-like transformers model that needs its own code (auto_map), written by save_pretrained."""
+    root = tmp_path_factory.mktemp("hf-radio")
+    return write_hf_remote_code_model(root / "tiny-radio", root / "code")
+
+
+@pytest.fixture
+def hub_dir(tmp_path_factory) -> Path:
+    """A local torch.hub directory with the entry points tiny_dinov2, tiny_dinov2_retrained and tiny_summary."""
+    return write_hub_dir(tmp_path_factory.mktemp("hub") / "tiny-dinov2")

@@ -367,7 +367,7 @@ def test_unknown_backbone_lists_the_valid_ones():
             build_backbone(spec)
         message = str(err.value)
         assert "unknown backbone" in message and "\n" not in message
-        assert all(name in message for name in ("radio", "effnet-lite0", "timm:<"))
+        assert all(name in message for name in ("radio", "effnet-lite0", "timm:<", "hf:<", "hub:<", "py:<"))
 
 
 def test_tt_extract_with_a_bad_radio_checkpoint_leaves_no_store(fake_hub, tmp_path, capsys):
@@ -381,3 +381,314 @@ def test_tt_extract_with_a_bad_radio_checkpoint_leaves_no_store(fake_hub, tmp_pa
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: --radio-checkpoint") and err.count("\n") == 1
     assert "Traceback" not in err and not (tmp_path / "features").exists()
+
+
+# -------------------------------------------------------------------------------------------- hf:, hub:, py: (issue 29)
+# Each source is written offline by a conftest fixture; tt-extract's store (40 digits) is compared with a forward of
+# the same model written here: bilinear resize, grey to RGB, the model's normalisation, its own outputs.
+
+OWN_ARGS = ["--dataset", "digits", "--limit", "40", "--splits", "train", "--batch-size", "16", "--chunk-size", "16",
+            "--device", "cpu", "--no-progress"]
+
+
+def run_extract(args: list, capsys) -> tuple[int, str]:
+    from twinturbo.extract.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    return code, capsys.readouterr().err
+
+
+def extract_own(spec: str, out: Path, capsys, *extra) -> tuple[dict, np.ndarray, np.ndarray, str]:
+    """tt-extract on the first 40 digits with `spec`: (store attrs, cls, patches as float32, stderr)."""
+    import zarr
+
+    code, err = run_extract(OWN_ARGS + ["--backbone", spec, "--out", out, *extra], capsys)
+    assert code == 0, err
+    root = zarr.open_group(str(out / "digits"), mode="r")
+    train = root["train"]
+    return dict(root.attrs), train["cls"][...].astype(np.float32), train["patches"][...].astype(np.float32), err
+
+
+def digits_at(resolution: int, n: int = 40) -> torch.Tensor:
+    """The first n digits of the train split as float RGB in [0, 1] at resolution x resolution (Table 1's resize)."""
+    from twinturbo.extract.datasets import read_dataset_split
+
+    images = read_dataset_split("digits", "train").read(0, n)
+    x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255.0
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+
+
+def within_fp16(stored: np.ndarray, reference: torch.Tensor) -> None:
+    """The store's float16 values are the reference's up to float16 rounding (2^-11 relative) and fp32 noise."""
+    reference = reference.detach().float().numpy()
+    assert stored.shape == reference.shape
+    assert np.abs(reference).max() > 0.1  # a real signal, not zeros on both sides
+    np.testing.assert_allclose(stored, reference, rtol=2 ** -10, atol=1e-4)
+
+
+def weight_files_id(paths: list[Path]) -> str:
+    """sha256 over "name NUL sha256" lines of the weight files, in name order (the id hf:DIR records)."""
+    lines = "".join(f"{p.name}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in sorted(paths))
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
+
+
+def normalised(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def test_hf_vit_directory_gives_the_store_of_a_forward_by_hand(hf_vit_dir, tmp_path, capsys):
+    from transformers import ViTImageProcessor, ViTModel
+
+    attrs, cls, patches, err = extract_own(f"hf:{hf_vit_dir}", tmp_path / "features", capsys)
+    assert attrs["backbone"] == f"hf:{hf_vit_dir}" and attrs["resolution"] == 32  # the config's image_size
+    assert attrs["weights_id"] == weight_files_id([hf_vit_dir / "model.safetensors"])
+    assert "note: " in err and "cls = the class token (token 0)" in err and "image processor's mean/std" in err
+    processor = ViTImageProcessor.from_pretrained(hf_vit_dir)
+    assert list(processor.image_mean) != [0.485, 0.456, 0.406]  # the fixture's own values, not ImageNet's
+    reference = ViTModel.from_pretrained(hf_vit_dir).eval()
+    with torch.no_grad():
+        tokens = reference(normalised(digits_at(32), processor.image_mean, processor.image_std)).last_hidden_state
+    assert tokens.shape == (40, 1 + 16, 32)
+    within_fp16(cls, tokens[:, 0])
+    within_fp16(patches, tokens[:, 1:])
+
+
+def test_hf_vit_at_another_resolution_interpolates_its_position_embeddings(hf_vit_dir):
+    from transformers import ViTModel
+
+    backbone = build_backbone(f"hf:{hf_vit_dir}", BackboneOptions(resolution=48))
+    assert (backbone.resolution, backbone.num_patches, backbone.patch_dim, backbone.cls_dim) == (48, 36, 32, 32)
+    reference = ViTModel.from_pretrained(hf_vit_dir).eval()
+    x = digits_at(48, n=4)
+    with torch.no_grad():
+        cls, patches = backbone(x)
+        tokens = reference(normalised(x, (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)),
+                           interpolate_pos_encoding=True).last_hidden_state
+    torch.testing.assert_close(cls, tokens[:, 0])
+    torch.testing.assert_close(patches, tokens[:, 1:])
+
+
+@pytest.mark.parametrize("kind", ["dinov2-registers", "siglip"])
+def test_hf_register_tokens_skipped_and_pooler_output_without_a_class_token(kind, tmp_path):
+    """DINOv2 with 2 registers: cls = token 0, patches = the last 16 tokens; SigLIP has no class token: cls =
+    pooler_output, patches = every token. Neither ships an image processor: ImageNet's mean/std."""
+    import transformers
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        if kind == "siglip":
+            model = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+                image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2))
+        else:
+            model = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
+                image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                mlp_ratio=2, num_register_tokens=2))
+    model.save_pretrained(tmp_path / kind)
+    backbone = build_backbone(f"hf:{tmp_path / kind}")
+    x = digits_at(32, n=4)
+    with torch.no_grad():
+        cls, patches = backbone(x)
+        output = model.eval()(normalised(x, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    tokens = output.last_hidden_state
+    assert backbone.num_patches == 16 and "ImageNet mean/std" in backbone.note
+    if kind == "siglip":
+        assert tokens.shape[1] == 16 and "pooler_output" in backbone.note
+        torch.testing.assert_close(cls, output.pooler_output)
+        torch.testing.assert_close(patches, tokens)
+    else:
+        assert tokens.shape[1] == 1 + 2 + 16 and "2 tokens after it (registers) skipped" in backbone.note
+        torch.testing.assert_close(cls, tokens[:, 0])
+        torch.testing.assert_close(patches, tokens[:, 3:])
+
+
+def test_hf_model_with_its_own_code_needs_the_flag_then_gives_radio_summary_and_features(hf_remote_code_dir,
+                                                                                       tmp_path, capsys):
+    from transformers import AutoModel
+
+    out = tmp_path / "features"
+    code, err = run_extract(OWN_ARGS + ["--backbone", f"hf:{hf_remote_code_dir}", "--out", out], capsys)
+    assert code == 2 and err.startswith("error: --backbone hf:") and err.count("\n") == 1, err
+    assert "--trust-remote-code" in err and "Traceback" not in err and not out.exists()
+
+    backbone = build_backbone(f"hf:{hf_remote_code_dir}", BackboneOptions(trust_remote_code=True))
+    assert backbone.resolution == 32  # the config's preferred_resolution, as RADIO's config has it
+    assert "summary" in backbone.note and "does not normalise" in backbone.note  # RADIO's processor: do_normalize false
+    reference = AutoModel.from_pretrained(hf_remote_code_dir, trust_remote_code=True).eval()
+    x = digits_at(32, n=4)
+    with torch.no_grad():
+        cls, patches = backbone(x)
+        summary, features = reference(x)  # [0, 1] input: the model normalises itself
+    torch.testing.assert_close(cls, summary)
+    torch.testing.assert_close(patches, features)
+    assert backbone.weights_id == weight_files_id([hf_remote_code_dir / "model.safetensors"])
+
+
+def test_hub_dinov2_like_entry_gives_the_store_of_a_forward_by_hand(hub_dir, tmp_path, capsys):
+    spec = "hub:someone/tiny-dinov2:tiny_dinov2"
+    attrs, cls, patches, _ = extract_own(spec, tmp_path / "features", capsys, "--hub-dir", hub_dir)
+    assert attrs["backbone"] == spec and attrs["resolution"] == 32  # the model's patch_embed.img_size
+    reference = torch.hub.load(str(hub_dir), "tiny_dinov2", source="local")
+    with torch.no_grad():
+        features = reference.forward_features(normalised(digits_at(32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    assert features["x_norm_patchtokens"].shape == (40, 16, 16)  # the 2 register tokens are not patches
+    within_fp16(cls, features["x_norm_clstoken"])
+    within_fp16(patches, features["x_norm_patchtokens"])
+    # the weights id is the state dict's: the same entry gives the same id, other weights another
+    options = BackboneOptions(hub_dir=hub_dir)
+    assert build_backbone(spec, options).weights_id == attrs["weights_id"]
+    assert build_backbone("hub:someone/tiny-dinov2:tiny_dinov2_retrained", options).weights_id != attrs["weights_id"]
+
+
+def test_hub_entry_returning_summary_and_features_like_radio(hub_dir):
+    spec = "hub:someone/tiny-dinov2:tiny_summary"
+    with pytest.raises(TwinTurboError, match="does not say its square input size; pass --resolution R"):
+        build_backbone(spec, BackboneOptions(hub_dir=hub_dir))
+    backbone = build_backbone(spec, BackboneOptions(hub_dir=hub_dir, resolution=16))
+    reference = torch.hub.load(str(hub_dir), "tiny_summary", source="local")
+    x = digits_at(16, n=4)
+    with torch.no_grad():
+        cls, patches = backbone(x)
+        summary, features = reference(x)  # [0, 1] input, NCHW features
+    assert (backbone.num_patches, backbone.patch_dim, backbone.cls_dim) == (4, 12, 24)
+    torch.testing.assert_close(cls, summary)
+    torch.testing.assert_close(patches, features.flatten(2).transpose(1, 2))
+
+
+class TinyTokens(torch.nn.Module):
+    """A researcher's own model for py:: takes [0, 1] RGB at its `resolution`, returns (cls, patches)."""
+
+    resolution = 16
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 8, 4, 4)
+        self.summary = torch.nn.Linear(8, 6)
+
+    def forward(self, x):
+        patches = self.embed(x - 0.5).flatten(2).transpose(1, 2)
+        return self.summary(patches.mean(dim=1)), patches
+
+
+def tiny_tokens(seed: int = 0) -> TinyTokens:
+    """py:test_backbones:tiny_tokens, the factory of the test below (its weights fixed by the seed)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return TinyTokens().eval()
+
+
+def tiny_tokens_retrained() -> TinyTokens:
+    return tiny_tokens(seed=1)
+
+
+def test_py_factory_in_a_test_module_gives_the_store_of_a_forward_by_hand(tmp_path, capsys):
+    attrs, cls, patches, _ = extract_own("py:test_backbones:tiny_tokens", tmp_path / "features", capsys)
+    assert attrs["backbone"] == "py:test_backbones:tiny_tokens" and attrs["resolution"] == 16  # the model's own
+    with torch.no_grad():
+        want_cls, want_patches = tiny_tokens()(digits_at(16))
+    assert want_patches.shape == (40, 16, 8)
+    within_fp16(cls, want_cls)
+    within_fp16(patches, want_patches)
+    assert build_backbone("py:test_backbones:tiny_tokens").weights_id == attrs["weights_id"]
+    assert build_backbone("py:test_backbones:tiny_tokens_retrained").weights_id != attrs["weights_id"]
+
+
+USER_BACKBONE_MODULE = '''
+import torch
+from twinturbo.extract.backbones import Backbone
+
+
+class Pooled(Backbone):
+    """A user's Backbone: 4x4 average-pooled pixels as patches, their mean as cls."""
+
+    def __init__(self):
+        super().__init__()
+        self.name, self.weights_id, self.resolution = "pooled", "none", 24
+        self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, images):
+        patches = torch.nn.functional.avg_pool2d(images, 4).flatten(2).transpose(1, 2) * self.scale
+        return patches.mean(dim=1), patches
+
+
+def build():
+    return Pooled()
+'''
+
+
+def test_py_factory_from_the_current_directory_returning_a_backbone(tmp_path, monkeypatch):
+    (tmp_path / "user_backbone_xyz.py").write_text(USER_BACKBONE_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(__import__("sys").modules, "user_backbone_xyz", raising=False)
+    backbone = build_backbone("py:user_backbone_xyz:build")
+    assert backbone.name == "py:user_backbone_xyz:build"  # the spec, so tt-predict can rebuild it
+    assert (backbone.resolution, backbone.num_patches, backbone.patch_dim, backbone.cls_dim) == (24, 36, 3, 3)
+    x = torch.rand(2, 3, 24, 24)
+    with torch.no_grad():
+        cls, patches = backbone(x)
+    torch.testing.assert_close(patches, 2 * F.avg_pool2d(x, 4).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(cls, patches.mean(dim=1))
+    with pytest.raises(TwinTurboError, match="--resolution 32: the Backbone that py:user_backbone_xyz:build returns "
+                                             "has resolution 24"):
+        build_backbone("py:user_backbone_xyz:build", BackboneOptions(resolution=32))
+    __import__("sys").modules.pop("user_backbone_xyz", None)
+
+
+def test_own_backbone_errors_are_one_line_naming_the_option(hf_vit_dir, hub_dir, tmp_path, capsys):
+    empty = tmp_path / "empty-hub"
+    empty.mkdir()
+    cases = [
+        (["--backbone", "nonsense:thing"], "--backbone", "unknown backbone"),
+        (["--backbone", f"hf:{tmp_path / 'missing'}"], "--backbone", "no directory"),
+        (["--backbone", "hub:someone/tiny-dinov2:tiny_dinov2", "--hub-dir", empty], "--hub-dir", "no hubconf.py"),
+        (["--backbone", "hub:someone/tiny-dinov2:no_entry", "--hub-dir", hub_dir], "--backbone",
+         "no entry point 'no_entry'"),
+        (["--backbone", "hub:tiny_dinov2", "--hub-dir", hub_dir], "--backbone", "expected hub:OWNER/REPO:ENTRY"),
+        (["--backbone", "py:test_backbones:no_such_factory"], "--backbone", "no callable 'no_such_factory'"),
+        (["--backbone", "py:no_such_module_xyz:build"], "--backbone", "no module 'no_such_module_xyz'"),
+        (["--backbone", "py:test_backbones:TINY_TOKENS"], "--backbone", "no callable"),
+        (["--backbone", "py:test_backbones:digits_at"], "--backbone", "digits_at() failed"),
+        (["--backbone", f"hf:{hf_vit_dir}", "--resolution", "36"], "--resolution 36", "multiple of its patch size 8"),
+    ]
+    for args, option, words in cases:
+        out = tmp_path / "features"
+        code, err = run_extract(OWN_ARGS + ["--out", out, *args], capsys)
+        assert code == 2 and err.startswith(f"error: {option}") and err.count("\n") == 1, (args, err)
+        assert words in err and "Traceback" not in err and not out.exists(), (args, err)
+
+
+def test_hf_without_transformers_installed_is_one_line(hf_vit_dir, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # import transformers now fails
+    with pytest.raises(TwinTurboError, match=r"--backbone hf:.* needs the package transformers, which is not "
+                                             r"installed: .*twinturbo\[hf\]"):
+        build_backbone(f"hf:{hf_vit_dir}")
+
+
+def test_hf_hub_name_loads_from_the_cache_offline_and_records_its_commit(hf_vit_dir, tmp_path):
+    """hf:OWNER/NAME as the Hugging Face cache holds it (huggingface_hub's layout, HF_HUB_OFFLINE=1): the weights id is
+    the name and the snapshot's commit."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub-cache" / "models--someone--tiny-vit"
+    shutil.copytree(hf_vit_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("from twinturbo.extract.backbones import build_backbone\n"
+            "backbone = build_backbone('hf:someone/tiny-vit')\n"
+            "print(backbone.weights_id, backbone.resolution, backbone.num_patches)\n"
+            "print(backbone.note)\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub-cache"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ids, note = result.stdout.strip().splitlines()[-2:]
+    assert ids == f"hf:someone/tiny-vit@{commit} 32 16"
+    assert "image processor's mean/std" in note  # read from the cached snapshot too

@@ -527,3 +527,80 @@ def test_real_fashion_mnist_files_are_the_publishers_bytes():
     assert split.source_files == {name: FASHION_MNIST_SHA256[name] for name in FASHION_MNIST_SHA256
                                   if name.startswith("train")}
     assert split.image_shape == (28, 28, 1)
+
+
+# ---- hf:NAME_OR_DIR[:CONFIG] (issue 29) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["train", "test"])
+def test_hf_saved_dataset_round_trip(hf_dataset_raw, name):
+    split = read_dataset_split(f"hf:{hf_dataset_raw.root}", name)
+    assert_round_trip(split, hf_dataset_raw, name)  # the ClassLabel's names, in its order (not sorted)
+    arrow = hf_dataset_raw.root / name / "data-00000-of-00001.arrow"
+    assert split.source_files == {f"{name}/{arrow.name}": sha256(arrow)}
+
+
+def test_hf_dataset_without_a_test_split_says_which_exist_and_how_to_choose(write_hf_dataset_dict, tmp_path):
+    from twinturbo.extract.datasets import HFDatasetOptions
+
+    raw = write_hf_dataset_dict(tmp_path / "two", splits=(("train", 6), ("validation", 3)))
+    message = user_error("has no split 'test' (it has train, validation)", f"hf:{raw.root}", "test")
+    assert "--test-split NAME" in message and "--splits train" in message
+    split = read_dataset_split(f"hf:{raw.root}", "test", hf_options=HFDatasetOptions(test_split="validation"))
+    assert_round_trip(split, argparse_like(raw, test="validation"), "test")
+    assert set(split.source_files) == {"validation/data-00000-of-00001.arrow"}
+
+
+def argparse_like(raw, test: str):
+    """`raw` with its split `test` under the name "test"."""
+    return type(raw)(raw.root, {"test": raw.images[test]}, {"test": raw.labels[test]}, raw.class_names)
+
+
+def test_hf_dataset_columns_found_or_named(hf_dataset_raw, tmp_path):
+    import datasets as hf
+
+    from twinturbo.extract.datasets import HFDatasetOptions
+
+    spec = f"hf:{hf_dataset_raw.root}"
+    user_error("--image-column photo: ", spec, "train", hf_options=HFDatasetOptions(image_column="photo"))
+    message = user_error("--label-column caption: the column of", spec, "train",
+                         hf_options=HFDatasetOptions(label_column="caption"))
+    assert "is Value, not ClassLabel" in message and "class_encode_column" in message
+    two = hf.load_from_disk(str(hf_dataset_raw.root)).cast_column("image", hf.Image(decode=False))
+    features = hf.Features({**two["train"].features, "thumb": hf.Image(decode=False)})
+    two = two.map(lambda row: {"thumb": row["image"]}, features=features)
+    two = two.cast_column("image", hf.Image()).cast_column("thumb", hf.Image())
+    two.save_to_disk(str(tmp_path / "two-images"))
+    spec = f"hf:{tmp_path / 'two-images'}"
+    user_error("2 (image, thumb) of its columns (image, label, caption, thumb) are Image features; name one with "
+               "--image-column NAME", spec, "train")
+    split = read_dataset_split(spec, "train", hf_options=HFDatasetOptions(image_column="thumb"))
+    assert_round_trip(split, hf_dataset_raw, "train")
+
+
+def test_hf_dataset_through_load_dataset_equals_the_image_folder(image_folder_raw, monkeypatch, tmp_path):
+    """A local data directory goes through load_dataset (its imagefolder builder): the same images and labels as
+    folder:PATH, in the builder's order."""
+    import datasets as hf
+
+    monkeypatch.setattr(hf.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    for name in ("train", "test"):
+        by_hf = read_dataset_split(f"hf:{image_folder_raw.root}", name)
+        assert by_hf.class_names == image_folder_raw.class_names
+        images = by_hf.read(0, len(by_hf))
+        want = {(int(label), image.tobytes()) for label, image in zip(image_folder_raw.labels[name],
+                                                                      image_folder_raw.images[name])}
+        assert {(int(label), image.tobytes()) for label, image in zip(by_hf.labels, images)} == want
+        assert len(by_hf) == len(want) and all(key.startswith(f"{name}/") for key in by_hf.source_files)
+
+
+def test_hf_dataset_specs_and_store_names(tmp_path):
+    assert store_name(f"hf:{tmp_path / 'shapes'}") == "shapes"
+    assert store_name("hf:someone/beans") == "beans" and store_name("hf:someone/beans:small") == "beans-small"
+    user_error("dataset 'hf:' needs a name or a directory", "hf:", "train")
+    user_error("could not load it", f"hf:{tmp_path / 'nothing-here'}", "train")
+
+
+def test_hf_dataset_without_the_datasets_package_is_one_line(hf_dataset_raw, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import datasets now fails
+    user_error("needs the package datasets, which is not installed", f"hf:{hf_dataset_raw.root}", "train")

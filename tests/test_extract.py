@@ -371,3 +371,69 @@ def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
     result = subprocess.run([TT_EXTRACT, "--dataset", "imagenet", "--out", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert_one_line_error(result.returncode, result.stderr, "imagenet")
+
+
+# ---- hf: datasets (issue 29) -------------------------------------------------------------------------------------
+
+
+def hf_args(root: Path, out: Path) -> list:
+    return ["--dataset", f"hf:{root}", "--backbone", "effnet-lite0", "--resolution", "32", "--batch-size", "8",
+            "--chunk-size", "4", "--device", "cpu", "--no-progress", "--out", out]
+
+
+def test_hf_dataset_store_has_its_labels_class_names_and_checksums_and_resumes(hf_dataset_raw, write_hf_dataset_dict,
+                                                                                tmp_path, capsys):
+    out = tmp_path / "features"
+    code, _, err = run_cli(hf_args(hf_dataset_raw.root, out), capsys)
+    assert code == 0, err
+    root = zarr.open_group(str(out / "shapes"), mode="r")
+    assert root.attrs["dataset"] == f"hf:{hf_dataset_raw.root}"
+    assert root.attrs["class_names"] == ["cat", "dog", "bird"]  # the ClassLabel's names, in its order
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(root[split]["labels"][...], hf_dataset_raw.labels[split])
+        arrow = hf_dataset_raw.root / split / "data-00000-of-00001.arrow"
+        assert root.attrs["source_checksums"][split] == {
+            f"{split}/{arrow.name}": hashlib_sha256(arrow)}
+
+    code, stdout, err = run_cli(hf_args(hf_dataset_raw.root, out), capsys)
+    assert code == 0 and stdout.count("already complete") == 2, err
+    shutil.rmtree(hf_dataset_raw.root)
+    write_hf_dataset_dict(hf_dataset_raw.root, seed=5)  # same shapes and sizes, other images
+    code, _, err = run_cli(hf_args(hf_dataset_raw.root, out), capsys)
+    assert_one_line_error(code, err, "other source files", "--overwrite")
+
+
+def hashlib_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_hf_dataset_with_an_undecodable_image_is_refused_before_anything_is_written(write_hf_dataset_dict, tmp_path,
+                                                                                     capsys):
+    raw = write_hf_dataset_dict(tmp_path / "shapes", corrupt={"test": 4})
+    out = tmp_path / "features"
+    code, _, err = run_cli(hf_args(raw.root, out), capsys)
+    assert_one_line_error(code, err, "1 of 6 images of split 'test' (column image) cannot be read: row 4 (cannot "
+                          "identify image file (its bytes))",
+                          "nothing was written")
+    assert not out.exists()
+
+
+def test_hf_options_belong_to_hf_datasets(tmp_path, capsys):
+    code, _, err = run_cli(SMALL + ["--out", tmp_path, "--test-split", "validation"], capsys)
+    assert_one_line_error(code, err, "--test-split applies to hf: datasets only")
+
+
+def test_transformers_and_datasets_are_imported_only_for_hf_specs(tmp_path):
+    """Without an hf: spec, tt-extract never imports the hf extra's libraries (they are optional)."""
+    code = ("import sys\n"
+            "from twinturbo.extract.cli import main\n"
+            "try:\n"
+            f"    main({SMALL!r} + ['--limit', '16', '--splits', 'test', '--out', {str(tmp_path)!r}])\n"
+            "except SystemExit as exit_:\n"
+            "    assert not exit_.code, exit_.code\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'datasets'}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=same_threads_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

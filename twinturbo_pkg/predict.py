@@ -123,7 +123,8 @@ def predict_images(run: RunDir, images: Path, features: str | Path | None, devic
     options = options or BackboneOptions()
     backbone = build_backbone(spec, BackboneOptions(resolution=resolution, weights=options.weights,
                                                     radio_checkpoint=options.radio_checkpoint,
-                                                    hub_dir=options.hub_dir)).to(device)
+                                                    hub_dir=options.hub_dir,
+                                                    trust_remote_code=options.trust_remote_code)).to(device)
     if weights_id and backbone.weights_id != weights_id:
         raise TwinTurboError(f"the backbone built for {spec} has weights {backbone.weights_id}; the store {store_path} "
                              f"was extracted with {weights_id} (pass the same --weights/--radio-checkpoint)")
@@ -215,7 +216,7 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, accuracy
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @backbone_options
 def main(run_dir: Path, features: str | None, split: str, images: Path | None, out_dir: Path | None, device: str,
-         weights: Path | None, radio_checkpoint: Path | None, hub_dir: Path | None) -> None:
+         weights: Path | None, radio_checkpoint: Path | None, hub_dir: Path | None, trust_remote_code: bool) -> None:
     """tt-predict: apply a trained run (tt-train's RUN_DIR, or SWEEP_DIR/runs/<run id> of tt-sweep --save-heads) to a
     feature store's split or to new images; print the accuracy when the samples have labels."""
     run = load_run(run_dir)
@@ -223,7 +224,7 @@ def main(run_dir: Path, features: str | None, split: str, images: Path | None, o
     if images is not None:
         predictions = predict_images(run, images, features, torch_device,
                                      BackboneOptions(weights=weights, radio_checkpoint=radio_checkpoint,
-                                                     hub_dir=hub_dir))
+                                                     hub_dir=hub_dir, trust_remote_code=trust_remote_code))
         out = out_dir or run_dir / "predict-images"
         store_for_names = features or (run.metrics.get("store") or {}).get("path")
     elif features is not None:
