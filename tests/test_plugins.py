@@ -115,8 +115,9 @@ def test_a_clash_a_missing_file_and_a_broken_plugin_are_one_line_each(tmp_path):
     one_line(tt("tt-sweep", "--plugins", str(broken), "--help"), f"--plugins {broken}: cannot load it:",
              "ModuleNotFoundError")
     option = tmp_path / "option.py"  # a term whose weight flag takes an existing option's
-    option.write_text(TERM_SOURCE.format(name="lr").replace('"--lr"', '"--lr"'))
-    one_line(tt("tt-train", "--plugins", str(option), "--help"), "term 'lr'", "is already a training option")
+    option.write_text(TERM_SOURCE.format(name="lr"))
+    one_line(tt("tt-train", "--plugins", str(option), "--help"), f"plugin {option}: term 'lr': --lr is already taken "
+                                                                 "by the training option lr; rename the term")
 
 
 def test_the_example_defines_its_term_and_prints_the_paired_difference(tmp_path):

@@ -144,9 +144,10 @@ def _check_unique(specs: list[tuple]) -> None:
     for name, _, spec in specs:
         for key in (name, spec.metadata["flag"]):
             if key in seen:
-                term = owners.get(name)
-                where = f"{term.source}: term {term.name!r}" if term is not None else "TrainConfig"
-                raise TwinTurboError(f"{where}: {key} is already a training option ({seen[key]}); rename it")
+                term = owners.get(name) or owners[seen[key]]
+                other = seen[key] if owners.get(name) is term else name
+                raise TwinTurboError(f"{term.source}: term {term.name!r}: {key} is already taken by the training "
+                                     f"option {other}; rename the term")
             seen[key] = name
 
 
