@@ -248,12 +248,10 @@ class WandbSink:
         self.runs: dict[str, object] = {}
 
     def start_run(self, run_id: str, config: dict) -> None:
-        mode = wandb_mode()
-        settings = self.wandb.Settings(console="off", silent=True, **({"mode": mode} if mode else {}))
         self.runs[run_id] = self.wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT, group=self.tracking.group, name=run_id,
-            config=config, dir=None if os.environ.get("WANDB_DIR") else self.tracking.directory,
-            reinit="create_new", settings=settings)
+            config=config, dir=self.tracking.wandb_root(), mode=wandb_mode(), reinit="create_new",
+            settings=self.wandb.Settings(console="off", silent=True))
 
     def log_epoch(self, run_id: str, epoch: int, values: dict[str, float]) -> None:
         self.runs[run_id].log(values, step=epoch)
@@ -268,12 +266,13 @@ class WandbSink:
             self.runs.pop(run_id).finish(exit_code=1)
 
 
-def wandb_mode() -> str | None:
-    """The mode W&B runs in: None where WANDB_MODE is set (wandb reads it), else `online` when wandb would find an API
-    key (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, or a netrc entry for the W&B host), else `offline`. Ours: without a
-    key wandb.init would prompt for one on a terminal, or fail."""
+def wandb_mode() -> str:
+    """The mode W&B runs in: $WANDB_MODE where set, else `online` when wandb would find an API key (WANDB_API_KEY,
+    WANDB_IDENTITY_TOKEN_FILE, or a netrc entry for the W&B host), else `offline`. Ours: without a key wandb.init
+    would prompt for one on a terminal, or fail. Passed to wandb.init every time, as is the directory: wandb reads
+    its variables once per process."""
     if os.environ.get("WANDB_MODE"):
-        return None
+        return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return "online"
     host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
@@ -329,6 +328,10 @@ class Tracking:
         root = Path(self.directory) / "tensorboard"
         return root if self.group is None else root / run_id
 
+    def wandb_root(self) -> str:
+        """Where wandb makes its `wandb/` folder of runs."""
+        return os.environ.get("WANDB_DIR") or self.directory
+
     def mlflow_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(self.directory) / 'mlflow.db'}"
 
@@ -357,8 +360,7 @@ class Tracking:
         """Where the runs went, in one line."""
         where = {"tensorboard": f"TensorBoard {self.tensorboard_dir('<run id>')}",
                  "mlflow": f"MLflow {self.mlflow_uri()} (experiment {self.experiment()})",
-                 "wandb": f"W&B {wandb_mode() or os.environ['WANDB_MODE']} in "
-                          f"{Path(os.environ.get('WANDB_DIR') or self.directory) / 'wandb'}"
+                 "wandb": f"W&B {wandb_mode()} in {Path(self.wandb_root()) / 'wandb'}"
                           + (f" (group {self.group})" if self.group else "")}
         return "tracked: " + "; ".join(where[name] for name in self.names)
 
@@ -389,18 +391,16 @@ class Trackers:
     def close(self) -> None:
         self._each("close")
 
-    def __enter__(self) -> Trackers:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _each(self, method: str, *args) -> None:
         for sink in list(self.sinks):
             try:
                 getattr(sink, method)(*args)
             except Exception as err:  # noqa: BLE001  (any backend's error: it is reported, and only ends its logging)
                 self.sinks.remove(sink)
+                try:
+                    sink.close()  # its open runs end as failed, where the backend still answers
+                except Exception:  # noqa: BLE001
+                    pass
                 print(f"warning: --log {sink.name} stopped ({type(err).__name__}: {one_line(err)}); training goes "
                       "on, metrics.json and results.jsonl keep every result", file=sys.stderr)
 
