@@ -197,6 +197,7 @@ def test_train_logging_changes_nothing_and_lands_where_help_says(store, tmp_path
     config = json.loads((logged_dir / "config.json").read_text())
     epochs = epochs_of_metrics(metrics)
     assert "loss/critic" in epochs[0] and "diagnostics/d_real_acc" in epochs[0]
+    assert any(e["accuracy/val"] != e["accuracy/test"] for e in epochs)  # one sent for the other would show
     check_tensorboard(logged_dir / "tensorboard", epochs, metrics, config, group="")
     check_mlflow(f"sqlite:///{logged_dir / 'mlflow.db'}", "twinturbo", "logged", epochs, metrics, config)
     check_wandb(wandb_runs(logged_dir / "wandb"), "logged", epochs, metrics, config, group="")
@@ -256,10 +257,12 @@ def test_sweep_runs_read_back_from_each_tracker(store, tmp_path, offline, monkey
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     sweep_dir = tmp_path / "ablation"
     invoke(sweep_main, ["--features", str(store), "--out", str(sweep_dir), "--setups", "2", "--critic-grid", "0.1,1",
-                        "--seeds", "1", "--fuse", fuse, "--workers", workers, "--log", ALL, *TINY])
+                        "--seeds", "2", "--fuse", fuse, "--workers", workers, "--log", ALL, *TINY])
     rows = read_rows(sweep_dir / "results.jsonl")
     assert len(rows) == 2 and {r["fused_runs"] for r in rows} == {int(fuse)}
-    assert rows[0]["epoch_losses"] != rows[1]["epoch_losses"]  # so that runs swapped between trackers would show
+    # so that runs swapped between trackers, or one value sent for another, would show:
+    assert rows[0]["epoch_losses"] != rows[1]["epoch_losses"]
+    assert all(r["epoch_accuracies"] != r["epoch_val_accuracies"] for r in rows)
     assert sorted(p.name for p in (sweep_dir / "tensorboard").iterdir()) == sorted(r["run_id"] for r in rows)
     w_and_b = wandb_runs(tmp_path / "wandb-dir" / "wandb")
     for row in rows:
