@@ -16,7 +16,9 @@ Where (ours; `Tracking.for_run` / `Tracking.for_sweep` hold the rule, and `--hel
     tensorboard   tt-train: RUN_DIR/tensorboard/; tt-sweep: SWEEP_DIR/tensorboard/<run id>/, one directory (and one
                   event file) per run, so concurrent workers never share a file
     mlflow        the tracking URI in $MLFLOW_TRACKING_URI, else sqlite RUN_DIR/mlflow.db (tt-sweep: SWEEP_DIR/
-                  mlflow.db, its tables and experiment created before any worker starts); experiment `twinturbo`
+                  mlflow.db, its tables and experiment created before any worker starts; the workers of one machine
+                  then write it side by side, SQLite serialising them, but jobs on several SLURM nodes should share a
+                  tracking server rather than a SQLite file on a network filesystem); experiment `twinturbo`
                   (tt-sweep: the sweep directory's name); MLflow run name = the run's name or id
     wandb         project $WANDB_PROJECT or `twinturbo`, group = the sweep directory's name (tt-sweep), run name = the
                   run's name or id; files in $WANDB_DIR or RUN_DIR / SWEEP_DIR; mode $WANDB_MODE, else online only
@@ -24,8 +26,8 @@ Where (ours; `Tracking.for_run` / `Tracking.for_sweep` hold the rule, and `--hel
                   otherwise: it never prompts
 
 A backend's package is imported only when --log names it (`pip install twinturbo[<name>]`; `parse_log` checks it is
-installed before anything is trained or written). A backend that fails once training has begun is dropped with one
-`warning:` line and the runs go on: it only mirrors the JSON.
+installed before anything is trained or written; one that cannot be opened is a one-line error before training). A
+backend that fails once open is dropped with one `warning:` line and the runs go on: it only mirrors the JSON.
 """
 from __future__ import annotations
 
