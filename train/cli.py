@@ -26,6 +26,7 @@ from twinturbo.train.rundir import train_from_store
 from twinturbo.train.sweep import (DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, build_grid, format_list, grid_key,
                                    grid_option, parse_list)
 from twinturbo.train.terms import DISPLAY_ORDER, GRID_OPTIONS
+from twinturbo.train.trackers import TRACKERS, Tracking, parse_log
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -71,6 +72,14 @@ memory_limit_option = click.option(
     "--memory-limit", help="Memory for the splits, e.g. 8G or 512M; a train split that does not fit (with the test "
     "split) is streamed from the store through a shuffle buffer (another batch order, recorded in the metrics); "
     f"tt-sweep's workers share it  [default: {MEMORY_HEADROOM:.0%} of the free memory]")
+log_option = click.option(
+    "--log", help="Follow each run in these trackers as it trains, comma-separated, any of " + ", ".join(TRACKERS)
+    + " (pip install twinturbo[<name>]): each epoch's losses, accuracies and diagnostics, the config as "
+    "hyperparameters; not part of a run's config. TensorBoard: RUN_DIR/tensorboard/ (tt-sweep: "
+    "SWEEP_DIR/tensorboard/<run id>/). MLflow: $MLFLOW_TRACKING_URI, else sqlite RUN_DIR/mlflow.db (SWEEP_DIR/"
+    "mlflow.db); experiment twinturbo (tt-sweep: SWEEP_DIR's name). W&B: project $WANDB_PROJECT or twinturbo "
+    "(tt-sweep: group SWEEP_DIR's name), files in RUN_DIR/wandb/ (SWEEP_DIR/wandb/; $WANDB_DIR/wandb/ if set), "
+    "mode $WANDB_MODE, else offline unless an API key is found  [default: none]")
 
 
 # ---- tt-train ----------------------------------------------------------------------------------------------------
@@ -81,20 +90,24 @@ memory_limit_option = click.option(
 @training_options(shared_only=False)
 @device_option
 @memory_limit_option
+@log_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="RUN_DIR [runs/<dataset>/<loss>_<rescale>_c<critic>_l<latent>_n<labels>_s<seed>].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines; only the final accuracy.")
-def train_main(features: str, device: str, memory_limit: str | None, out_dir: str | None, quiet: bool,
-               **options) -> None:
+def train_main(features: str, device: str, memory_limit: str | None, log: str | None, out_dir: str | None,
+               quiet: bool, **options) -> None:
     """tt-train: train one TwinTURBO head on cached features (Eq. 22) and report its test accuracy."""
+    trackers = parse_log(log)
     torch_device = resolve_device(device)
     config = TrainConfig(**options).validate()
     config.precision = resolve_precision(config.precision, torch_device)  # the run records what it computed in
     limit = parse_size(memory_limit) if memory_limit is not None else None
-    result, run_dir = train_from_store(features, config, torch_device,
-                                       Path(out_dir) if out_dir else None, progress=not quiet, memory_limit=limit)
+    result, run_dir = train_from_store(features, config, torch_device, Path(out_dir) if out_dir else None,
+                                       progress=not quiet, memory_limit=limit, log=trackers)
     click.echo(f"test accuracy {result.metrics['test_accuracy']:.4f} ({result.metrics['steps']} steps, "
                f"{result.metrics['wall_time_s']:.1f} s); run written to {run_dir}")
+    if trackers:
+        click.echo(Tracking.for_run(trackers, run_dir).describe())
 
 
 # ---- tt-sweep ----------------------------------------------------------------------------------------------------
@@ -124,6 +137,7 @@ class SweepCommand(Command):
 @training_options(shared_only=True)
 @device_option
 @memory_limit_option
+@log_option
 @click.option("--fuse", type=int,
               help="At most this many runs (same labels and seed) train in one fused pass; 1 = one at a time "
                    f"[{DEFAULT_FUSE['cuda']} on CUDA, {DEFAULT_FUSE['cpu']} on CPU, where fusing measured slower].")
@@ -141,8 +155,8 @@ class SweepCommand(Command):
 @click.option("--no-wait", is_flag=True, help="submitit: submit the jobs and return (follow them with --status).")
 @slurm_options
 def sweep_main(features: str | None, sweep_dir: str, status: bool, grid_file: str | None, device: str,
-               memory_limit: str | None, fuse: int | None, workers: int, dry_run: bool, save_heads: bool, extend: bool,
-               launcher: str, no_wait: bool, **options) -> None:
+               memory_limit: str | None, log: str | None, fuse: int | None, workers: int, dry_run: bool,
+               save_heads: bool, extend: bool, launcher: str, no_wait: bool, **options) -> None:
     """tt-sweep: the ablation of section 4.4 (setups x lambda grids x label budgets x seeds), fused and resumable.
 
     Rerun the same command after a kill: finished runs are skipped, interrupted ones retrained.
@@ -152,13 +166,14 @@ def sweep_main(features: str | None, sweep_dir: str, status: bool, grid_file: st
         return
     if not features:
         raise TwinTurboError("--features is required (the store the sweep trains on), unless --status")
+    trackers = parse_log(log)
 
     slurm = options_of(options)
     lists = {key: options.pop(key) for key in LIST_KINDS}  # the grid's lists; the rest are shared training flags
     grid = build_grid(grid_file, lists, options)
     run_sweep(features, sweep_dir, grid, device, fuse, workers, dry_run, extend, launcher, slurm, echo=click.echo,
               memory_limit=parse_size(memory_limit) if memory_limit is not None else None, save_heads=save_heads,
-              wait_for_jobs=not no_wait)
+              wait_for_jobs=not no_wait, log=trackers)
 
 
 # ---- tt-report ---------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from twinturbo.train.results import RESULTS_FILE, append_row, cut_lines_note, fi
 from twinturbo.train.rundir import run_dims, save_run
 from twinturbo.train.sampling import check_budgets
 from twinturbo.train.terms import views_needed
+from twinturbo.train.trackers import Trackers, Tracking, open_trackers
 from twinturbo.train.sweep import (SWEEP_FILE, RunSpec, SweepGrid, fusion_groups, pending_runs, prepare_sweep_dir,
                                    run_table)
 
@@ -47,13 +48,15 @@ DEFAULT_FUSE = {"cuda": 8, "cpu": 1}
 @dataclass(frozen=True)
 class SweepWork:
     """What every process that trains a sweep's groups needs: the store, SWEEP_DIR, the device, the memory the
-    splits may take (None: what the machine has; memory.load_splits) and whether each run's head is kept."""
+    splits may take (None: what the machine has; memory.load_splits), whether each run's head is kept, and the
+    trackers each process opens for its runs (--log; train/trackers.py)."""
 
     features: str
     sweep_dir: str
     device: str
     memory_limit: int | None = None
     save_heads: bool = False
+    tracking: Tracking | None = None
 
     def run_dir(self, run: RunSpec) -> Path:
         """SWEEP_DIR/runs/<run id>: where --save-heads keeps a run (tt-predict's RUN_DIR)."""
@@ -72,7 +75,7 @@ def run_groups(work: SweepWork, groups: list[list[RunSpec]], on_group_done: Call
     claims = Claims(work.sweep_dir)
     rows_written: list[dict] = []
     left: dict[str, str] = {}
-    loaded = None
+    loaded = trackers = None
     try:
         for group in groups:
             finished = finished_run_ids(work.sweep_dir)
@@ -86,13 +89,16 @@ def run_groups(work: SweepWork, groups: list[list[RunSpec]], on_group_done: Call
             if loaded is None:
                 views = any(views_needed(run.train_config()) for g in groups for run in g)
                 loaded = _load_store(work, progress, views)
-            rows = _train_group(work, group, loaded, progress)
+                trackers = open_trackers(work.tracking)
+            rows = _train_group(work, group, loaded, trackers, progress)
             rows_written += rows
             claims.release([run.run_id for run in group])
             if on_group_done is not None:
                 on_group_done(rows)
     finally:
         claims.release_all()
+        if trackers is not None:
+            trackers.close()
         if loaded is not None:
             loaded.store.close()
     return rows_written, left
@@ -118,11 +124,16 @@ def _load_store(work: SweepWork, progress: bool, views: bool = False) -> _Loaded
     return _Loaded(store, store.identity(), train_split, test_split, num_classes_of(store, train_split.labels), device)
 
 
-def _train_group(work: SweepWork, group: list[RunSpec], loaded: _Loaded, progress: bool) -> list[dict]:
-    """One fused pass over `group`; its rows appended to results.jsonl (RUN_DIRs first with --save-heads)."""
+def _train_group(work: SweepWork, group: list[RunSpec], loaded: _Loaded, trackers: Trackers,
+                 progress: bool) -> list[dict]:
+    """One fused pass over `group`, followed by `trackers` epoch by epoch; its rows appended to results.jsonl
+    (RUN_DIRs first with --save-heads), then each run's tracking ended."""
     configs = [run.train_config() for run in group]
+    for run, config in zip(group, configs):
+        trackers.start_run(run.run_id, config.to_dict())
     trained = train_runs(configs, loaded.train, loaded.test, loaded.num_classes, loaded.device,
-                         progress=progress and len(group) > 1)
+                         progress=progress and len(group) > 1,
+                         on_epoch=trackers.epoch_logger([run.run_id for run in group]))
     if work.save_heads:
         for run, config, result in zip(group, configs, trained):
             save_run(result, config, work.run_dir(run), loaded.identity,
@@ -131,6 +142,8 @@ def _train_group(work: SweepWork, group: list[RunSpec], loaded: _Loaded, progres
             for run, result in zip(group, trained)]
     for row in rows:
         append_row(Path(work.sweep_dir) / RESULTS_FILE, row)
+    for run, result in zip(group, trained):
+        trackers.end_run(run.run_id, result.metrics)
     return rows
 
 
@@ -307,9 +320,11 @@ def sweep_precision(precision: str, device: str, launcher: str, slurm) -> str:
 
 def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse: int | None, workers: int,
               dry_run: bool, extend: bool, launcher: str, slurm: SlurmOptions | None, echo=print,
-              memory_limit: int | None = None, save_heads: bool = False, wait_for_jobs: bool = True) -> None:
+              memory_limit: int | None = None, save_heads: bool = False, wait_for_jobs: bool = True,
+              log: tuple[str, ...] = ()) -> None:
     """What tt-sweep does: check the store and SWEEP_DIR, skip finished runs, train the rest in fused groups on the
-    chosen launcher (rows are appended to results.jsonl as runs finish); `memory_limit` as in memory.load_splits."""
+    chosen launcher (rows are appended to results.jsonl as runs finish); `memory_limit` as in memory.load_splits;
+    `log` names the trackers every run is followed by (train/trackers.py: the sweep is their group)."""
     # Every option is checked before SWEEP_DIR is touched.
     if fuse is None:
         fuse = DEFAULT_FUSE.get(resolve_device(device).type, 1)
@@ -346,7 +361,11 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
     echo(f"tt-sweep: {len(runs)} runs in the grid, {len(runs) - len(todo)} already done, {len(todo)} to train "
          f"(fused by up to {fuse})")
     groups = list(fusion_groups(todo, fuse))
-    work = SweepWork(features, sweep_dir, device, memory_limit, save_heads)
+    tracking = Tracking.for_sweep(log, sweep_dir) if log else None
+    if tracking is not None and groups:
+        tracking.prepare()
+        echo(f"tt-sweep: {tracking.describe()}")
+    work = SweepWork(features, sweep_dir, device, memory_limit, save_heads, tracking)
     if launcher == "local":
         left = launch_local(work, groups, workers)
         if left:

@@ -6,6 +6,8 @@
                          record = train_step(...)           forward -> terms -> backward -> steps (train/step.py)
                          log every SYNC_EVERY steps          losses, NaN check, progress bar
         evaluate:        test accuracy and, with --val-labels, validation accuracy (and which samples were right)
+        record:          each run's epoch record (metrics.json's `epochs`), then a copy of it to `on_epoch`
+                         (the --log trackers, train/trackers.py)
 
 `tt-train` is K = 1; a fused sweep group is K runs (train/heads.py stacks their parameters). Every step records
 train/diagnostics.py's figures, averaged per epoch into the metrics: they say whether a semi-supervised term still
@@ -23,6 +25,7 @@ software versions (`deterministic_algorithms`). Across CPUs of another kind it m
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from contextlib import contextmanager
@@ -117,17 +120,21 @@ def _nonfinite_message(step: int, values: torch.Tensor) -> str:
 
 
 def train_runs(configs: list[TrainConfig], train_split: Split, test_split: Split, num_classes: int,
-               device: torch.device, progress: bool = True,
-               acceleration: Acceleration | None = None) -> list[TrainResult]:
+               device: torch.device, progress: bool = True, acceleration: Acceleration | None = None,
+               on_epoch: Callable[[int, dict], None] | None = None) -> list[TrainResult]:
     """Train K runs that differ only in FUSED_RUN_FIELDS in one pass on in-memory splits (Eq. 22, the step order of
-    this module's docstring); evaluate each epoch. One TrainResult per run, in the order of `configs`."""
+    this module's docstring); evaluate each epoch. One TrainResult per run, in the order of `configs`.
+
+    `on_epoch(run, record)` is called as each epoch ends, for each run (its index in `configs`), with a copy of the
+    record its metrics keep: whatever it does, the run's weights and metrics stay what they would be without it."""
     for config in configs:
         config.validate()
     check_fusable(configs)
     precision = resolve_precision(configs[0].precision, device)
     accel = acceleration or Acceleration.for_run(device, precision)
     with deterministic_algorithms(device):
-        return _train_runs(configs, train_split, test_split, num_classes, device, progress, accel, precision)
+        return _train_runs(configs, train_split, test_split, num_classes, device, progress, accel, precision,
+                           on_epoch)
 
 
 @contextmanager
@@ -147,7 +154,8 @@ def deterministic_algorithms(device: torch.device):
 
 
 def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Split, num_classes: int,
-                device: torch.device, progress: bool, accel: Acceleration, precision: str) -> list[TrainResult]:
+                device: torch.device, progress: bool, accel: Acceleration, precision: str,
+                on_epoch: Callable[[int, dict], None] | None) -> list[TrainResult]:
     first, k = configs[0], len(configs)
     bf16 = precision == "bf16"
     heads = RunHeads.build(k, train_split.cls_dim, train_split.patch_dim, num_classes, first.proj_dim,
@@ -210,6 +218,8 @@ def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Spli
                                        if n in logged_losses(config)},
                           diagnostics=epoch_means(list(per_step[:, run])))
             histories[run].append(record)
+            if on_epoch is not None:
+                on_epoch(run, copy.deepcopy(record))
         if progress and k == 1:
             bar.write(f"epoch {epoch + 1}/{first.epochs}: test accuracy {accuracies[0]:.4f}  "
                       + (f"validation accuracy {val_accuracies[0]:.4f}  " if val_split is not None else "")
@@ -236,9 +246,10 @@ def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Spli
 
 
 def train(config: TrainConfig, train_split: Split, test_split: Split, num_classes: int,
-          device: torch.device, progress: bool = True, acceleration: Acceleration | None = None) -> TrainResult:
+          device: torch.device, progress: bool = True, acceleration: Acceleration | None = None,
+          on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train one head (train_runs with K = 1); a loss that stops being finite is a user error naming the step."""
-    (result,) = train_runs([config], train_split, test_split, num_classes, device, progress, acceleration)
+    (result,) = train_runs([config], train_split, test_split, num_classes, device, progress, acceleration, on_epoch)
     if result.metrics["nonfinite_step"] is not None:
         raise TwinTurboError(result.metrics["nonfinite_message"])
     return result

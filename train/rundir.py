@@ -20,6 +20,7 @@ from twinturbo.train.memory import load_splits
 from twinturbo.train.loop import TrainResult, train
 from twinturbo.train.model import TwinTurboHead
 from twinturbo.train.terms import missing_terms, plugin_sources, views_needed
+from twinturbo.train.trackers import Trackers, Tracking, open_trackers
 
 HEAD_FILE, CONFIG_FILE, METRICS_FILE = "head.pt", "config.json", "metrics.json"
 PLUGINS_KEY = "plugins"  # beside a run's config: {term: plugin or entry point} for the terms not of the package
@@ -81,25 +82,36 @@ def load_run(path: str | Path) -> RunDir:
 
 
 def train_from_store(features: str | Path, config: TrainConfig, device: torch.device, out_dir: Path | None = None,
-                     progress: bool = True, memory_limit: int | None = None) -> tuple[TrainResult, Path]:
+                     progress: bool = True, memory_limit: int | None = None,
+                     log: tuple[str, ...] = ()) -> tuple[TrainResult, Path]:
     """What `tt-train` does: open and check the store, hold both splits (in memory, or the train split streamed
     when they exceed `memory_limit` bytes: memory.load_splits), train, write RUN_DIR (its config.json records the
-    precision the run computed in, `auto` resolved)."""
+    precision the run computed in, `auto` resolved). `log` names the trackers that follow the run as it trains
+    (train/trackers.py; their local files go under RUN_DIR, the run is named after it)."""
     config = replace(config.validate(), precision=resolve_precision(config.precision, device))
-    with open_store(features) as store:
-        store.require_complete()
-        for split in ("train", "test"):
-            if split not in store.splits:
-                raise TwinTurboError(f"{store.path} has no '{split}' split (it has: {', '.join(store.splits)})")
-        check_views(store, [config])
-        train_split, test_split = load_splits(store, device, memory_limit, progress, views=bool(views_needed(config)))
-        num_classes = num_classes_of(store, train_split.labels)
-        identity = store.identity()
-        dataset = store.attrs.get("dataset") or store.path.name
-        if out_dir is None:
-            out_dir = Path("runs") / str(dataset).replace(":", "_").replace("/", "_") / config.run_name()
-        result = train(config, train_split, test_split, num_classes, device, progress)
-    save_run(result, config, out_dir, identity, run_dims(train_split, num_classes, config))
+    trackers = Trackers([])
+    try:
+        with open_store(features) as store:
+            store.require_complete()
+            for split in ("train", "test"):
+                if split not in store.splits:
+                    raise TwinTurboError(f"{store.path} has no '{split}' split (it has: {', '.join(store.splits)})")
+            check_views(store, [config])
+            train_split, test_split = load_splits(store, device, memory_limit, progress,
+                                                  views=bool(views_needed(config)))
+            num_classes = num_classes_of(store, train_split.labels)
+            identity = store.identity()
+            dataset = store.attrs.get("dataset") or store.path.name
+            if out_dir is None:
+                out_dir = Path("runs") / str(dataset).replace(":", "_").replace("/", "_") / config.run_name()
+            trackers = open_trackers(Tracking.for_run(log, out_dir))
+            trackers.start_run(out_dir.name, config.to_dict())
+            result = train(config, train_split, test_split, num_classes, device, progress,
+                           on_epoch=trackers.epoch_logger([out_dir.name]))
+        save_run(result, config, out_dir, identity, run_dims(train_split, num_classes, config))
+        trackers.end_run(out_dir.name, result.metrics)
+    finally:
+        trackers.close()
     return result, out_dir
 
 
