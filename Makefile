@@ -23,7 +23,8 @@ test: setup fashion-mnist
 # The demo: Fashion-MNIST (Debian's package, no root) through the packaged EfficientNet-Lite0 weights, the paper's
 # 7 setups x 3 seeds, each at the λ the Fashion-MNIST study chose on validation labels (chosen-lambdas.toml), on a 20k
 # unlabelled pool (--limit 20000; the test split keeps its 10k), the paper's optimiser at batch 512 with a shorter
-# warm-up (200 steps in all), then the figure and summary with the three baselines.
+# warm-up (200 steps in all), each run's head kept for tt-predict (demo/sweep/runs/<run id>/), then the figure and
+# summary with the baselines.
 DEMO_TRAIN_FLAGS := --labels 100 --seeds 42,1337,3435 --grid docs/results/fashion-mnist/chosen-lambdas.toml \
 	--proj-dim 1024 --pred-dim 256 --disc-dim 128 --warmup 50 --device cpu --workers 2
 
@@ -31,7 +32,7 @@ demo: setup fashion-mnist
 	$(BIN)/tt-extract --dataset fashion-mnist --backbone effnet-lite0:320 --resolution 64 --limit 20000 \
 		--out demo/features
 	$(BIN)/tt-extract --verify demo/features/fashion-mnist
-	$(BIN)/tt-sweep --features demo/features/fashion-mnist --out demo/sweep --setups 1-7 $(DEMO_TRAIN_FLAGS)
+	$(BIN)/tt-sweep --features demo/features/fashion-mnist --out demo/sweep --setups 1-7 $(DEMO_TRAIN_FLAGS) --save-heads
 	$(BIN)/tt-report demo/sweep
 
 # The same pipeline with no network at all: scikit-learn's bundled 8x8 digits (1257 train images).

@@ -259,7 +259,7 @@ def test_semi_gmm_is_em_as_scikit_learn_computes_it_when_the_labels_agree_with_t
     x = np.concatenate([c + rng.normal(size=(200, 3)) @ rng.normal(size=(3, 3)) * 0.5 for c in centres])
     labels = np.full(len(x), -1)
     labels[[0, 200, 400]] = [0, 1, 2]
-    mixture, iterations = semi_gmm_fit(x, labels, 3, tol=1e-8)
+    mixture, iterations = semi_gmm_fit(x, labels, 3, tol=1e-8, dtype=np.float64)
     ridge = SEMI_GMM_REG * np.trace(np.cov(x, rowvar=False)) / 3
     start = np.cov(x, rowvar=False) + ridge * np.eye(3)
     reference = GaussianMixture(3, covariance_type="full", reg_covar=ridge, tol=1e-8, max_iter=200,
@@ -270,6 +270,9 @@ def test_semi_gmm_is_em_as_scikit_learn_computes_it_when_the_labels_agree_with_t
     np.testing.assert_allclose(mixture.covariances, reference.covariances_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mixture.weights, reference.weights_, rtol=1e-6)
     assert np.array_equal(mixture.predict(x), reference.predict(x))
+    fast, _ = semi_gmm_fit(x, labels, 3, tol=1e-8)  # the default: the N x d x d products in float32
+    np.testing.assert_allclose(fast.means, mixture.means, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fast.covariances, mixture.covariances, rtol=1e-3, atol=1e-4)
 
 
 def test_semi_gmm_holds_labelled_vectors_to_their_class():
@@ -281,7 +284,7 @@ def test_semi_gmm_holds_labelled_vectors_to_their_class():
     x = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(50, 2)) + 6])
     labels = np.array([0] * 30 + [1] * 50)
     labels[5] = 1  # in cluster 0, labelled 1
-    mixture, _ = semi_gmm_fit(x, labels, 2)
+    mixture, _ = semi_gmm_fit(x, labels, 2, dtype=np.float64)
     ridge = SEMI_GMM_REG * np.trace(np.cov(x, rowvar=False)) / 2 * np.eye(2)
     for c in (0, 1):
         members = x[labels == c]

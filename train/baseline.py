@@ -224,13 +224,15 @@ class GaussianMixture:
     covariances: np.ndarray
 
     def log_joint(self, x: np.ndarray) -> np.ndarray:
-        """log pi_c + log N(x | mu_c, Sigma_c), [N, C], through each Cholesky factor's inverse (one matmul a class)."""
+        """log pi_c + log N(x | mu_c, Sigma_c), [N, C] float64, through each Cholesky factor's inverse (one matmul a
+        class, in x's dtype: float32 matmuls are ~4x faster on the CPU, and the distances' relative error, ~1e-6, moves
+        a log-density by ~1e-4 at d = 128)."""
         n, d = x.shape
         out = np.empty((n, len(self.weights)))
         for c, (mean, cov) in enumerate(zip(self.means, self.covariances)):
             factor = np.linalg.cholesky(cov)
-            whitened = (x - mean) @ np.linalg.inv(factor).T
-            out[:, c] = (np.log(self.weights[c]) - 0.5 * np.einsum("ij,ij->i", whitened, whitened)
+            whitened = (x - mean.astype(x.dtype)) @ np.linalg.inv(factor).T.astype(x.dtype)
+            out[:, c] = (np.log(self.weights[c]) - 0.5 * np.einsum("ij,ij->i", whitened, whitened).astype(np.float64)
                          - np.log(np.diag(factor)).sum() - 0.5 * d * np.log(2 * np.pi))
         return out
 
@@ -239,10 +241,13 @@ class GaussianMixture:
 
 
 def semi_gmm_fit(x: np.ndarray, labels: np.ndarray, num_classes: int, reg: float = SEMI_GMM_REG,
-                 max_iter: int = SEMI_GMM_MAX_ITER, tol: float = SEMI_GMM_TOL) -> tuple[GaussianMixture, int]:
-    """EM for a C-component full-covariance mixture on x [N, d] (float64), where labels[i] >= 0 fixes vector i's
+                 max_iter: int = SEMI_GMM_MAX_ITER, tol: float = SEMI_GMM_TOL,
+                 dtype=np.float32) -> tuple[GaussianMixture, int]:
+    """EM for a C-component full-covariance mixture on x [N, d], where labels[i] >= 0 fixes vector i's
     responsibilities to its class and -1 leaves them to the E-step. Starts from the labelled class means, the data's
-    covariance for every class and uniform weights. Returns the mixture and the iterations run."""
+    covariance for every class and uniform weights. The N x d x d products run in `dtype` (float32 by default, see
+    GaussianMixture.log_joint), the parameters and likelihoods in float64. Returns the mixture and the iterations."""
+    data = np.asarray(x, dtype=dtype)
     x = np.asarray(x, dtype=np.float64)
     n, d = x.shape
     labelled = labels >= 0
@@ -254,7 +259,7 @@ def semi_gmm_fit(x: np.ndarray, labels: np.ndarray, num_classes: int, reg: float
                               np.repeat((np.cov(x, rowvar=False) + ridge)[None], num_classes, axis=0))
     previous, iterations = -np.inf, 0
     for iterations in range(1, max_iter + 1):
-        log_joint = mixture.log_joint(x)  # E-step
+        log_joint = mixture.log_joint(data)  # E-step
         top = log_joint.max(axis=1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(log_joint - top).sum(axis=1))
         responsibilities = np.where(labelled[:, None], clamped, np.exp(log_joint - log_norm[:, None]))
@@ -262,8 +267,8 @@ def semi_gmm_fit(x: np.ndarray, labels: np.ndarray, num_classes: int, reg: float
         means = responsibilities.T @ x / mass[:, None]
         covariances = np.empty((num_classes, d, d))
         for c in range(num_classes):
-            centred = x - means[c]
-            covariances[c] = (responsibilities[:, c, None] * centred).T @ centred / mass[c] + ridge
+            weighted = (data - means[c].astype(dtype)) * np.sqrt(responsibilities[:, c, None]).astype(dtype)
+            covariances[c] = (weighted.T @ weighted).astype(np.float64) / mass[c] + ridge
         mixture = GaussianMixture(mass / mass.sum(), means, covariances)
         likelihood = float(log_norm.mean())
         if abs(likelihood - previous) < tol:

@@ -77,32 +77,44 @@ class Run:
         return predict_split(run, features or (self.metrics.get("store") or {}).get("path"), split, torch_device)
 
 
+def _trackers(log: str | list[str] | None) -> tuple[str, ...]:
+    """`log` as tt-train's --log: a comma-separated string or a list of tracker names."""
+    from twinturbo.train.trackers import parse_log
+
+    return parse_log(log if log is None or isinstance(log, str) else ",".join(log))
+
+
 def train(features: str | Path, out: str | Path | None = None, device: str = "auto",
-          memory_limit: str | int | None = None, progress: bool = True, **options: Any) -> Run:
+          memory_limit: str | int | None = None, progress: bool = True, log: str | list[str] | None = None,
+          **options: Any) -> Run:
     """tt-train: one head on the store `features`; options are TrainConfig's fields (loss, rescale, critic_weight,
-    labels, seed, epochs, ...). Returns the Run (written to `out`, default runs/<dataset>/<run name>)."""
+    labels, seed, epochs, ...), `log` the trackers of --log. Returns the Run (written to `out`, default
+    runs/<dataset>/<run name>)."""
     from twinturbo.common.device import resolve_device, resolve_precision
     from twinturbo.common.sizes import parse_size
     from twinturbo.train.config import TrainConfig
     from twinturbo.train.rundir import train_from_store
 
+    trackers = _trackers(log)
     torch_device = resolve_device(device)
     config = _config(TrainConfig, options, "train").validate()
     config.precision = resolve_precision(config.precision, torch_device)
     limit = parse_size(memory_limit) if isinstance(memory_limit, str) else memory_limit
     result, run_dir = train_from_store(features, config, torch_device, Path(out) if out is not None else None,
-                                       progress=progress, memory_limit=limit)
+                                       progress=progress, memory_limit=limit, log=trackers)
     return Run(Path(run_dir), dict(result.metrics), config)
 
 
 def sweep(features: str | Path, out: str | Path, grid: str | Path | dict | None = None, setups: str | None = None,
           labels: str | list | None = None, seeds: str | list | None = None, device: str = "auto",
           workers: int = 1, fuse: int | None = None, extend: bool = False, save_heads: bool = False,
-          memory_limit: str | int | None = None, grids: dict | None = None, **training: Any):
+          memory_limit: str | int | None = None, grids: dict | None = None, log: str | list[str] | None = None,
+          **training: Any):
     """tt-sweep: the setups x grids x label budgets x seeds on `features` into SWEEP_DIR `out` (resumable: only runs
     not in its results.jsonl train). `grid` is a grid file, or the mapping one holds (setups, [[setup]] tables as a
     "setup" list, training, ...); `grids` maps an axis to its values ({"critic": [0.1, 1],
-    "fixmatch_threshold": [0.8, 0.95]}); `training` are the shared TrainConfig fields. Returns load_results(out)."""
+    "fixmatch_threshold": [0.8, 0.95]}); `log` the trackers of --log; `training` are the shared TrainConfig fields.
+    Returns load_results(out)."""
     from twinturbo.common.sizes import parse_size
     from twinturbo.train.launch import run_sweep
     from twinturbo.train.sweep import LIST_KINDS, build_grid, format_list, grid_key
@@ -119,8 +131,10 @@ def sweep(features: str | Path, out: str | Path, grid: str | Path | dict | None 
         lists[grid_key(axis)] = listed(values)
     spec = build_grid(grid if isinstance(grid, dict) or grid is None else str(grid), lists, training)
     limit = parse_size(memory_limit) if isinstance(memory_limit, str) else memory_limit
+    trackers = _trackers(log)
     run_sweep(str(features), str(out), spec, device, fuse, workers, False, extend, "local", None,
-              echo=lambda line: print(line, file=sys.stderr), memory_limit=limit, save_heads=save_heads)
+              echo=lambda line: print(line, file=sys.stderr), memory_limit=limit, save_heads=save_heads,
+              log=trackers)
     return load_results(out)
 
 
