@@ -13,6 +13,7 @@ import pytest
 import torch
 import zarr
 
+from conftest import run_tt_extract
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FORMAT_VERSION, IDENTITY_KEYS, open_store
 from twinturbo.common.hashing import canonical_json
@@ -26,14 +27,7 @@ BASE = ["--dataset", "digits", "--backbone", "effnet-lite0:320", "--resolution",
 VIEWS = ["--views", "weak:1,strong:2"]
 
 
-def run(args: list, capsys) -> tuple[int, str, str]:
-    try:
-        extract_main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_tt_extract
 
 
 @pytest.fixture(scope="module")

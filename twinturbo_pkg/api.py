@@ -7,6 +7,7 @@ imported until a function is called, so `tt.use_plugins(...)` can come first.
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,8 @@ def extract(dataset: str, out: str | Path, **options: Any) -> Path:
 
 @dataclass
 class Run:
-    """A trained run: where it was written, its metrics (metrics.json) and config; `predict` applies its head."""
+    """A trained run: where it was written, its metrics (its metrics.json, the record) and config; `predict` applies
+    its head."""
 
     path: Path
     metrics: dict
@@ -93,16 +95,16 @@ def train(features: str | Path, out: str | Path | None = None, device: str = "au
     from twinturbo.common.device import resolve_device, resolve_precision
     from twinturbo.common.sizes import parse_size
     from twinturbo.train.config import TrainConfig
-    from twinturbo.train.rundir import train_from_store
+    from twinturbo.train.rundir import METRICS_FILE, train_from_store
 
     trackers = _trackers(log)
     torch_device = resolve_device(device)
     config = _config(TrainConfig, options, "train").validate()
     config.precision = resolve_precision(config.precision, torch_device)
     limit = parse_size(memory_limit) if isinstance(memory_limit, str) else memory_limit
-    result, run_dir = train_from_store(features, config, torch_device, Path(out) if out is not None else None,
-                                       progress=progress, memory_limit=limit, log=trackers)
-    return Run(Path(run_dir), dict(result.metrics), config)
+    _, run_dir = train_from_store(features, config, torch_device, Path(out) if out is not None else None,
+                                  progress=progress, memory_limit=limit, log=trackers)
+    return Run(Path(run_dir), json.loads((Path(run_dir) / METRICS_FILE).read_text()), config)
 
 
 def sweep(features: str | Path, out: str | Path, grid: str | Path | dict | None = None, setups: str | None = None,
