@@ -7,6 +7,12 @@ tokens to the host and writes the store. Each is timed `--repeats` times, altern
 
     overhead ratio = bare_images_per_s / extract_images_per_s        (goal <= 1.10)
 
+With `--views weak:2,strong:4` tt-extract also augments and forwards each image's views: images/s then counts
+images (each 1 + V forwards), the bare loop forwards the same 1 + V batches per batch (augmented once up front), and
+the overhead is what augmenting, copying and writing the views adds. Both are also given as the backbone's achieved
+GFLOP/s (FLOPs of one forward counted by torch.utils.flop_counter) and as a fraction of this machine's fp32 matmul
+peak, measured in the same run (bench/limit.py's peak_gflops).
+
 CPU default:  .venv/bin/python bench/extract.py
 GPU:          .venv/bin/python bench/extract.py --backbone timm:vit_base_patch16_224 --resolution 224 \
                   --batch-size 256 --device cuda --random-weights --limit 5120
@@ -30,6 +36,9 @@ from twinturbo.common.device import resolve_device
 from twinturbo.extract.backbones import BackboneOptions, build_backbone
 from twinturbo.extract.datasets import DatasetSplit, read_dataset_split
 from twinturbo.extract.extract import ExtractConfig, batch_grid, forward_features, prepare_images, run_extraction
+from twinturbo.extract.views import ViewMaker, parse_views
+
+from limit import peak_gflops  # bench/limit.py, beside this script
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--random-weights", action="store_true", help="timm:<model> with random weights (timing only)")
+    parser.add_argument("--views", default=None, help="augmented views per train image, e.g. weak:2,strong:4")
+    parser.add_argument("--peak-size", type=int, default=2048, help="side of the matmul that measures the peak")
     parser.add_argument("--precision", action="store_true",
                         help="also time the bare forward in the other precision (fp32 vs bf16 autocast) and compare "
                              "the tokens: why tt-extract uses bf16 on CUDA only")
@@ -101,12 +112,19 @@ def main() -> None:
         data = DatasetSplit(dataset=data.dataset, split=data.split, labels=data.labels[index],
                             class_names=data.class_names, source_files=data.source_files,
                             images=data.read(0, len(data))[index])
-    batches = [prepare_images(data.read(lo, min(lo + batch_size, n)), backbone.resolution, device)
-               for lo in range(0, n, batch_size)]
+    spec = parse_views(args.views, args.dataset)
+    forwards = 1 + (spec.count if spec else 0)  # per image
+    batches = []
+    for lo in range(0, n, batch_size):
+        images = data.read(lo, min(lo + batch_size, n))
+        views = ViewMaker(spec, 0)(images, lo) if spec else []
+        batches += [prepare_images(x, backbone.resolution, device) for x in [images, *views]]
     config = ExtractConfig(dataset=args.dataset, out=out, backbone=args.backbone, batch_size=batch_size,
                            chunk_size=chunk_size, format=args.format, dtype=args.dtype, splits=(args.split,),
-                           device=args.device, limit=n, overwrite=True, progress=False,
+                           device=args.device, limit=n, overwrite=True, progress=False, views=args.views,
                            command="bench/extract.py " + " ".join(sys.argv[1:]))
+    flops_per_image = forward_flops(backbone, batches[0])
+    peak = peak_gflops(args.peak_size, torch.float32, 5, device)
 
     bare_loop(backbone, batches[:2], device)  # warm-up: kernels, allocator, autotuning
     # CPU seconds (all threads of this process) are the steadier figure on a machine shared with other jobs.
@@ -120,7 +138,7 @@ def main() -> None:
         call_times.append(time.perf_counter() - started)
         extract_cpu.append(time.process_time() - cpu_started)
         loop_times.append(result.splits[0].seconds)
-    bare = n / min(bare_times)
+    bare = n / min(bare_times)  # images/s, each `forwards` forwards
     extract = n / min(loop_times)
     end_to_end = n / min(call_times)
     store_bytes = sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file()) if result.path.is_dir() \
@@ -136,6 +154,11 @@ def main() -> None:
         "bare_cpu_seconds": bare_cpu, "extract_call_cpu_seconds": extract_cpu,
         "cpu_time_ratio": min(extract_cpu) / min(bare_cpu),
         "overhead_ratio": bare / extract, "overhead_ratio_end_to_end": bare / end_to_end, "goal": 1.10,
+        "views": args.views, "forwards_per_image": forwards, "flops_per_forward": flops_per_image,
+        "peak_fp32_gflops": peak, "bare_gflops": bare * forwards * flops_per_image / 1e9,
+        "extract_gflops": extract * forwards * flops_per_image / 1e9,
+        "bare_fraction_of_peak": bare * forwards * flops_per_image / 1e9 / peak,
+        "extract_fraction_of_peak": extract * forwards * flops_per_image / 1e9 / peak,
         "command": "bench/extract.py " + " ".join(sys.argv[1:]),
     }
     if args.precision:
@@ -150,11 +173,24 @@ def main() -> None:
     print(f"CPU-time ratio (end to end)   = {min(extract_cpu) / min(bare_cpu):.3f}   (CPU seconds, all threads)")
     print(f"overhead ratio (end to end)   = {bare / end_to_end:.3f}")
     print(f"overhead ratio = bare_images_per_s / extract_images_per_s = {bare / extract:.3f}   (goal <= 1.10)")
+    print(f"backbone: {flops_per_image / 1e9:.3f} GFLOP a forward, {forwards} forwards an image; fp32 peak "
+          f"{peak:.0f} GFLOP/s ({args.peak_size}^3 matmul): bare {report['bare_gflops']:.1f} GFLOP/s "
+          f"({100 * report['bare_fraction_of_peak']:.1f}% of peak), tt-extract {report['extract_gflops']:.1f} "
+          f"({100 * report['extract_fraction_of_peak']:.1f}%)")
     if args.precision:
         p = report["precision"]
         print(f"bare forward fp32 {p['fp32_images_per_s']:.1f} img/s, bf16 autocast {p['bf16_images_per_s']:.1f} img/s: "
               f"bf16 {p['bf16_speedup']:.2f}x; tokens: largest |bf16 - fp32| / std = {p['cls_max_rel_error']:.3f} "
               f"(cls), {p['patches_max_rel_error']:.3f} (patches)")
+
+
+def forward_flops(backbone, batch: torch.Tensor) -> float:
+    """FLOPs of one image's forward (torch.utils.flop_counter over one batch, divided by its size)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        forward_features(backbone, batch)
+    return counter.get_total_flops() / len(batch)
 
 
 def compare_precisions(backbone, batches: list[torch.Tensor], device: torch.device, repeats: int) -> dict:

@@ -54,8 +54,11 @@ def synchronize() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
-def peak_gflops(size: int, dtype: torch.dtype, repeats: int) -> float:
-    """Best GFLOP/s of a size x size x size matmul (on CUDA: 10 back to back per timing)."""
+def peak_gflops(size: int, dtype: torch.dtype, repeats: int, device: torch.device | None = None) -> float:
+    """Best GFLOP/s of a size x size x size matmul on `device` (default: --device; on CUDA: 10 back to back per
+    timing). bench/extract.py measures its peak with it too."""
+    global DEVICE
+    DEVICE = device or DEVICE
     a, b = torch.randn(size, size, device=DEVICE).to(dtype), torch.randn(size, size, device=DEVICE).to(dtype)
     count = 10 if DEVICE.type == "cuda" else 1
     for _ in range(2):
