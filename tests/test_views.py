@@ -257,3 +257,26 @@ def test_fused_runs_share_their_view_draws_and_equal_separate_runs(stores):
                 assert value == pytest.approx(b["mean_losses"][name], rel=1e-4, abs=1e-6), name
     assert fused[0].metrics["epochs"][-1]["mean_losses"]["fixmatch"] != \
         fused[1].metrics["epochs"][-1]["mean_losses"]["fixmatch"]
+
+
+def test_a_streamed_split_serves_the_stored_views_of_every_step(stores):
+    """Beyond --memory-limit the train split is streamed: the shuffle buffer and the labelled subset carry each
+    sample's views, and every step's view rows equal the store's."""
+    from twinturbo.train.data import load_split
+    from twinturbo.train.stream import StreamedSplit
+
+    with open_store(stores["int8"]) as store:
+        whole = load_split(store, "train", torch.device("cpu"), progress=False, views=True)
+        streamed = StreamedSplit(store.split("train"), memory_limit=2**24, buffer_chunks=2, views=True)
+        assert streamed.view_kinds == whole.view_kinds == {"weak": (0, 1), "strong": (1, 2)}
+        generator, choices = torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)
+        subset = torch.arange(0, 96, 9)
+        for _ in range(2):
+            plan = streamed.epoch_plan(subset, 16, generator)
+            for unlabelled, labelled in zip(plan.unlabelled, plan.labelled):
+                index = torch.cat([labelled, unlabelled])
+                views = torch.randint(-1, 3, (len(index),), generator=choices)  # -1: the clean tokens
+                got = streamed.batch(index, torch.device("cpu"), views)
+                expected = whole.batch(index, torch.device("cpu"), views)
+                assert all(torch.equal(a, b) for a, b in zip(got, expected))
+                streamed.consumed(unlabelled)
