@@ -156,10 +156,11 @@ def test_the_figure_axis_holds_every_interval_whole(sweep_dir, monkeypatch):
     assert top >= min(100.0, max(tops)) and bottom <= min(m - h for m, h in (_pm(c[4]) for c in table.values()))
 
 
-def test_what_ran_names_the_widest_grid_or_that_each_setup_had_one_lambda(sweep_dir, tmp_path):
+def test_what_ran_names_each_grid_with_its_setups_or_that_each_setup_had_one_lambda(sweep_dir, tmp_path):
     directory, _ = sweep_dir
     assert CliRunner().invoke(report_main, [str(directory), "--no-baseline"]).exit_code == 0
-    assert "; the widest grid: λ_C over {0.1, 1, 10}, λ_L over {0.01, 1}." in (directory / "summary.md").read_text()
+    assert ("; the grids: λ_C over {0.1, 1, 10} (setups 2, 3, 4); λ_C over {0.1, 1, 10}, λ_L over {0.01, 1} (setups "
+            "5, 6, 7).") in (directory / "summary.md").read_text()
     single = tmp_path / "single"  # `make demo`: each setup at the one λ the study chose
     single.mkdir()
     for seed in (1, 2):
@@ -168,7 +169,7 @@ def test_what_ran_names_the_widest_grid_or_that_each_setup_had_one_lambda(sweep_
         append_row(single / "results.jsonl", _row(5, 100, 1.0, 0.01, seed, 0.63, 0.62))
     assert CliRunner().invoke(report_main, [str(single), "--no-baseline"]).exit_code == 0
     summary = (single / "summary.md").read_text()
-    assert "; one λ combination per setup, so none was chosen." in summary and "widest grid" not in summary
+    assert "; one λ combination per setup, so none was chosen." in summary and "the grids" not in summary
 
 
 def test_the_papers_protocol_and_its_optimism_by_hand(tmp_path):

@@ -68,9 +68,9 @@ def baselines_of(rows: list[dict], features: str | None = None, cache: Path | No
     while fitting (summary.md quotes them: none reaches the terminal); and (dataset, backbone) -> method -> label
     budget -> what each seed's validation split chose, in seed order (the baselines that choose a hyperparameter).
     The baselines that choose a hyperparameter (baseline.VALIDATED) choose it on the validation labels that choose
-    λ: the first `val_size` (default: as many as the budget) of those the runs recorded. Each fit is kept in `cache` as soon as it is done (a JSON file
-    keyed by store fingerprint, method, budget, validation size and seed): an interrupted report resumes, and a
-    finished one is redrawn in seconds."""
+    λ: the first `val_size` (default: as many as the budget) of those the runs recorded. Each fit is kept in `cache`
+    as soon as it is done (a JSON file keyed by store fingerprint, method, budget, validation size and seed): an
+    interrupted report resumes, and a finished one is redrawn in seconds."""
     stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     wanted: dict[tuple[str, str], dict] = {}
     for row in rows:
@@ -175,8 +175,12 @@ def what_ran(rows: list[dict], combos: list[Combination]) -> str:
     samples = {(r.get("train_samples"), r.get("test_samples")) for r in rows if r.get("train_samples")}
     precisions = sorted({r.get("precision") or r["config"].get("precision") or "fp32" for r in rows})
     setups = list(dict.fromkeys(c.setup for c in combos))
-    groups = by_setup(combos).values()
-    grids = sorted({describe_grid(v) for v in groups if len(v) > 1}, key=len)
+    groups = by_setup(combos)
+    grids: dict[str, list] = {}  # each grid that chose among several combinations -> the setups that had it
+    for (setup, _), candidates in groups.items():
+        if len(candidates) > 1 and setup not in grids.setdefault(describe_grid(candidates), []):
+            grids[describe_grid(candidates)].append(setup)
+    grids = {grid: setups_of for grid, setups_of in grids.items() if setups_of}
     text = (f"{len(rows)} runs: setups {', '.join(map(str, setups))} at {', '.join(map(str, budgets))} labels, "
             f"seeds {', '.join(map(str, seeds))}; {'/'.join(map(str, steps))} steps each "
             f"({config.get('epochs')} epochs of batch {config.get('batch_size')}")
@@ -186,8 +190,9 @@ def what_ran(rows: list[dict], combos: list[Combination]) -> str:
     text += f"), head widths {config.get('proj_dim')}/{config.get('pred_dim')}/{config.get('disc_dim')}, "
     text += f"{'/'.join(precisions)}"
     if grids:
-        text += f"; the widest grid: {grids[-1]}"
-    elif any(describe_grid(v) for v in groups):
+        text += "; the grids: " + "; ".join(f"{grid} (setup{'s' if len(of) > 1 else ''} {', '.join(map(str, of))})"
+                                            for grid, of in grids.items())
+    elif any(describe_grid(v) for v in groups.values()):
         text += "; one λ combination per setup, so none was chosen"
     return text + "."
 
@@ -308,8 +313,9 @@ def best_sentence(chosen: dict[tuple, Combination], baselines: Baselines | None,
     competing, and its paired margin over the runner-up on the seeds both have."""
     sentences = []
     for budget in sorted({labels for _, labels in chosen}):
-        entrants = [(f"setup {c.setup} ({c.setup_name}{', ' + c.lambda_text(swept_weights([c]), ', ') * c.has_terms})",
-                     c.test(epoch_rule)) for (_, n), c in chosen.items() if n == budget]
+        entrants = [(f"setup {c.setup} ({c.setup_name}" + (f", {c.lambda_text(swept_weights([c]), ', ')})" if c.has_terms
+                                                            else ")"), c.test(epoch_rule))
+                    for (_, n), c in chosen.items() if n == budget]
         entrants += [(method, seeds) for method, per_budget in (baselines or {}).items()
                      for n, seeds in per_budget.items() if n == budget]
         if len(entrants) < 2:
