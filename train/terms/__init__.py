@@ -181,6 +181,8 @@ WEIGHT_FIELDS = tuple(term.weight_field for term in DISPLAY_ORDER)
 GRID_OPTIONS: tuple[tuple[Term, Option], ...] = tuple((term, option) for term in DISPLAY_ORDER
                                                       for option in term.options if option.grid)
 GRID_OPTION_FIELDS = tuple(option.name for _, option in GRID_OPTIONS)
+
+
 def term_axes(terms) -> list[str]:
     """The sweep axes of a set of additive terms (names): each term's weight, then each of its grid options."""
     return [name for term in terms for name in (term, *(o.name for o in TERMS[term].options if o.grid))]
