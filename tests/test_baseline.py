@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,17 @@ def fits(sweep) -> dict[str, float]:
     cached = json.loads((sweep / "baselines.json").read_text())
     return {key: value for key, value in cached.items() if not key.endswith(("/warnings", "/chosen"))}
 
+
+
+def one_run_sweep(tmp_path: Path, identity: dict, labels: int, seed: int, val_labels: int) -> Path:
+    """A sweep directory holding one setup-1 row on the store of `identity`: what tt-report fits baselines for."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    row = {"run_id": f"r{seed}", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
+           "config": {"loss": "cat_cross", "rescale": "softmax", "labels": labels, "seed": seed,
+                      "val_labels": val_labels}}
+    (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
+    return sweep
 
 def test_baseline_uses_the_runs_labelled_subset_and_matches_sklearn(tmp_path, quick_config, write_synthetic_store):
     path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=0.4)
@@ -119,11 +131,7 @@ def test_report_finds_a_moved_store_by_fingerprint_and_names_a_changed_one(tmp_p
     other = write_synthetic_store(tmp_path / "other", n_train=200, n_test=60, scale=0.6, cls_dim=20)
     with open_store(path) as store:  # the sweep recorded `path`'s extraction, at a place now holding another one
         identity = dict(store.identity(), path=str(other))
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    row = {"run_id": "r1", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
-           "config": {"loss": "cat_cross", "rescale": "softmax", "labels": 20, "seed": 42, "val_labels": 20}}
-    (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
+    sweep = one_run_sweep(tmp_path, identity, labels=20, seed=42, val_labels=20)
     make_report(sweep, features=str(path))  # the same extraction elsewhere: baselines computed
     expected = logistic_baseline(str(path), 20, [42])[42]
     assert f"| LogisticRegression | 20 | - | - | {100 * expected:.2f} (n=1) |" in (sweep / "summary.md").read_text()
@@ -192,11 +200,7 @@ def test_self_training_threshold_is_chosen_on_the_validation_labels_that_choose_
     path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=1.0, cls_dim=8)
     with open_store(path) as store:
         identity = store.identity()
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    row = {"run_id": "r42", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
-           "config": {"loss": "cat_cross", "rescale": "softmax", "labels": 20, "seed": 42, "val_labels": 100}}
-    (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
+    sweep = one_run_sweep(tmp_path, identity, labels=20, seed=42, val_labels=100)
     for val_size, used in ((None, 20), (40, 40), (500, 100)):  # default: as many as the labels; capped at the recorded
         (sweep / "baselines.json").unlink(missing_ok=True)
         make_report(sweep, val_size=val_size, methods=("SelfTraining",))
@@ -232,11 +236,7 @@ def test_a_library_warning_during_a_baseline_fit_goes_to_the_summary_not_the_ter
                 rows = slice(8 * c, 8 * (c + 1))
                 store.write_chunk(split, c, cls[rows], rng.normal(size=(8, 1, 4)), labels[rows])
         identity = store.identity()
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    row = {"run_id": "r1", "setup": 1, "test_accuracy": 0.5, "store": identity, "epoch_accuracies": [0.5],
-           "config": {"loss": "cat_cross", "rescale": "softmax", "labels": 4, "seed": 1, "val_labels": 4}}
-    (sweep / "results.jsonl").write_text(json.dumps(row) + "\n")
+    sweep = one_run_sweep(tmp_path, identity, labels=4, seed=1, val_labels=4)
     with warnings.catch_warnings(record=True) as leaked:
         warnings.simplefilter("always")
         make_report(sweep, methods=("LabelSpreading",))

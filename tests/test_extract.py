@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
+from conftest import run_tt_extract
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import chunk_digest, open_store
 from twinturbo.extract.cli import main
@@ -38,14 +39,7 @@ def with_option(args: list[str], option: str, value: str) -> list[str]:
     return args[:i + 1] + [value] + args[i + 2:]
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run_cli = run_tt_extract
 
 
 def plain_zarr(path: Path, split: str) -> dict[str, np.ndarray]:

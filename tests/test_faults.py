@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import default_sigint
+from conftest import default_sigint, run_tt_extract
 from twinturbo.extract.cli import main as extract_main
 
 BIN = Path(sys.executable).parent
@@ -26,14 +26,7 @@ SMALL = ["--dataset", "digits", "--backbone", "effnet-lite0:320", "--resolution"
          "--batch-size", "32", "--chunk-size", "16", "--device", "cpu", "--no-progress"]
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        extract_main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_tt_extract
 
 
 def one_line_error(code, err: str, *words: str) -> str:
