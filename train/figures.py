@@ -35,7 +35,7 @@ def setup_label(setup: int | str, name: str) -> str:
     run into their neighbours."""
     head, _, terms = name.partition(" + ")
     loss, _, rescale = head.partition("/")
-    first = f"{setup}:\n{loss}/\n{rescale}" if len(head) > 18 else f"{setup}: {head}"
+    first = f"{setup}:\n{loss}/\n{rescale}" if len(f"{setup}: {head}") > 21 else f"{setup}: {head}"
     return first + ("\n+ " + terms if terms else "\nalone")
 
 
@@ -116,7 +116,7 @@ def plot_selected(combos: list[Combination], chosen: dict[tuple, Combination],
     epoch_text = "last epoch" if epoch_rule == "last" else "epoch of best validation accuracy"
     ax.set_title(f"{dataset} ({backbone}): {PROTOCOL_TEXT[protocol]}, {epoch_text}\n"
                  "bar = seed mean of test accuracy, black = 95% t interval, dots = seeds; "
-                 "'edge!' = the chosen λ is on its grid's edge", fontsize=10)
+                 "'edge!' = the chosen λ is on its grid's edge", fontsize=10, pad=16 if methods else 6)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=len(budgets) + 1, frameon=False)
