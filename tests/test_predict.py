@@ -121,3 +121,23 @@ def test_probabilities_are_the_heads_in_the_runs_own_precision(trained, tmp_path
     assert np.allclose(written, expected, rtol=1e-5, atol=1e-6)
     if run.config.precision == "bf16":
         assert not np.allclose(written, other, rtol=1e-5, atol=1e-6)
+
+
+def test_a_sweep_with_save_heads_keeps_a_run_dir_that_tt_predict_applies(trained, tmp_path):
+    """What `make demo` relies on (--save-heads): each sweep run's RUN_DIR under SWEEP_DIR/runs/<run id>, and
+    tt-predict on it reproduces the test accuracy its results row recorded."""
+    store, _ = trained
+    sweep = tmp_path / "sweep"
+    result = tt("tt-sweep", "--features", store, "--out", sweep, "--setups", "1,2", "--critic-grid", "0.1",
+                "--labels", "50", "--seeds", "42", "--epochs", "1", "--batch-size", "32", "--proj-dim", "64",
+                "--pred-dim", "32", "--disc-dim", "16", "--device", "cpu", "--save-heads")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        run = sweep / "runs" / row["run_id"]
+        assert (run / "head.pt").exists() and (run / "config.json").exists()
+        predicted = tt("tt-predict", run, "--features", store, "--out", tmp_path / row["run_id"])
+        assert predicted.returncode == 0, predicted.stderr
+        accuracy = json.loads((tmp_path / row["run_id"] / "accuracy.json").read_text())
+        assert accuracy["accuracy"] == row["test_accuracy"]
