@@ -178,9 +178,9 @@ def what_ran(rows: list[dict], combos: list[Combination]) -> str:
     groups = by_setup(combos)
     grids: dict[str, list] = {}  # each grid that chose among several combinations -> the setups that had it
     for (setup, _), candidates in groups.items():
-        if len(candidates) > 1 and setup not in grids.setdefault(describe_grid(candidates), []):
-            grids[describe_grid(candidates)].append(setup)
-    grids = {grid: setups_of for grid, setups_of in grids.items() if setups_of}
+        if len(candidates) > 1:
+            of = grids.setdefault(describe_grid(candidates), [])
+            of += [setup] if setup not in of else []
     text = (f"{len(rows)} runs: setups {', '.join(map(str, setups))} at {', '.join(map(str, budgets))} labels, "
             f"seeds {', '.join(map(str, seeds))}; {'/'.join(map(str, steps))} steps each "
             f"({config.get('epochs')} epochs of batch {config.get('batch_size')}")
