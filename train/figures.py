@@ -160,8 +160,7 @@ def plot_all(combos: list[Combination], chosen: dict[tuple, Combination], datase
         colour = BUDGET_COLOURS[b_index % len(BUDGET_COLOURS)]
         ax.bar(xs, means, 0.8, color=colour)
         ax.vlines(xs, lows, highs, colors="black", linewidth=1.4)
-        ax.scatter([s[0] for s in stars], [s[1] + 0.4 for s in stars], marker="*", s=60, color="black", zorder=3,
-                   label=f"chosen: {PROTOCOL_TEXT[protocol]}")
+        ax.scatter([s[0] for s in stars], [s[1] + 0.4 for s in stars], marker="*", s=60, color="black", zorder=3)
         ax.set_ylim(_axis_floor(lows), min(100.0, max(highs)) + 2.5)
         ax.set_xlim(xs[0] - 0.8, xs[-1] + 0.8)
         ax.set_xticks(xs, ticks, rotation=90, fontsize=7)
@@ -174,9 +173,9 @@ def plot_all(combos: list[Combination], chosen: dict[tuple, Combination], datase
         ax.set_ylabel(f"{budget} labels\ntest accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-        ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle(f"{dataset} ({backbone}): every λ combination (bar = seed mean, line = range over seeds)",
-                 fontsize=11)
+    # The star's key goes in the title: a legend inside the panel covered the last setup's bars.
+    fig.suptitle(f"{dataset} ({backbone}): every λ combination (bar = seed mean, line = range over seeds, "
+                 f"★ = {PROTOCOL_TEXT[protocol]})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
