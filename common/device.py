@@ -49,11 +49,20 @@ def native_bf16(device: torch.device) -> bool:
         return forced == "1"
     if forced:
         raise TwinTurboError(f"{CPU_BF16_ENV}={forced}: expected 0 (no native bf16) or 1 (native bf16), or unset")
-    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+    if cpu_bf16_units():
+        return True
+    return platform.machine() in ("aarch64", "arm64") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_bf16_units() -> str:
+    """The x86 bf16 units torch finds on this CPU: 'amx_bf16', 'avx512_bf16' (AMX CPUs have both; oneDNN uses AMX), or
+    '' where neither. Two CPUs sold under one model name ("Intel(R) Xeon(R) Processor") may differ here, and so round
+    bf16 differently: the SSL study's seeds ran on one of each (docs/results/fashion-mnist-ssl/)."""
+    for units, name in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
         check = getattr(torch.cpu, name, None)
         if check is not None and check():
-            return True
-    return platform.machine() in ("aarch64", "arm64") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            return units
+    return ""
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -97,7 +106,8 @@ def extraction_bf16(device: torch.device) -> bool:
 
 def host_description(device: torch.device) -> dict:
     """What a run's last bits depend on beyond its config and thread count, recorded with each sweep row: the CPU
-    model (or the GPU's name) and torch's version. A CPU of another kind rounds differently (README, Determinism)."""
+    model and its bf16 units (`cpu_bf16_units`), or the GPU's name, and torch's version. A CPU of another kind rounds
+    differently (README, Determinism)."""
     if device.type == "cuda":
         return {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__}
     model = platform.machine()
@@ -106,4 +116,4 @@ def host_description(device: torch.device) -> dict:
             model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
     except OSError:
         pass
-    return {"cpu": model, "torch": torch.__version__}
+    return {"cpu": model, "bf16_units": cpu_bf16_units(), "torch": torch.__version__}

@@ -211,6 +211,21 @@ def test_local_workers_train_every_run_once_and_match_a_single_thread_run(store,
     assert ({r["run_id"]: r["test_accuracy"] for r in parallel} == {r["run_id"]: r["test_accuracy"] for r in serial})
 
 
+def test_a_row_names_the_cpus_bf16_units(store, tmp_path, monkeypatch):
+    # Two CPUs sold as "Intel(R) Xeon(R) Processor", one with AMX and one with AVX512-BF16 only, round bf16 differently:
+    # the row says which units torch found, so that figures from the two can be told apart.
+    import torch
+
+    for amx, avx512, units in ((True, True, "amx_bf16"), (False, True, "avx512_bf16"), (False, False, "")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx512=avx512: avx512, raising=False)
+        sweep_dir = tmp_path / f"sw-{units or 'none'}"
+        _sweep(["--features", str(store), "--out", str(sweep_dir), "--setups", "1", "--seeds", "1",
+                "--precision", "fp32"] + TINY_FLAGS)
+        (row,) = read_rows(sweep_dir / "results.jsonl")
+        assert row["host"]["bf16_units"] == units
+
+
 def test_a_workers_user_error_is_one_line(store, tmp_path, monkeypatch):
     from twinturbo.train import launch
 
