@@ -79,7 +79,7 @@ study-fashion-mnist: setup fashion-mnist
 
 # The semi-supervised comparison of docs/results/fashion-mnist-ssl/ (README "Results"): the critic against FixMatch and
 # FlexMatch on the same frozen tokens, with their augmented views extracted once (weak:2,strong:4 per train image),
-# the baselines beside them; 3 seeds at 100 labels, λ (and τ) chosen on validation labels. Resumable.
+# the baselines beside them; 5 seeds at 100 labels, λ (and τ) chosen on validation labels. Resumable.
 SSL := docs/results/fashion-mnist-ssl
 SSL_FEATURES := features/views/fashion-mnist
 SSL_FLAGS := --features $(SSL_FEATURES) --device cpu --workers 2
