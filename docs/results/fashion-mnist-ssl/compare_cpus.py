@@ -12,16 +12,25 @@ import sys
 from pathlib import Path
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def test_accuracies(sweep_dir: str) -> dict[str, float]:
-    with open(Path(sweep_dir) / "results.jsonl") as rows:
-        return {row["run_id"]: 100.0 * row["test_accuracy"] for row in map(json.loads, rows)}
+    path = Path(sweep_dir) / "results.jsonl"
+    try:
+        with open(path) as rows:
+            return {row["run_id"]: 100.0 * row["test_accuracy"] for row in map(json.loads, rows)}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        fail(f"{path}: expected a tt-sweep results file ({error})")
 
 
 def main(first: str, second: str) -> None:
     a, b = test_accuracies(first), test_accuracies(second)
     shared = sorted(set(a) & set(b))
     if not shared:
-        sys.exit(f"error: {first} and {second} share no run id")
+        fail(f"{first} and {second} share no run id")
     differences = {run: b[run] - a[run] for run in shared}
     largest = max(shared, key=lambda run: abs(differences[run]))
     print(f"{len(shared)} shared runs, second minus first: mean {statistics.mean(differences.values()):+.2f}, "
@@ -31,5 +40,5 @@ def main(first: str, second: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: compare_cpus.py FIRST_SWEEP_DIR SECOND_SWEEP_DIR")
+        fail("expected two sweep directories: compare_cpus.py FIRST_SWEEP_DIR SECOND_SWEEP_DIR")
     main(*sys.argv[1:])
