@@ -69,7 +69,32 @@ IDX_UBYTE = 0x08
 # The split object
 
 
-class ImageFiles:
+class DecodedOnDemand:
+    """Images decoded only when a slice of them is read, RGB uint8 of one `size` (width, height: PIL's order), so a
+    large split never has to fit in memory. A subclass says where its images are (`_sources`) and how many."""
+
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _sources(self, index: slice) -> list[tuple[object, str | None]]:
+        """(what PIL opens, how an error names it or None for the source itself) of each image of `index`."""
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), self.size[1], self.size[0], 3)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        sources = self._sources(index)
+        out = np.empty((len(sources), self.size[1], self.size[0], 3), dtype=np.uint8)
+        for i, (source, where) in enumerate(sources):
+            out[i] = _decode_image(source, self.size, where=where)
+        return out
+
+
+class ImageFiles(DecodedOnDemand):
     """Image files decoded on demand, so a large `folder:` dataset never has to fit in memory.
 
     Every image is converted to RGB and, when its size differs from `size` (the first image of the split),
@@ -83,16 +108,8 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.size[1], self.size[0], 3)
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        paths = self.paths[index]
-        out = np.empty((len(paths), self.size[1], self.size[0], 3), dtype=np.uint8)
-        for i, path in enumerate(paths):
-            out[i] = _decode_image(path, self.size)
-        return out
+    def _sources(self, index: slice) -> list[tuple[object, str | None]]:
+        return [(path, None) for path in self.paths[index]]
 
 
 @dataclass
@@ -624,7 +641,7 @@ def _image_entry_source(entry: dict):
     return io.BytesIO(entry["bytes"]) if entry.get("bytes") is not None else entry.get("path")
 
 
-class HFImages:
+class HFImages(DecodedOnDemand):
     """The images of one split of a Hugging Face dataset, decoded on demand as ImageFiles decodes files: RGB, resized
     bilinearly to `size` (the split's first image) when they differ."""
 
@@ -636,17 +653,10 @@ class HFImages:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.rows), self.size[1], self.size[0], 3)
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        entries = self.rows[index][self.column]
-        out = np.empty((len(entries), self.size[1], self.size[0], 3), dtype=np.uint8)
+    def _sources(self, index: slice) -> list[tuple[object, str | None]]:
         start = index.indices(len(self.rows))[0]
-        for i, entry in enumerate(entries):
-            out[i] = _decode_image(_image_entry_source(entry), self.size, where=f"row {start + i}")
-        return out
+        return [(_image_entry_source(entry), f"row {start + i}")
+                for i, entry in enumerate(self.rows[index][self.column])]
 
 
 def _unreadable_rows(rows, column: str, block: int = 1024) -> list[tuple[int, str]]:
