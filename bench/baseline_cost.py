@@ -8,7 +8,7 @@ Prints, per representation (raw, standardised, PCA-64, whitened PCA-64 and -256)
 seconds of one fit on N random train vectors, and the 100-label test accuracy on the study's three labelled subsets.
 With --self-training-pool N it times instead one self-training fit (seed 42's 100 labels plus N other train vectors,
 threshold 0.75) with every round's LogisticRegression started from zero and from the previous round's weights
-(train/baseline.py's SELF_TRAINING_WARM_START), in one thread, and prints each one's L-BFGS iterations per round, its
+(train/report/baseline.py's SELF_TRAINING_WARM_START), in one thread, and prints each one's L-BFGS iterations per round, its
 test accuracy and how many test predictions the two share.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.semi_supervised import SelfTrainingClassifier
 from threadpoolctl import threadpool_limits
 
-from twinturbo.train.baseline import read_cls_vectors, run_labelled_subset
+from twinturbo.train.report.baseline import read_cls_vectors, run_labelled_subset
 
 SEEDS = (42, 1337, 3435)
 

@@ -1,7 +1,7 @@
 """The digits demo against the baseline a user tries first: TwinTURBO heads vs LogisticRegression on the CLS vectors.
 
 For each feature store (`--features`, repeatable: e.g. the float16 and the int8 extraction of the same images), each
-seed and each requested setup (train/setups.py), trains one head exactly as `tt-train` does (`twinturbo.train.loop.train`
+seed and each requested setup (train/sweep/setups.py), trains one head exactly as `tt-train` does (`twinturbo.train.run.loop.train`
 on the store's splits loaded once) and fits scikit-learn's `LogisticRegression(max_iter=5000)` on the CLS vectors of
 the *same* labelled subset (the first draw of the run's data stream; checked against each run's
 `labelled_indices`). Prints one table per store (per setup: mean/min/max test accuracy over the seeds, the baseline's,
@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from twinturbo.train.setups import PAPER_SETUPS
+from twinturbo.train.sweep.setups import PAPER_SETUPS
 
 TRAINING = ("epochs", "batch_size", "lr", "warmup", "proj_dim", "pred_dim", "disc_dim", "prior", "weight_decay")
 
@@ -56,7 +56,7 @@ def _splits(features: str):
     if features not in _CACHE:
         import torch
         from twinturbo.common.store import open_store
-        from twinturbo.train.data import load_split, num_classes_of
+        from twinturbo.train.run.data import load_split, num_classes_of
         with open_store(features) as store:
             store.require_complete()
             train = load_split(store, "train", torch.device("cpu"), progress=False)
@@ -74,7 +74,7 @@ def run_one(features: str, setup: int, seed: int, labels: int, critic: float, la
     """One tt-train run (in-process API, CPU); returns its row."""
     import torch
     from twinturbo.train.config import TrainConfig
-    from twinturbo.train.loop import train
+    from twinturbo.train.run.loop import train
 
     spec = PAPER_SETUPS[setup]
     options = {k: v for k, v in training.items() if v is not None}
@@ -95,7 +95,7 @@ def run_one(features: str, setup: int, seed: int, labels: int, critic: float, la
 
 def baseline(features: str, seed: int, labels: int) -> dict:
     """LogisticRegression(max_iter=5000) on the CLS vectors of the run's labelled subset; test accuracy."""
-    from twinturbo.train.baseline import logistic_baseline, run_labelled_subset
+    from twinturbo.train.report.baseline import logistic_baseline, run_labelled_subset
 
     train_split, _, num_classes = _splits(features)
     subset = run_labelled_subset(train_split.labels.numpy(), labels, num_classes, seed)

@@ -4,7 +4,7 @@ With 100 labels and batch 512 the labelled rows repeat each labelled sample ~5 t
 same 100 samples, so a step has far fewer distinct samples than rows (setup 1: 100 of 512; setup 7: <= 612 of 1536).
 `StepBatch.gather` reads each distinct sample once and the head runs its token mixer and projector Linear once per
 distinct sample (TwinTurboHead.encode); the plain step (`plain_batch` below) gives every row its own copy. Both run
-the same step of twinturbo.train.step, interleaved, on batches drawn by the real sampling code (a class-balanced
+the same step of twinturbo.train.run.step, interleaved, on batches drawn by the real sampling code (a class-balanced
 labelled subset of a 60k split, the epoch plan, the partners).
 
 Tokens are random (timing does not depend on their values) in the shape of a store: --tokens T,Dp,Dc.
@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 
 from twinturbo.common.device import resolve_device
-from twinturbo.train.data import SplitTensors
-from twinturbo.train.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
-from twinturbo.train.setups import PAPER_SETUPS
-from twinturbo.train.step import StepBatch
-from twinturbo.train.sweep import RunSpec
+from twinturbo.train.heads import TokenShape
+from twinturbo.train.run.data import SplitTensors
+from twinturbo.train.run.sampling import draw_partners, draw_prior_onehot, epoch_plan, start_run_draws
+from twinturbo.train.sweep.setups import PAPER_SETUPS
+from twinturbo.train.run.step import StepBatch
+from twinturbo.train.sweep.grid import RunSpec
 
 from head_step import HeadStep  # bench/head_step.py, next to this script
 
@@ -90,7 +91,7 @@ def main() -> None:
             real = draw_prior_onehot(draws.prior, len(unlabelled), draws.data).to(device)
             batches.append((labelled, unlabelled if "critic" in spec.terms else None,
                             star if "latent" in spec.terms else None, real))
-        step = HeadStep([config], cls_dim, patch_dim, classes, device)
+        step = HeadStep([config], TokenShape(cls_dim, patch_dim, num_patches, classes), device)
 
         def indices(labelled, unlabelled, star) -> dict[str, torch.Tensor]:
             found = {"labelled": labelled, "unlabelled": unlabelled, "star": star}

@@ -35,7 +35,8 @@ import torch
 from twinturbo.common.device import resolve_device
 from twinturbo.extract.backbones import BackboneOptions, build_backbone
 from twinturbo.extract.datasets import DatasetSplit, read_dataset_split
-from twinturbo.extract.extract import ExtractConfig, batch_grid, forward_features, prepare_images, run_extraction
+from twinturbo.extract.config import ExtractConfig, batch_grid
+from twinturbo.extract.extract import forward_features, prepare_images, run_extraction
 from twinturbo.extract.views import ViewMaker, parse_views
 
 from limit import peak_gflops  # bench/limit.py, beside this script

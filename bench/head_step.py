@@ -7,9 +7,10 @@ import torch._functorch.config
 
 from twinturbo.common.device import Acceleration
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.heads import RunHeads
-from twinturbo.train.model import draw_dropout_mask
-from twinturbo.train.step import Optimisers, StepBatch, StepRecord, train_step
+from twinturbo.train.run.fused import RunHeads
+from twinturbo.train.heads import TokenShape
+from twinturbo.train.heads.blocks import draw_dropout_mask
+from twinturbo.train.run.step import Optimisers, StepBatch, StepRecord, train_step
 
 
 class HeadStep:
@@ -17,19 +18,18 @@ class HeadStep:
     takes them for `configs` (runs fused when K > 1), with dropout masks from a generator of its own. `compiled`
     wraps the heads' forward in torch.compile (a candidate bench/limit.py measures)."""
 
-    def __init__(self, configs: list[TrainConfig], cls_dim: int, patch_dim: int, num_classes: int,
-                 device: torch.device, acceleration: Acceleration | None = None, compiled: bool = False):
+    def __init__(self, configs: list[TrainConfig], shape: TokenShape, device: torch.device,
+                 acceleration: Acceleration | None = None, compiled: bool = False):
         first = configs[0]
         acceleration = acceleration or Acceleration.for_run(device, first.precision)
         self.configs, self.device, self.bf16 = configs, device, first.precision == "bf16"
-        self.heads = RunHeads.build(len(configs), cls_dim, patch_dim, num_classes, first.proj_dim, first.pred_dim,
-                                    first.disc_dim, 0, device, batched=acceleration.batched_runs)
+        self.heads = RunHeads.build(len(configs), shape, first, 0, device, batched=acceleration.batched_runs)
         if compiled:
             torch._functorch.config.donated_buffer = False  # the gradient diagnostics backward with retain_graph
             self.heads._forward_one = torch.compile(self.heads._forward_one, dynamic=True)
         self.optimisers = Optimisers.build(self.heads, first, fused=acceleration.fused_adamw)
         self.dropout = torch.Generator(device=device).manual_seed(0)
-        self.prior = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
+        self.prior = torch.full((shape.num_classes,), 1.0 / shape.num_classes, dtype=torch.float64)
 
     def mask(self, batch: StepBatch) -> torch.Tensor:
         first = self.configs[0]

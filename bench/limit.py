@@ -5,14 +5,16 @@ the gap (Acceleration), each timed against the default in the same run.
 1. peak: square GEMMs (`--peak-size`) in fp32 and bf16, on 1 thread and on all (on CUDA: the card), best of
    `--peak-repeats`;
 2. the step: `loop.train_step` exactly as tt-train runs it (the real sampling, distinct-sample gather, both
-   optimisers, diagnostics every 10 steps) for each setup and precision, rounds interleaved, median step time;
-   FLOPs counted by train/flops.py from each step's actual distinct samples and rows;
+   optimisers, diagnostics every 10 steps) for each setup, precision and head (`--heads`), rounds interleaved, median
+   step time; FLOPs counted by train/run/flops.py from each step's actual distinct samples and rows (the paper's
+   head), or by torch's FLOP counter on one step (another head);
 3. the choices, setup 2 in bf16 unless `--choices-setup`: K = `--fuse` runs fused (one after another, and as one
    vmap) against K separate passes; `torch.compile` of the head's forward against eager; two processes of 1 thread
    against one of 2 threads (total steps/s).
 
     .venv/bin/python bench/limit.py --features features/fashion-mnist            # the study's shape
     .venv/bin/python bench/limit.py --smoke                                       # tiny, run by the test suite
+    .venv/bin/python bench/limit.py --setups 1,2 --heads twinturbo,mlp,cls,linear,attentive --no-choices  # per head
     .venv/bin/python bench/limit.py --device cuda --tokens 196,768,2304 --widths 8000,1024,500 --precisions bf16 \
         --setups 2,7 --fuse 8 --samples 8192                                      # the paper's RADIO shape (GPU)
 
@@ -30,15 +32,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from twinturbo.common.device import Acceleration, host_description, native_bf16
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.data import SplitTensors
-from twinturbo.train.diagnostics import GRADIENT_EVERY
-from twinturbo.train.flops import HeadShape, StepRows, train_step_flops
-from twinturbo.train.sampling import start_run_draws
-from twinturbo.train.setups import PAPER_SETUPS
-from twinturbo.train.step import step_inputs
+from twinturbo.train.heads import DEFAULT_HEAD, HEADS, TokenShape
+from twinturbo.train.run.data import SplitTensors
+from twinturbo.train.run.diagnostics import GRADIENT_EVERY
+from twinturbo.train.run.flops import HeadShape, StepRows, train_step_flops
+from twinturbo.train.run.sampling import start_run_draws
+from twinturbo.train.sweep.setups import PAPER_SETUPS
+from twinturbo.train.run.step import step_inputs
 from twinturbo.train.terms import rows_needed
 
 from head_step import HeadStep  # bench/head_step.py, next to this script
@@ -78,7 +82,7 @@ def load_tokens(features: str | None, samples: int, tokens: tuple[int, int, int]
     """The train split of `features` (first `samples`), or random fp16 tokens of shape `tokens` (T, Dp, Dc)."""
     if features:
         from twinturbo.common.store import open_store
-        from twinturbo.train.data import load_split
+        from twinturbo.train.run.data import load_split
 
         with open_store(features) as store:
             split = load_split(store, "train", DEVICE, progress=False)
@@ -100,11 +104,15 @@ class StepTimer:
                  acceleration: Acceleration, compiled: bool = False):
         first, device = configs[0], DEVICE
         self.configs, self.split = configs, split
-        self.step_fn = HeadStep(configs, split.cls_dim, split.patch_dim, num_classes, device, acceleration, compiled)
+        self.step_fn = HeadStep(configs, TokenShape(split.cls_dim, split.patch_dim, split.num_patches, num_classes),
+                                device, acceleration, compiled)
         self.draws = start_run_draws(first, split.labels, num_classes, device)
         self.shape = HeadShape(split.num_patches, split.patch_dim, split.cls_dim, num_classes, first.proj_dim,
                                first.pred_dim, first.disc_dim)
         self.steps, self.plan = 0, None
+        # train/run/flops.py counts the paper's head; another head's step is counted once by torch's FLOP counter
+        # (matrix products of forward and backward, as flops.py counts them) on its first step, a warm-up step
+        self.counted = None if first.head != DEFAULT_HEAD else 0
 
     def step(self) -> tuple[float, int]:
         """One step: (seconds, FLOPs of all K runs)."""
@@ -116,9 +124,16 @@ class StepTimer:
         start = time.perf_counter()
         batch, mask = step_inputs(self.configs, self.draws, self.split, unlabelled, labelled, DEVICE)
         self.steps += 1
-        self.step_fn(batch, self.steps % GRADIENT_EVERY == 0, mask)
+        if self.counted is None:
+            with FlopCounterMode(display=False) as counter:
+                self.step_fn(batch, self.steps % GRADIENT_EVERY == 0, mask)
+            self.counted = counter.get_total_flops()
+        else:
+            self.step_fn(batch, self.steps % GRADIENT_EVERY == 0, mask)
         synchronize()
         seconds = time.perf_counter() - start
+        if self.counted:
+            return seconds, self.counted
         flops = 0
         for config in self.configs:
             needed = rows_needed(config)
@@ -129,10 +144,11 @@ class StepTimer:
         return seconds, flops
 
 
-def setup_config(setup: int, base: TrainConfig, precision: str, critic: float, latent: float) -> TrainConfig:
+def setup_config(setup: int, base: TrainConfig, precision: str, critic: float, latent: float,
+                 head: str = DEFAULT_HEAD) -> TrainConfig:
     spec = PAPER_SETUPS[setup]
     return replace(base, loss=spec.loss, rescale=spec.rescale, critic_weight=critic if "critic" in spec.terms else 0.0,
-                   latent_weight=latent if "latent" in spec.terms else 0.0, precision=precision)
+                   latent_weight=latent if "latent" in spec.terms else 0.0, precision=precision, head=head)
 
 
 def time_steps(timer: StepTimer, steps: int, warmup: int) -> tuple[float, float]:
@@ -168,6 +184,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--setups", default="1,2,4,7")
+    parser.add_argument("--heads", default=DEFAULT_HEAD, help="heads of the step figures (train/heads/); a setup "
+                        "with the latent term is skipped on a head without a trained latent")
     parser.add_argument("--critic", type=float, default=1.0)
     parser.add_argument("--latent", type=float, default=0.1)
     parser.add_argument("--precisions", default="fp32,bf16")
@@ -216,22 +234,26 @@ def main() -> None:
                        disc_dim=widths[2], val_labels=0)
     setups = [int(s) for s in args.setups.split(",")]
     precisions = args.precisions.split(",")
-    samples: dict[tuple[int, str], list[tuple[float, float]]] = {}
-    timers = {(s, p): StepTimer([setup_config(s, base, p, args.critic, args.latent)], split, args.num_classes,
-                                Acceleration.for_run(DEVICE, p)) for s in setups for p in precisions}
+    heads = args.heads.split(",")
+    samples: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
+    timers = {(s, p, h): StepTimer([setup_config(s, base, p, args.critic, args.latent, h)], split, args.num_classes,
+                                   Acceleration.for_run(DEVICE, p))
+              for s in setups for p in precisions for h in heads
+              if HEADS[h].latent or "latent" not in PAPER_SETUPS[s].terms}
     for _ in range(args.rounds):
         for key, timer in timers.items():
             samples.setdefault(key, []).append(time_steps(timer, args.steps, args.warmup))
     steps = []
-    for (setup, precision), values in samples.items():
+    for (setup, precision, head), values in samples.items():
         seconds = statistics.median(v[0] for v in values)
         rate = statistics.median(v[1] for v in values) / 1e9
         fraction = rate / peak[precision][min(args.threads, max(peak[precision]))]
-        steps.append({"setup": setup, "precision": precision, "ms_per_step": 1e3 * seconds, "gflops": rate,
-                      "fraction_of_peak": fraction})
+        steps.append({"setup": setup, "precision": precision, "head": head, "ms_per_step": 1e3 * seconds,
+                      "gflops": rate, "fraction_of_peak": fraction})
     result["steps"] = steps
     result["step_settings"] = {"threads": args.threads, "tokens": tokens, "widths": widths,
                                "batch_size": args.batch_size, "labels": args.labels, "critic": args.critic,
+                               "heads": heads,
                                "latent": args.latent, "features": args.features, "samples": len(split)}
 
     # 3. the choices
@@ -283,8 +305,10 @@ def main() -> None:
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
     for row in steps:
-        print(f"setup {row['setup']} {row['precision']}: {row['ms_per_step']:.1f} ms/step, {row['gflops']:.0f} GFLOP/s "
-              f"= {100 * row['fraction_of_peak']:.0f}% of the {row['precision']} peak on {args.threads} thread(s)")
+        head = "" if row["head"] == DEFAULT_HEAD else f" ({row['head']} head)"
+        print(f"setup {row['setup']}{head} {row['precision']}: {row['ms_per_step']:.1f} ms/step, {row['gflops']:.0f} "
+              f"GFLOP/s = {100 * row['fraction_of_peak']:.0f}% of the {row['precision']} peak on {args.threads} "
+              "thread(s)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from twinturbo.train.results import RESULTS_FILE, read_rows
+from twinturbo.train.sweep.results import RESULTS_FILE, read_rows
 
 MAX_MEAN_DIFFERENCE = 0.3  # points
 

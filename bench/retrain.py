@@ -18,10 +18,10 @@ import torch
 
 from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.data import num_classes_of
-from twinturbo.train.loop import train
-from twinturbo.train.memory import load_splits
-from twinturbo.train.results import RESULTS_FILE, read_rows
+from twinturbo.train.run.data import num_classes_of
+from twinturbo.train.run.loop import train
+from twinturbo.train.run.memory import load_splits
+from twinturbo.train.sweep.results import RESULTS_FILE, read_rows
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Training on a split larger than memory (train/stream.py) against the same run with the split in memory.
+"""Training on a split larger than memory (train/run/stream.py) against the same run with the split in memory.
 
 Two figures, each from one run of this script:
 
@@ -32,7 +32,7 @@ RSS_CHILD = textwrap.dedent("""
     import json, pathlib, sys
     import torch
     from twinturbo.train.config import TrainConfig
-    from twinturbo.train.rundir import train_from_store
+    from twinturbo.train.run.rundir import train_from_store
     torch.set_num_threads(1)
     big, small, out, limit = sys.argv[1:]
     # fp32: the figure is about the split's bytes; bf16 adds ~50 MB of fixed oneDNN state (measured, bench/README.md)
@@ -102,9 +102,9 @@ def speed_figures(features: Path, rounds: int, widths: tuple[int, int, int], thr
 
     from twinturbo.common.store import open_store
     from twinturbo.train.config import TrainConfig
-    from twinturbo.train.data import num_classes_of
-    from twinturbo.train.memory import load_splits
-    from twinturbo.train.loop import train
+    from twinturbo.train.run.data import num_classes_of
+    from twinturbo.train.run.memory import load_splits
+    from twinturbo.train.run.loop import train
 
     torch.set_num_threads(threads)
     device = torch.device("cpu")

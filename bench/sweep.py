@@ -26,9 +26,9 @@ import torch
 from twinturbo.common.device import resolve_device
 from twinturbo.common.store import SplitLayout, create_store, open_store
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.data import load_split, num_classes_of
+from twinturbo.train.run.data import load_split, num_classes_of
 from twinturbo.common.device import Acceleration
-from twinturbo.train.loop import train, train_runs
+from twinturbo.train.run.loop import train, train_runs
 
 # Eight runs of one seed: a mix of the seven setups' losses, rescalings and terms (all with critic and latent on,
 # so that both ways do the same work per run).

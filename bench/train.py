@@ -2,10 +2,10 @@
 
 What the two-stage design saves: without the store, every training step runs the frozen backbone on all the images
 the step needs (labelled x, partners x*, unlabelled x: 3 x batch for setups 5-7). Both variants run the identical
-head step of twinturbo.train.loop (model step, then discriminator step) in the same process on the same batch size.
+head step of twinturbo.train.run.loop (model step, then discriminator step) in the same process on the same batch size.
 The cached variant gathers its batches from tokens resident in memory (on the GPU when there is one), as tt-train does.
 
-Also reports the head step's achieved TFLOP/s, counted by train/flops.py from the widths and the step's rows (every
+Also reports the head step's achieved TFLOP/s, counted by train/run/flops.py from the widths and the step's rows (every
 row its own sample here), against --peak-tflops (the card's dense bf16 peak; on CPU bench/limit.py measures the peak).
 
     .venv/bin/python bench/train.py                                   # CPU, effnet-lite0 @64, small widths
@@ -27,9 +27,10 @@ import torch
 
 from twinturbo.common.device import resolve_device, resolve_precision
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.data import SplitTensors
-from twinturbo.train.flops import HeadShape, StepRows, train_step_flops
-from twinturbo.train.step import StepBatch, autocast
+from twinturbo.train.heads import TokenShape
+from twinturbo.train.run.data import SplitTensors
+from twinturbo.train.run.flops import HeadShape, StepRows, train_step_flops
+from twinturbo.train.run.step import StepBatch, autocast
 
 from head_step import HeadStep  # bench/head_step.py, next to this script
 
@@ -122,7 +123,8 @@ def main() -> None:
     resident = SplitTensors(torch.cat(cls_parts), torch.cat(patch_parts), labels.to(device))
     cls_dim, (num_patches, patch_dim) = resident.cls.shape[1], resident.patches.shape[1:]
 
-    step = HeadStep([config], cls_dim, patch_dim, args.num_classes, device, compiled=args.compile)
+    step = HeadStep([config], TokenShape(cls_dim, patch_dim, num_patches, args.num_classes), device,
+                    compiled=args.compile)
     real = torch.eye(args.num_classes, device=device)[torch.arange(args.batch_size) % args.num_classes]
 
     def batch_of(parts: dict[str, tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor) -> StepBatch:

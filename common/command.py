@@ -10,6 +10,8 @@ import sys
 import click
 
 from .errors import TwinTurboError, one_line
+from .interrupts import interrupts_kept
+from .plugins import use_plugins
 
 
 class Command(click.Command):
@@ -26,7 +28,8 @@ class Command(click.Command):
         program = prog_name or (os.path.basename(sys.argv[0]) if args is None else self.name) or ""
         extra.setdefault("obj", {"argv": [program, *map(str, argv)]})
         try:
-            code = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
+            with interrupts_kept():  # Ctrl-C landing in a weakref callback is not lost (common/interrupts.py)
+                code = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
         except click.ClickException as err:
             print(f"error: {one_line(err.format_message())}", file=sys.stderr)
             sys.exit(2)
@@ -44,12 +47,11 @@ class Command(click.Command):
 
 
 def plugins_option(command):
-    """--plugins FILE.py[,FILE.py]: the console entry point (twinturbo/commands.py) has loaded them before this
-    command was built; here they are checked to be in force (a command invoked another way refuses, saying so)."""
+    """--plugins FILE.py[,FILE.py] (common/plugins.py): the console entry point (twinturbo/commands.py) has loaded
+    them before this command was built; here they are checked to be in force (a command invoked another way
+    refuses, saying so)."""
     def put_in_force(ctx, param, value):
         if value:
-            from twinturbo.plugins import use_plugins
-
             use_plugins(*[part for part in value.split(",") if part.strip()])
         return value
 

@@ -23,14 +23,13 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402  (after use_plugins: the registry is built on the next import)
 
-from twinturbo.train.losses import log_rescale  # noqa: E402
+from twinturbo.train.losses import normalised_log_rescale  # noqa: E402
 from twinturbo.train.terms import StepView, Term, Weight  # noqa: E402
 
 
 def loss(view: StepView) -> torch.Tensor:
     """-H(mean p): p the normalised sigma(f) of the unlabelled batch; lowest when the mean prediction is uniform."""
-    log_scores = log_rescale(view.logits["unlabelled"], view.config.rescale)
-    mean = (log_scores - torch.logsumexp(log_scores, dim=1, keepdim=True)).exp().mean(dim=0)
+    mean = normalised_log_rescale(view.logits["unlabelled"], view.config.rescale).exp().mean(dim=0)
     return (mean * mean.clamp_min(1e-12).log()).sum()
 
 
@@ -56,7 +55,7 @@ def main() -> None:
     store = tt.extract("digits", out / "features", backbone="effnet-lite0:320", resolution=64, progress=False)
     rows = tt.sweep(store, out / "sweep", grid=GRID, device="cpu")
 
-    from twinturbo.train.stats import paired_difference
+    from twinturbo.train.report.stats import paired_difference
 
     accuracy = {setup: dict(zip(part["seed"], 100 * part["test_accuracy"])) for setup, part in rows.groupby("setup")}
     gain = paired_difference(accuracy["marginal"], accuracy[1])

@@ -1,6 +1,6 @@
 """`tt-extract`: parse options, then call the extraction loop (`extract.py`) or the store check (`verify.py`).
 
-Every extraction option is built from ExtractConfig's fields (extract/extract.py holds each default and help text).
+Every extraction option is built from ExtractConfig's fields (extract/config.py holds each default and help text).
 """
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from typing import Callable
 
 import click
 
+from twinturbo.common import liveness
 from twinturbo.common.command import Command
-from twinturbo.extract.extract import ExtractConfig, detect_ranks, run_extraction
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.slurm import options_of, slurm_options
+from twinturbo.common.store import open_store
+from twinturbo.extract.config import ExtractConfig
+from twinturbo.extract.extract import run_extraction
+from twinturbo.extract.ranks import detect_ranks
 from twinturbo.extract.verify import repair_store, verify_store
 
 # where a backbone's weights (and code) come from
@@ -72,7 +76,8 @@ class ExtractCommand(Command):
 @slurm_options
 @click.option("--verify", "verify_path", type=click.Path(path_type=Path), default=None,
               help="Check the store at PATH instead of extracting (complete, shapes, dtypes, labels, every chunk "
-                   "against its checksum, no NaN/Inf); each damaged chunk is named, exit code 2.")
+                   "against its checksum, no NaN/Inf, how many vectors are constant); each damaged chunk is named, "
+                   "exit code 2.")
 @click.option("--repair", is_flag=True,
               help="With --verify: mark the damaged chunks not done, so that the store's tt-extract command "
                    "recomputes only them.")
@@ -82,6 +87,8 @@ def extract_command(verify_path: Path | None, repair: bool, **options) -> None:
         summary = verify_store(verify_path, progress=not options.get("progress"))
         for line in summary.lines():
             click.echo(line)
+        for line in summary.warnings():
+            click.echo(line, err=True)
         for damage in summary.damaged:
             click.echo(f"damaged: {damage}", err=True)
         if summary.damaged and repair:
@@ -100,9 +107,13 @@ def extract_command(verify_path: Path | None, repair: bool, **options) -> None:
     result = run_extraction(config)
     if detect_ranks().rank != 0:
         return
+    with open_store(result.path, writable=True) as store:  # what it stored: constant (dead) features counted once
+        liveness.record(store, progress=config.progress)
     summary = verify_store(result.path, progress=False, scan_values=False)
     for line in summary.lines():
         click.echo(line)
+    for line in summary.warnings():
+        click.echo(line, err=True)
     for split in result.splits:
         if split.computed:
             click.echo(f"  {split.split}: computed {split.computed} images in {split.seconds:.1f} s "

@@ -9,21 +9,20 @@ are written (a done chunk is never rewritten, so a kill can never leave a done f
 
 Resize follows Table 1 of the paper (28/32 -> 224): bilinear, grey repeated to 3 channels. The forward runs under
 `torch.inference_mode`, in bf16 autocast on CUDA and fp32 on CPU (`common.device.extraction_bf16` says why).
+
+The options are ExtractConfig's (config.py); torchrun's ranks are ranks.py's, the background writer writer.py's, the
+room on disk disk.py's.
 """
 from __future__ import annotations
 
 import errno
 import os
-import queue
-import shutil
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,143 +30,15 @@ import torch.nn.functional as F
 
 from twinturbo.common.device import extraction_bf16, resolve_device
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.common.sizes import format_size
-from twinturbo.common.slurm import SlurmOptions, job_failure, raise_unfinished
-from twinturbo.common.store import (FORMATS, HDF5_CLOSE_RESERVE, PATCH_DTYPES, VIEW_SPLITS, FeatureStore, SplitLayout,
-                                    create_store, detect_format, num_chunks, open_store)
-from twinturbo.extract.backbones import BACKBONE_SPECS, DEFAULT_BACKBONE, BackboneOptions, build_backbone
-from twinturbo.extract.datasets import HF_PREFIX, HFDatasetOptions, read_dataset_split, store_name
-from twinturbo.extract.views import ViewMaker, ViewPolicy, ViewSpec, parse_views
-
-SPLIT_NAMES = ("train", "test")
-
-
-def _option(default, flag: str, help: str, kind: type | None = None, shown: str | None = None, **extra):
-    """An ExtractConfig field with its tt-extract flag and help text (the CLI builds its options from these)."""
-    return field(default=default, metadata={"flag": flag, "help": help, "kind": kind or type(default),
-                                            "shown": default if shown is None else shown, **extra})
-
-
-@dataclass
-class ExtractConfig:
-    """Everything `tt-extract` needs; extract/cli.py builds its options from these fields (README.md, `tt-extract`)."""
-
-    dataset: str = _option(None, "--dataset", "mnist | fashion-mnist | cifar10 | svhn | digits | folder:PATH | "
-                           "hf:NAME_OR_DIR[:CONFIG] (a Hugging Face dataset: a save_to_disk directory, a hub name, or "
-                           "a local data dir)", kind=str, shown="required")
-    out: Path = _option(None, "--out", "Directory receiving the store <out>/<dataset>[.h5].", kind=Path,
-                        shown="required")
-    backbone: str = _option(DEFAULT_BACKBONE, "--backbone", BACKBONE_SPECS)
-    resolution: int | None = _option(None, "--resolution", "Input side in pixels.", kind=int,
-                                     shown="the backbone's")
-    batch_size: int = _option(256, "--batch-size", "Images per forward (a multiple of --chunk-size).")
-    chunk_size: int = _option(64, "--chunk-size", "Samples per store chunk (the unit of resume).")
-    format: str = _option("zarr", "--format", "zarr | hdf5")
-    dtype: str = _option("float16", "--dtype", "Patch tokens on disk: float16 | int8 (+ a scale per token).")
-    splits: Sequence[str] = _option(SPLIT_NAMES, "--splits", "Comma-separated splits to extract.", kind=str,
-                                    shown=",".join(SPLIT_NAMES), parse=lambda text: tuple(
-                                        s.strip() for s in text.split(",") if s.strip()))
-    device: str = _option("auto", "--device", "auto | cpu | cuda")
-    limit: int | None = _option(None, "--limit", "Only the first N samples of each split.", kind=int, shown="all")
-    data_root: Path = _option(Path("data"), "--data-root", "Where the raw dataset files are.", kind=Path)
-    download: bool = _option(False, "--download", "Fetch missing MNIST/Fashion-MNIST/CIFAR-10/SVHN files "
-                             "(checksum-verified).")
-    weights: Path | None = _option(None, "--weights", "Local weights file for timm:<model>.", kind=Path,
-                                   shown="none")
-    radio_checkpoint: Path | None = _option(None, "--radio-checkpoint", "Local RADIO checkpoint (.pth.tar).",
-                                            kind=Path, shown="none")
-    hub_dir: Path | None = _option(None, "--hub-dir", "Local copy of the torch.hub repo (NVlabs/RADIO for radio, "
-                                   "OWNER/REPO for hub:OWNER/REPO:ENTRY), loaded offline.", kind=Path, shown="none")
-    trust_remote_code: bool = _option(False, "--trust-remote-code", "Let hf:<model> run the code the model ships "
-                                      "(config.json's auto_map, e.g. nvidia/RADIO-B); read it first.")
-    image_column: str | None = _option(None, "--image-column", "hf: datasets: the column of images.", kind=str,
-                                       shown="its Image feature")
-    label_column: str | None = _option(None, "--label-column", "hf: datasets: the column of labels; its names are "
-                                       "the class names.", kind=str, shown="its ClassLabel feature")
-    train_split: str | None = _option(None, "--train-split", "hf: datasets: the dataset's split stored as train.",
-                                      kind=str, shown="train")
-    test_split: str | None = _option(None, "--test-split", "hf: datasets: the dataset's split stored as test (e.g. "
-                                     "validation where it has no test split; or --splits train).", kind=str,
-                                     shown="test")
-    views: str | None = _option(None, "--views", "Augmented views of every train image stored beside its clean one, "
-                                "e.g. weak:2,strong:4 (FixMatch's policies, extract/views.py); the test split gets "
-                                "none.", kind=str, shown="none")
-    view_flip: str = _option("auto", "--view-flip", "Horizontal flips in the views: auto (by dataset: Fashion-MNIST, "
-                             "CIFAR-10 and folders yes; digits, MNIST, SVHN no), yes or no.")
-    view_seed: int = _option(0, "--view-seed", "The seed each view's randomness is derived from, with its image "
-                             "and view index.")
-    overwrite: bool = _option(False, "--overwrite", "Replace an existing store that holds a different extraction.")
-    progress: bool = _option(True, "--no-progress", "No progress bars.", negate=True)
-    launcher: str = _option("local", "--launcher", "local: this process (or torchrun's); submitit: --tasks jobs "
-                            "(SLURM), each writing its own chunks of one zarr store.")
-    tasks: int = _option(1, "--tasks", "With --launcher submitit: how many jobs share the extraction.")
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)  # --launcher submitit's resources (common/slurm.py)
-    command: str = field(default_factory=lambda: " ".join(sys.argv))  # recorded in the store's attrs
-
-    def validate(self) -> None:
-        """Option checks that need no file: each failure is one line naming the option."""
-        if not self.dataset or self.out is None:
-            raise TwinTurboError("--dataset and --out are required (or --verify PATH to check a store)")
-        if self.format not in FORMATS:
-            raise TwinTurboError(f"--format {self.format}: expected one of {', '.join(FORMATS)}")
-        if self.dtype not in PATCH_DTYPES:
-            raise TwinTurboError(f"--dtype {self.dtype}: expected one of {', '.join(PATCH_DTYPES)}")
-        if not self.splits:
-            raise TwinTurboError("--splits is empty: expected a comma-separated list such as train,test")
-        for split in self.splits:
-            if split not in SPLIT_NAMES:
-                raise TwinTurboError(f"--splits: unknown split '{split}', expected some of {', '.join(SPLIT_NAMES)}")
-        if len(set(self.splits)) != len(self.splits):
-            raise TwinTurboError(f"--splits {','.join(self.splits)} names a split twice")
-        if self.batch_size < 1:
-            raise TwinTurboError(f"--batch-size {self.batch_size}: expected a positive number of images")
-        if self.chunk_size < 1:
-            raise TwinTurboError(f"--chunk-size {self.chunk_size}: expected a positive number of samples")
-        if self.limit is not None and self.limit < 1:
-            raise TwinTurboError(f"--limit {self.limit}: expected a positive number of samples per split")
-        if self.launcher not in ("local", "submitit"):
-            raise TwinTurboError(f"--launcher {self.launcher}: expected local or submitit")
-        if self.tasks < 1 or (self.tasks > 1 and self.launcher != "submitit"):
-            raise TwinTurboError(f"--tasks {self.tasks}: expected a number of jobs >= 1, with --launcher submitit "
-                                 "(several local processes: torchrun)")
-        if self.resolution is not None and self.resolution < 1:
-            raise TwinTurboError(f"--resolution {self.resolution}: expected a positive number of pixels")
-        if not self.dataset.startswith(HF_PREFIX):
-            for name in ("image_column", "label_column", "train_split", "test_split"):
-                if getattr(self, name) is not None:
-                    flag = "--" + name.replace("_", "-")
-                    raise TwinTurboError(f"{flag} applies to hf: datasets only (--dataset hf:NAME_OR_DIR)")
-        self.view_spec()
-
-    def hf_options(self) -> HFDatasetOptions:
-        """The hf: dataset options, unset ones at their defaults."""
-        return HFDatasetOptions(self.image_column, self.label_column, self.train_split or "train",
-                                self.test_split or "test")
-
-    def view_spec(self) -> ViewSpec | None:
-        """--views read, its flips decided for the dataset (None: no views)."""
-        return parse_views(self.views, self.dataset, self.view_flip)
-
-
-def store_path(config: ExtractConfig) -> Path:
-    """DIR/<store_name(dataset)>/ for zarr, DIR/<store_name(dataset)>.h5 for HDF5."""
-    name = store_name(config.dataset)
-    return Path(config.out) / (name + ".h5" if config.format == "hdf5" else name)
-
-
-def batch_grid(batch_size: int, chunk_size: int) -> tuple[int, int, str | None]:
-    """(batch size, chunk size, note): the batch is a whole number of chunks so no chunk straddles two batches.
-
-    A batch smaller than a chunk makes the chunk the batch; a larger one is rounded down to a multiple of the chunk.
-    """
-    if batch_size < chunk_size:
-        return batch_size, batch_size, (
-            f"--chunk-size {chunk_size} is larger than --batch-size {batch_size}: using chunks of {batch_size}")
-    rounded = batch_size - batch_size % chunk_size
-    if rounded != batch_size:
-        return rounded, chunk_size, (
-            f"--batch-size {batch_size} rounded down to {rounded}, a multiple of --chunk-size {chunk_size}")
-    return batch_size, chunk_size, None
+from twinturbo.common.slurm import job_failure, raise_unfinished
+from twinturbo.common.store import VIEW_SPLITS, FeatureStore, SplitLayout, create_store, open_store
+from twinturbo.extract.backbones import BackboneOptions, build_backbone
+from twinturbo.extract.config import ExtractConfig, batch_grid, store_path
+from twinturbo.extract.datasets import read_dataset_split
+from twinturbo.extract.disk import check_free_space, close_after_full_disk, progress_of
+from twinturbo.extract.ranks import Ranks, detect_ranks, init_ranks
+from twinturbo.extract.views import ViewMaker, ViewPolicy, ViewSpec
+from twinturbo.extract.writer import ChunkWriter
 
 
 def prepare_images(images: np.ndarray, resolution: int, device: torch.device) -> torch.Tensor:
@@ -196,136 +67,6 @@ def forward_features(backbone: torch.nn.Module, images: torch.Tensor,
         cls, patches = backbone(images)
     return cls.to(torch.float16), patches.to(torch.float16)
 
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Ranks: one process, or `torchrun --nproc-per-node N tt-extract ...`
-# ---------------------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place among the extraction processes (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            torch.distributed.barrier()
-
-    def gather(self, value) -> list:
-        """Every rank's `value`, in rank order, on every rank."""
-        if not self.distributed:
-            return [value]
-        values = [None] * self.world
-        torch.distributed.all_gather_object(values, value)
-        return values
-
-    def from_rank0(self, value):
-        """Rank 0's `value` on every rank (a picklable object)."""
-        if not self.distributed:
-            return value
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def detect_ranks() -> Ranks:
-    """WORLD_SIZE/RANK/LOCAL_RANK as torchrun sets them; a single process when absent."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Ranks()
-    return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def init_ranks(ranks: Ranks, device: torch.device) -> torch.device:
-    """Join the process group (gloo on CPU, nccl on CUDA); each CUDA rank takes its own GPU."""
-    if not ranks.distributed:
-        return device
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Writing in the background: the next batch computes while this one is written
-# ---------------------------------------------------------------------------------------------------------------------
-
-class ChunkWriter:
-    """A thread that writes finished batches chunk by chunk (data, then the done flag, see `write_chunk`).
-
-    On CUDA the device->host copy runs on a side stream into pinned memory and the thread waits for it, so the
-    copy overlaps the next batch's forward. Errors in the thread are raised in the caller at the next `put`/`close`.
-    """
-
-    def __init__(self, store: FeatureStore, max_pending: int = 2):
-        self.store = store
-        self.chunk_size = int(store.attrs["chunk_size"])
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="tt-extract-writer", daemon=True)
-        self._thread.start()
-        self._copy_stream: torch.cuda.Stream | None = None
-
-    def put(self, split: str, start: int, tokens: tuple[torch.Tensor, ...], labels: np.ndarray,
-            chunks: list[int]) -> None:
-        """Queue samples [start, start + len(cls)) for writing; only the chunks listed are written. `tokens` is
-        (cls, patches), and with views (views_cls [B, V, Dc], views_patches [B, V, T, Dp]) after them."""
-        self._raise_if_failed()
-        ready = None
-        if tokens[0].device.type == "cuda":
-            if self._copy_stream is None:
-                self._copy_stream = torch.cuda.Stream(device=tokens[0].device)
-            self._copy_stream.wait_stream(torch.cuda.current_stream(tokens[0].device))
-            with torch.cuda.stream(self._copy_stream):
-                host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tokens)
-                for target, source in zip(host, tokens):
-                    target.copy_(source, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record(self._copy_stream)
-            # The device tensors must outlive the copy queued on the side stream.
-            for source in tokens:
-                source.record_stream(self._copy_stream)
-            tokens = host
-        self._queue.put((split, start, tokens, labels, chunks, ready))
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue  # drain after a failure so `put` never blocks forever
-            split, start, tokens, labels, chunks, ready = item
-            try:
-                if ready is not None:
-                    ready.synchronize()
-                arrays = [t.numpy() for t in tokens]
-                for k in chunks:
-                    lo = k * self.chunk_size - start
-                    hi = min(lo + self.chunk_size, len(arrays[0]))
-                    self.store.write_chunk(split, k, *(a[lo:hi] for a in arrays[:2]), labels[lo:hi],
-                                           *(a[lo:hi] for a in arrays[2:]))
-            except BaseException as err:  # re-raised in the main thread
-                self._error = err
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def close(self) -> None:
-        """Wait for every queued write, then raise any error the thread met."""
-        self._queue.put(None)
-        self._thread.join()
-        self._raise_if_failed()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -432,63 +173,6 @@ def _store_attrs(config: ExtractConfig, backbone, splits: dict, batch_size: int,
         "command": config.command,
     }
 
-
-def close_after_full_disk(store: FeatureStore) -> None:
-    """Close a store whose last write met a full disk. HDF5 may not manage to flush its metadata then; h5py's object
-    ids must still be released now, while the interpreter is whole: left to its shutdown, their deallocation met
-    the same error and crashed the process (exit 139)."""
-    try:
-        store.close()
-    except Exception:  # the file's tail is lost with the disk space; every chunk marked done is intact
-        pass
-    if store.format == "hdf5":
-        import h5py
-
-        try:
-            h5py._objects.nonlocal_close()
-        except Exception:
-            pass
-
-
-def progress_of(path: Path, split: str) -> str:
-    """' (k of N chunks done)' for a split of the store at `path`, or '' when the store cannot be read now."""
-    try:
-        with open_store(path) as store:
-            done = store.done_mask(split)
-        return f" ({int(done.sum())} of {len(done)} chunks done)"
-    except Exception:
-        return ""
-
-
-def store_nbytes(layouts: dict[str, SplitLayout], chunk_size: int, patch_dtype: str, num_views: int = 0) -> int:
-    """About how many bytes a store's arrays take on disk, with one filesystem block of slack per chunk file; with
-    `num_views`, the views of VIEW_SPLITS too."""
-    need = 0
-    int8 = patch_dtype == "int8"
-    for name, layout in layouts.items():
-        views = num_views if name in VIEW_SPLITS else 0
-        patch_bytes = layout.num_patches * (layout.patch_dim * (1 if int8 else 2) + (2 if int8 else 0))
-        files = num_chunks(layout.n, chunk_size) * ((5 if int8 else 4) + ((3 if int8 else 2) if views else 0))
-        need += layout.n * ((1 + views) * (2 * layout.cls_dim + patch_bytes) + 8) + files * 4096
-    return need
-
-
-def check_free_space(path: Path, layouts: dict[str, SplitLayout], chunk_size: int, patch_dtype: str,
-                     num_views: int = 0) -> None:
-    """Refuse, before writing, an extraction whose store would not fit on its filesystem: the bytes its arrays need
-    (store_nbytes), for HDF5 plus the room it keeps free to close the file (HDF5_CLOSE_RESERVE, which its writer
-    enforces), less what an existing store already holds."""
-    need = store_nbytes(layouts, chunk_size, patch_dtype, num_views)
-    reserve = HDF5_CLOSE_RESERVE if detect_format(path) == "hdf5" else 0
-    held = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else \
-        (path.stat().st_size if path.exists() else 0)
-    parent = next(p for p in (path, *path.parents) if p.exists())
-    free = shutil.disk_usage(parent).free
-    if need + reserve - held > free:
-        kept = f", of which {format_size(reserve)} HDF5 keeps free to close the file" if reserve else ""
-        raise TwinTurboError(f"--out {path.parent}: the store needs about {format_size(need + reserve - held)} more"
-                             f"{kept}, and the filesystem has {format_size(free)} free; free some space or choose "
-                             "another --out")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Checks, per split: every chunk's `done` flag, the arrays' shapes and dtypes against the store's own attributes
 (read with plain zarr/h5py, so the on-disk layout itself is checked, not twinturbo's view of it), labels within
 [-1, number of classes), then every chunk of every array read once: its checksum (stores written since checksums
-were recorded: common/store.py), and no NaN/Inf in `cls`, `patches` or int8 scales. A structural failure or a NaN is
+were recorded: common/store/), no NaN/Inf in `cls`, `patches` or int8 scales, and how many of their vectors are
+constant (common/liveness.py: counted afresh here, else as the store records them). A structural failure or a NaN is
 raised as one `TwinTurboError` line; damaged chunks are all listed in the `StoreSummary`, one line each, and
 `repair_store` marks them for re-extraction.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.liveness import ARRAYS as LIVENESS_ARRAYS, Liveness, recorded
 from twinturbo.common.store import (REQUIRED_ATTRS, DamagedChunk, detect_format, num_chunks, open_store,
                                     resolve_store_path)
 
@@ -30,6 +32,7 @@ class SplitSummary:
     nbytes: int  # on disk
     class_counts: dict[str, int]
     views: dict[str, int] = field(default_factory=dict)  # augmented views per image, by policy name
+    liveness: Liveness | None = None  # constant vectors per array (None: neither counted nor recorded)
 
 
 @dataclass
@@ -54,7 +57,14 @@ class StoreSummary:
                        f"{s.nbytes / 1e6:.2f} MB  classes {counts}")
             if s.views:
                 out.append("    views per image: " + ", ".join(f"{kind} {count}" for kind, count in s.views.items()))
+            if s.liveness is not None:
+                out.append(s.liveness.line())
         return out
+
+    def warnings(self) -> list[str]:
+        """One `warning:` line per split and array with too many constant vectors (common/liveness.py)."""
+        return [line for s in self.splits if s.liveness is not None
+                for line in s.liveness.warnings(str(self.attrs["backbone"]), int(self.attrs["resolution"]))]
 
 
 def _plain_arrays(path: Path, split: str) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -146,8 +156,12 @@ def verify_store(path: str | Path, progress: bool = True, samples_per_read: int 
                                           {kind: count for kind, (_, count) in reader.view_kinds.items()}))
         # The value scan reads every token: only once every split passed the cheap checks above.
         damaged: list[DamagedChunk] = []
-        for summary in summaries if scan_values else ():
-            damaged += _scan_chunks(resolved, store.split(summary.name), progress)
+        counted = {entry.split: entry for entry in recorded(attrs)}
+        for summary in summaries:
+            summary.liveness = counted.get(summary.name)
+            if scan_values:
+                summary.liveness = Liveness(summary.name)
+                damaged += _scan_chunks(resolved, store.split(summary.name), progress, summary.liveness)
         checksums = all(store.split(s.name).has_checksums for s in summaries) if scan_values else None
     return StoreSummary(resolved, attrs, summaries, damaged, checksums)
 
@@ -165,9 +179,10 @@ def _labels_of_intact_chunks(reader) -> tuple[np.ndarray, np.ndarray]:
     return labels, readable
 
 
-def _scan_chunks(path: Path, reader, progress: bool) -> list[DamagedChunk]:
+def _scan_chunks(path: Path, reader, progress: bool, liveness: Liveness) -> list[DamagedChunk]:
     """Read every chunk of every array once: each chunk that fails its checksum or cannot be read is returned; the
-    first sample whose cls or patches (int8: their scales) hold NaN or Inf raises."""
+    first sample whose cls or patches (int8: their scales) hold NaN or Inf raises; the constant vectors of the token
+    arrays of the chunks that could be read are counted into `liveness`."""
     from tqdm.auto import tqdm
 
     name, damaged = reader.name, []
@@ -187,6 +202,8 @@ def _scan_chunks(path: Path, reader, progress: bool) -> list[DamagedChunk]:
                     if not finite.all():
                         i = start + int(np.flatnonzero(~finite)[0])
                         raise TwinTurboError(f"{path}: {name}/{array} of sample {i} holds NaN or Inf")
+                if array in LIVENESS_ARRAYS:
+                    liveness.add(array, values)
             bar.update(stop - start)
     return damaged
 

@@ -1,7 +1,7 @@
 """Augmented views for consistency methods (FixMatch, FlexMatch: the paper's refs [12], [13]), extracted once.
 
 `tt-extract --views weak:2,strong:4` stores, for every train image, besides its clean view, that many augmented views
-through the same frozen backbone (common/store.py: `views_cls`, `views_patches`, format 2). A policy is data: a
+through the same frozen backbone (common/store/: `views_cls`, `views_patches`, format 2). A policy is data: a
 `ViewPolicy` of a few numbers, built into a `torchvision.transforms.v2` pipeline by `build_transform`, and recorded
 with its parameters in the store's `views` attribute.
 

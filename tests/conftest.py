@@ -281,6 +281,16 @@ SYNTHETIC_CLASSES = 10
 TINY_CLASSES = 4
 
 
+def make_head(cls_dim: int, patch_dim: int, num_classes: int, proj_dim: int = 8000, pred_dim: int = 1024,
+              disc_dim: int = 500, init_seed: int = 0, head: str = "twinturbo", num_patches: int = 4, **options):
+    """train.heads.build_head for these widths (the positional order of the paper's head before heads were a
+    choice: Dc, Dp, C, P, H, D_alpha)."""
+    from twinturbo.train.heads import TokenShape, build_head
+
+    config = TrainConfig(head=head, proj_dim=proj_dim, pred_dim=pred_dim, disc_dim=disc_dim, **options)
+    return build_head(TokenShape(cls_dim, patch_dim, num_patches, num_classes), config, init_seed)
+
+
 def _write_synthetic_store(path: Path, n_train: int = 400, n_test: int = 200, scale: float = 1.0, chunk: int = 64,
                          complete: bool = True, cls_dim: int = 24, num_patches: int = 4, patch_dim: int = 16,
                          seed: int = 0) -> Path:
@@ -365,7 +375,7 @@ def synthetic_splits(synthetic_store):
     import torch
 
     from twinturbo.common.store import open_store
-    from twinturbo.train.data import load_split
+    from twinturbo.train.run.data import load_split
 
     with open_store(synthetic_store) as store:
         return load_split(store, "train", torch.device("cpu")), load_split(store, "test", torch.device("cpu"))
@@ -373,7 +383,7 @@ def synthetic_splits(synthetic_store):
 
 def _head_terms(head, batch, mask, config: TrainConfig):
     """Eq. 22's terms of one head on one step, as train_step computes them (forward_rows, step_views, run_terms)."""
-    from twinturbo.train.step import forward_rows, run_terms, step_views
+    from twinturbo.train.run.step import forward_rows, run_terms, step_views
 
     def forward(cls, patches, dropout_mask, rows):
         return tuple(t.unsqueeze(0) for t in head(cls, patches, dropout_mask, rows=rows))

@@ -15,13 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.extract.backbones import (
-    BackboneOptions,
-    build_backbone,
-    build_effnet_lite0_classifier,
-    effnet_pytorch_to_timm,
-    packaged_effnet_lite0_file,
-)
+from twinturbo.extract.backbones import BackboneOptions, build_backbone
+from twinturbo.extract.backbones.effnet import (build_effnet_lite0_classifier, effnet_pytorch_to_timm,
+                                                packaged_effnet_lite0_file)
 
 CHURCH = 497  # ImageNet-1k class index of 'church, church building'
 
@@ -455,6 +451,37 @@ def test_hf_vit_directory_gives_the_store_of_a_forward_by_hand(hf_vit_dir, tmp_p
     assert tokens.shape == (40, 1 + 16, 32)
     within_fp16(cls, tokens[:, 0])
     within_fp16(patches, tokens[:, 1:])
+
+
+def test_an_unreachable_hub_is_one_whole_line_at_once_and_a_cached_model_still_loads(hf_vit_dir, tmp_path,
+                                                                                     monkeypatch):
+    """Offline, a hub name is looked up in the local cache only (no five retries, one line each): a model there
+    loads; one that is not is one line that says so, not cut in the middle of a URL."""
+    import shutil
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nobody listens there now: connection refused
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("transformers.utils.hub.TRANSFORMERS_CACHE", str(tmp_path / "cache"), raising=False)
+    started = time.perf_counter()
+    with pytest.raises(TwinTurboError) as info:
+        build_backbone("hf:someone/not-cached", BackboneOptions())
+    message = str(info.value)
+    assert time.perf_counter() - started < 10 and "\n" not in message
+    assert message == (f"--backbone hf:someone/not-cached: could not load someone/not-cached (the Hugging Face hub "
+                       f"(http://127.0.0.1:{port}) cannot be reached and someone/not-cached is not in the local "
+                       "cache); offline, pass a directory written by save_pretrained as hf:DIR")
+    snapshot = tmp_path / "cache" / "models--someone--tiny-vit" / "snapshots" / "0123abcd"  # the hub cache's layout
+    shutil.copytree(hf_vit_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    backbone = build_backbone("hf:someone/tiny-vit", BackboneOptions())
+    assert backbone.resolution == 32 and backbone.cls_dim == build_backbone(f"hf:{hf_vit_dir}", BackboneOptions()).cls_dim
 
 
 def test_hf_vit_at_another_resolution_interpolates_its_position_embeddings(hf_vit_dir):

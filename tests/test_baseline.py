@@ -10,10 +10,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from twinturbo.common.store import open_store
-from twinturbo.train.baseline import logistic_baseline, run_labelled_subset, spreading_baseline
-from twinturbo.train.data import load_split
-from twinturbo.train.loop import train
-from twinturbo.train.report import make_report
+from twinturbo.train.report.baseline import logistic_baseline, run_labelled_subset, spreading_baseline
+from twinturbo.train.run.data import load_split
+from twinturbo.train.run.loop import train
+from twinturbo.train.report.make import make_report
 
 
 def fits(sweep) -> dict[str, float]:
@@ -76,8 +76,8 @@ def test_self_training_matches_an_independent_sklearn_fit_with_the_threshold_bes
         tmp_path, write_synthetic_store):
     from sklearn.semi_supervised import SelfTrainingClassifier
 
-    from twinturbo.train.baseline import SELF_TRAINING_THRESHOLDS, self_training_baseline
-    from twinturbo.train.sampling import validation_subset
+    from twinturbo.train.report.baseline import SELF_TRAINING_THRESHOLDS, self_training_baseline
+    from twinturbo.train.run.sampling import validation_subset
 
     # 8-d CLS vectors: classes overlap, so the thresholds give different validation accuracies, and a cold start of
     # every round would end at another accuracy (78.3% instead of 75.8% at threshold 0.75)
@@ -148,7 +148,7 @@ def test_each_baseline_fit_is_cached_as_it_ends_and_baselines_picks_the_methods(
     from click.testing import CliRunner
 
     from twinturbo.common.errors import TwinTurboError
-    from twinturbo.train import baseline
+    from twinturbo.train.report import baseline
     from twinturbo.train.cli import report_main
 
     path = write_synthetic_store(tmp_path / "synthetic", n_train=200, n_test=60, scale=0.5)
@@ -195,7 +195,7 @@ def test_each_baseline_fit_is_cached_as_it_ends_and_baselines_picks_the_methods(
 
 def test_self_training_threshold_is_chosen_on_the_validation_labels_that_choose_lambda(tmp_path,
                                                                                         write_synthetic_store):
-    from twinturbo.train.baseline import self_training_baseline
+    from twinturbo.train.report.baseline import self_training_baseline
 
     path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=1.0, cls_dim=8)
     with open_store(path) as store:
@@ -252,7 +252,7 @@ def test_semi_gmm_is_em_as_scikit_learn_computes_it_when_the_labels_agree_with_t
     (labelled means, the data's covariance for every class, uniform weights, the same ridge)."""
     from sklearn.mixture import GaussianMixture
 
-    from twinturbo.train.baseline import SEMI_GMM_REG, semi_gmm_fit
+    from twinturbo.train.report.baseline import SEMI_GMM_REG, semi_gmm_fit
 
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0, 0.0], [12.0, 0.0, 0.0], [0.0, 12.0, 3.0]])
@@ -278,7 +278,7 @@ def test_semi_gmm_is_em_as_scikit_learn_computes_it_when_the_labels_agree_with_t
 def test_semi_gmm_holds_labelled_vectors_to_their_class():
     """Every vector labelled: EM has nothing to infer, and one iteration gives each class's own frequency, mean and
     covariance (plus the ridge), by hand; a labelled vector deep in another class's cluster still counts for its own."""
-    from twinturbo.train.baseline import SEMI_GMM_REG, semi_gmm_fit
+    from twinturbo.train.report.baseline import SEMI_GMM_REG, semi_gmm_fit
 
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(50, 2)) + 6])
@@ -297,7 +297,7 @@ def test_semi_gmm_holds_labelled_vectors_to_their_class():
 def test_probe_and_semi_gmm_choose_on_validation_and_equal_independent_fits(tmp_path, write_synthetic_store):
     from sklearn.decomposition import PCA
 
-    from twinturbo.train.baseline import (PROBE_C, SEMI_GMM_DIMS, probe_baseline, seed_split, semi_gmm_baseline,
+    from twinturbo.train.report.baseline import (PROBE_C, SEMI_GMM_DIMS, probe_baseline, seed_split, semi_gmm_baseline,
                                           semi_gmm_fit, read_cls_vectors)
 
     path = write_synthetic_store(tmp_path / "synthetic", n_train=400, n_test=120, scale=3.0, cls_dim=40)

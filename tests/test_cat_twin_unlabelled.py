@@ -48,7 +48,7 @@ def test_it_is_a_task_loss_reading_both_batches(quick_config):
 
 
 def test_a_run_with_it_trains(synthetic_splits, quick_config):
-    from twinturbo.train.loop import train
+    from twinturbo.train.run.loop import train
 
     train_split, test_split = synthetic_splits
     metrics = train(quick_config(epochs=2, loss="cat_twin_unlabelled", rescale="sigmoid"), train_split, test_split,

@@ -1,19 +1,21 @@
-"""One sweep, one truth (train/claims.py): run claims shared by concurrent commands, stale claims taken over, and
+"""One sweep, one truth (train/sweep/claims.py): run claims shared by concurrent commands, stale claims taken over, and
 local workers that end with their parent."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from conftest import default_sigint
-from twinturbo.train.claims import Claimant, Claims, live_claims, process_start_time
-from twinturbo.train.results import read_rows
+from twinturbo.train.sweep.claims import Claimant, Claims, live_claims, process_start_time
+from twinturbo.train.sweep.results import read_rows
 
 BIN = Path(sys.executable).parent
 # 6 runs that take a few seconds each on the tiny store, so that two commands overlap
@@ -31,7 +33,9 @@ def sweep(store: Path, out: Path, *extra: str) -> subprocess.Popen:
 def test_two_commands_on_one_out_train_every_run_once(write_tiny_store, tmp_path):
     store, out = write_tiny_store(tmp_path / "store"), tmp_path / "sweep"
     first = sweep(store, out, "--workers", "2")
-    time.sleep(1.0)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("claims/*.claim")):  # the first is training: it holds runs
+        time.sleep(0.1)
     second = sweep(store, out)
     outputs = [p.communicate(timeout=600) for p in (first, second)]
     assert "leaked" not in outputs[0][1]  # the 2-worker pool is shut down cleanly when its runs are done
@@ -42,6 +46,49 @@ def test_two_commands_on_one_out_train_every_run_once(write_tiny_store, tmp_path
     said = outputs[0][0] + outputs[1][0]
     assert "claimed by another live process and left to it" in said  # each says what it left to the other
     assert live_claims(out) == {}  # every claim released
+
+
+_start_together = None
+
+
+def _keep_barrier(barrier) -> None:
+    global _start_together
+    _start_together = barrier
+
+
+def _sweep_in_step(store: str, out: str) -> tuple[int, str]:
+    """tt-sweep on `out`, started at the same instant as the other worker's (a barrier); its exit code and output,
+    with the traceback of any exception the command let through."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    from twinturbo.train.cli import sweep_main
+
+    _start_together.wait()
+    result = CliRunner().invoke(sweep_main, ["--features", store, "--out", out, "--setups", "1,2", "--labels", "8",
+                                             "--seeds", "1", "--critic-grid", "1", "--epochs", "1", "--batch-size",
+                                             "16", "--proj-dim", "8", "--pred-dim", "8", "--disc-dim", "4",
+                                             "--device", "cpu"])
+    trace = "".join(traceback.format_exception(result.exception)) if result.exc_info and result.exit_code == 1 else ""
+    return result.exit_code, result.output + trace
+
+
+def test_two_sweeps_started_together_on_a_new_out_never_crash_and_train_every_run_once(write_tiny_store, tmp_path):
+    """Twenty times, two tt-sweep commands start at the same instant on a new --out (each makes SWEEP_DIR, writes
+    sweep.json, claims runs): both end with exit 0 and no traceback, and each run has one row. Two worker processes
+    that stay up run the commands, so the twenty rounds cost the training, not twenty interpreter starts."""
+    store = write_tiny_store(tmp_path / "store")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    with ProcessPoolExecutor(2, mp_context=context, initializer=_keep_barrier, initargs=(barrier,)) as pool:
+        for round_ in range(20):
+            out = tmp_path / f"sweep{round_}"
+            ends = list(pool.map(_sweep_in_step, [str(store)] * 2, [str(out)] * 2))
+            assert [code for code, _ in ends] == [0, 0], ends
+            assert not any("Traceback" in said for _, said in ends), ends
+            raw = [json.loads(line)["run_id"] for line in (out / "results.jsonl").read_text().splitlines()]
+            assert len(raw) == len(set(raw)) == 2, (round_, raw)
 
 
 def test_a_stale_claim_is_taken_over_and_a_live_one_left(tmp_path):

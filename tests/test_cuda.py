@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from twinturbo.common.store import open_store
-from twinturbo.train.data import load_split
-from twinturbo.train.loop import train_runs
+from twinturbo.train.run.data import load_split
+from twinturbo.train.run.loop import train_runs
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from twinturbo.common.store import SplitLayout, create_store, open_store
-from twinturbo.train.data import load_split
+from twinturbo.train.run.data import load_split
 
 
 def test_int8_split_stays_int8_and_batches_equal_the_float16_reader(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.extract import datasets
 from twinturbo.extract.datasets import DATASET_NAMES, Download, download_dataset, read_dataset_split, store_name
+from twinturbo.extract.datasets import idx
 
 
 def sha256(path: Path) -> str:
@@ -406,7 +407,7 @@ def test_download_checksum_mismatch_leaves_no_file(mnist_raw, served, tmp_path, 
     with pytest.raises(TwinTurboError, match="checksum mismatch") as info:
         download_dataset("mnist", root, splits=("test",))
     assert f"expected {'0' * 32}" in str(info.value) and "\n" not in str(info.value)
-    assert list((root / "mnist").iterdir()) == []  # neither the final name nor a .part
+    assert list((root / "mnist").iterdir()) == []  # neither the final name nor a temporary file
 
 
 def test_download_without_network_says_where_to_put_the_file(mnist_raw, tmp_path, monkeypatch):
@@ -415,7 +416,7 @@ def test_download_without_network_says_where_to_put_the_file(mnist_raw, tmp_path
     message = user_error(f"place the file at {root / 'mnist' / 'train-images-idx3-ubyte.gz'}", "mnist", "train",
                          root, download=True)
     assert "could not download train-images-idx3-ubyte.gz" in message
-    assert not list((root / "mnist").glob("*.part"))
+    assert list((root / "mnist").iterdir()) == []  # no temporary file left behind
 
 
 def test_download_of_a_dataset_without_official_files():
@@ -438,7 +439,7 @@ FASHION_MNIST_SHA256 = {
 
 @pytest.mark.parametrize("name", ["train", "test"])
 def test_fashion_mnist_round_trip_with_its_class_names(fashion_mnist_raw, name, monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(idx, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
     split = read_dataset_split("fashion-mnist", name, fashion_mnist_raw.root)
     assert_round_trip(split, fashion_mnist_raw, name)
     assert split.class_names[0] == "T-shirt/top" and split.class_names[9] == "Ankle boot"
@@ -448,15 +449,15 @@ def test_fashion_mnist_round_trip_with_its_class_names(fashion_mnist_raw, name, 
 def test_fashion_mnist_falls_back_to_debians_system_folder(fashion_mnist_raw, tmp_path, monkeypatch):
     system = tmp_path / "usr-share-datasets-fashion-mnist"
     shutil.copytree(fashion_mnist_raw.root / "fashion-mnist", system)
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", system)
+    monkeypatch.setattr(idx, "FASHION_MNIST_SYSTEM_DIR", system)
     split = read_dataset_split("fashion-mnist", "test", tmp_path / "empty-data-root")
     assert_round_trip(split, fashion_mnist_raw, "test")
     assert split.source_files == {f[:-3]: hashlib.sha256(gzip.decompress((system / f).read_bytes())).hexdigest()
-                                  for f in datasets.MNIST_FILES["test"]}
+                                  for f in idx.MNIST_FILES["test"]}
 
 
 def test_fashion_mnist_missing_names_both_places_and_both_ways(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(idx, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
     message = user_error(str(tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz"), "fashion-mnist", "train",
                          tmp_path)
     assert str(tmp_path / "system") in message
@@ -465,7 +466,7 @@ def test_fashion_mnist_missing_names_both_places_and_both_ways(tmp_path, monkeyp
 
 
 def test_fashion_mnist_corrupt_file_names_its_dataset(fashion_mnist_raw, monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(idx, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
     path = fashion_mnist_raw.root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:20])
     user_error(f"fashion-mnist: {path} is not a complete gzip file", "fashion-mnist", "test", fashion_mnist_raw.root)
@@ -493,12 +494,12 @@ def test_fashion_mnist_download_over_http_checks_md5(fashion_mnist_raw, served, 
     source = fashion_mnist_raw.root / "fashion-mnist"
     for file in source.iterdir():
         shutil.copy(file, directory / file.name)
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(idx, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
     root = tmp_path / "fresh"
     point_at_server(monkeypatch, "fashion-mnist", source, base, md5_for=lambda path: "f" * 32)
     with pytest.raises(TwinTurboError, match="checksum mismatch"):
         read_dataset_split("fashion-mnist", "train", root, download=True)
-    assert list((root / "fashion-mnist").iterdir()) == []  # no file, no .part
+    assert list((root / "fashion-mnist").iterdir()) == []  # no file, no temporary file
     point_at_server(monkeypatch, "fashion-mnist", source, base)
     split = read_dataset_split("fashion-mnist", "train", root, download=True)
     assert_round_trip(split, fashion_mnist_raw, "train")
@@ -508,8 +509,8 @@ def test_fashion_mnist_download_over_http_checks_md5(fashion_mnist_raw, served, 
 
 def real_fashion_mnist_folder() -> Path | None:
     """Debian's files, where `make fashion-mnist` or `apt-get install dataset-fashion-mnist` put them."""
-    for folder in (Path(__file__).parents[1] / "data" / "fashion-mnist", datasets.FASHION_MNIST_SYSTEM_DIR):
-        if all((folder / name).is_file() for names in datasets.MNIST_FILES.values() for name in names):
+    for folder in (Path(__file__).parents[1] / "data" / "fashion-mnist", idx.FASHION_MNIST_SYSTEM_DIR):
+        if all((folder / name).is_file() for names in idx.MNIST_FILES.values() for name in names):
             return folder
     return None
 
@@ -518,7 +519,7 @@ def real_fashion_mnist_folder() -> Path | None:
                     reason="Fashion-MNIST not installed (make fashion-mnist, as `make test` does)")
 def test_real_fashion_mnist_files_are_the_publishers_bytes():
     folder = real_fashion_mnist_folder()
-    for names in datasets.MNIST_FILES.values():
+    for names in idx.MNIST_FILES.values():
         for name in names:
             content = gzip.decompress((folder / name).read_bytes())
             assert hashlib.sha256(content).hexdigest() == FASHION_MNIST_SHA256[name[:-3]], name

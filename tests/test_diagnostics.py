@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from twinturbo.train.diagnostics import DIAGNOSTIC_NAMES, critic_figures, epoch_means, term_gradient_norms
-from twinturbo.train.loop import train
-from twinturbo.train.model import build_head, draw_dropout_mask
-from twinturbo.train.step import StepBatch
+from twinturbo.train.run.diagnostics import DIAGNOSTIC_NAMES, critic_figures, epoch_means, term_gradient_norms
+from twinturbo.train.run.loop import train
+from conftest import make_head
+from twinturbo.train.heads.blocks import draw_dropout_mask
+from twinturbo.train.run.step import StepBatch
 
 CLASSES = 10  # of the synthetic store (conftest.py)
 SMALL = dict(proj_dim=64, pred_dim=32, disc_dim=16)
@@ -36,7 +37,7 @@ def test_gradient_norms_equal_separate_backward_passes(synthetic_splits, quick_c
     config = quick_config(critic_weight=0.3, latent_weight=0.7)
     batch = StepBatch.gather(train_split, torch.device("cpu"), {"labelled": index, "star": index,
                                                                 "unlabelled": index.flip(0)}, real)
-    head = build_head(24, 16, CLASSES, **SMALL, init_seed=2)
+    head = make_head(24, 16, CLASSES, **SMALL, init_seed=2)
     values, _ = head_terms(head, batch, mask, config)
     names = DIAGNOSTIC_NAMES[4:]  # grad_task, grad_critic, grad_latent, then the other terms' (off here)
     norms = dict(zip(names, term_gradient_norms(values, config, head.projector.fc.weight)))
@@ -66,7 +67,7 @@ def test_a_run_records_diagnostics_per_epoch_without_changing_its_result(synthet
     assert set(diagnostics) == {n for n in DIAGNOSTIC_NAMES if not n.startswith("grad_")} | {"grad_task", "grad_critic"}
     assert 0 <= diagnostics["d_real_acc"] <= 1 and 0 <= diagnostics["unlabelled_entropy"] <= math.log(CLASSES)
     assert diagnostics["grad_critic"] > 0
-    import twinturbo.train.loop as loop
+    import twinturbo.train.run.loop as loop
 
     monkeypatch.setattr(loop, "GRADIENT_EVERY", 10**9)  # no gradient measurement at all: the same run
     again = train(config, train_split, test_split, CLASSES, torch.device("cpu"), progress=False).metrics

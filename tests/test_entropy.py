@@ -44,7 +44,7 @@ def test_entropy_is_a_weighted_term_on_the_unlabelled_rows(quick_config):
 
 
 def test_a_run_with_entropy_trains_and_logs_it(synthetic_splits, quick_config):
-    from twinturbo.train.loop import train
+    from twinturbo.train.run.loop import train
 
     train_split, test_split = synthetic_splits
     with_entropy = train(quick_config(epochs=2, entropy_weight=0.5), train_split, test_split, 10,

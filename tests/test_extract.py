@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
+from click.testing import CliRunner
 
 from conftest import run_tt_extract
 from twinturbo.common.errors import TwinTurboError
@@ -197,6 +198,41 @@ def test_verify_passes_a_complete_store_and_fails_an_incomplete_or_nan_one(small
 
     code, _, err = run_cli(["--no-progress", "--verify", tmp_path / "nowhere"], capsys)
     assert_one_line_error(code, err, "does not exist")
+
+
+def test_constant_features_are_counted_recorded_and_named_by_extract_verify_and_train(small_store, tmp_path, capsys):
+    """EfficientNet-Lite0 at 32 px sees a 1x1 map: most digits come out as an all-zero CLS vector. tt-extract says so
+    in one warning line per split and array (the count checked against one made here with np.ptp), records the counts
+    in the store, --verify recounts them, tt-train repeats the warning; the 64 px store has none."""
+    from twinturbo.train.cli import train_main
+
+    code, _, err = run_cli(["--dataset", "digits", "--backbone", "effnet-lite0", "--resolution", "32", "--out",
+                            tmp_path, "--device", "cpu", "--no-progress"], capsys)
+    assert code == 0, err
+    store = tmp_path / "digits"
+    counts = {}
+    for split in ("train", "test"):
+        cls = plain_zarr(store, split)["cls"].astype(np.float32)
+        counts[split] = (int((np.ptp(cls, axis=1) == 0).sum()), len(cls))
+        assert counts[split][0] > len(cls) // 2, counts  # the case the warning is for
+    for split, (dead, total) in counts.items():
+        said = [line for line in err.splitlines() if line.startswith(f"warning: {split}: {dead} of {total} CLS vectors")]
+        assert len(said) == 1 and "--resolution 32, too small for effnet-lite0" in said[0], err
+    assert zarr.open_group(str(store), mode="r").attrs["liveness"]["train"]["cls"] == list(counts["train"])
+
+    code, out, err = run_cli(["--no-progress", "--verify", store], capsys)
+    assert code == 0 and f"CLS vectors {counts['test'][0]} of {counts['test'][1]}" in out
+    assert f"warning: train: {counts['train'][0]} of {counts['train'][1]} CLS vectors" in err
+
+    result = CliRunner().invoke(train_main, ["--features", str(store), "--labels", "20", "--epochs", "1",
+                                             "--batch-size", "64", "--proj-dim", "16", "--pred-dim", "8",
+                                             "--disc-dim", "4", "--device", "cpu", "--quiet", "--out",
+                                             str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: train: {counts['train'][0]} of {counts['train'][1]} CLS vectors" in result.stderr
+
+    code, out, err = run_cli(["--no-progress", "--verify", small_store], capsys)
+    assert code == 0 and "CLS vectors 0 of 80" in out and "warning" not in err, err
 
 
 def test_rerun_is_a_no_op_and_a_mismatched_store_is_refused_until_overwrite(small_store, tmp_path, capsys):

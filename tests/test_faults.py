@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def test_hdf5s_room_to_close_is_counted_before_anything_is_written(tmp_path, cap
     """A disk with room for the store plus 3 MiB: zarr fits; HDF5, which keeps HDF5_CLOSE_RESERVE free to close its
     file (its writer stops short of it), is refused up front saying so, not 'the disk is full' half-way."""
     from twinturbo.common.store import HDF5_CLOSE_RESERVE, SplitLayout, open_store
-    from twinturbo.extract.extract import store_nbytes
+    from twinturbo.extract.disk import store_nbytes
 
     args = SMALL + ["--limit", "256"]
     assert run(args + ["--out", tmp_path / "sized"], capsys)[0] == 0
@@ -282,6 +283,36 @@ def test_sweep_checks_its_options_before_touching_out(write_tiny_store, tmp_path
         result = CliRunner().invoke(sweep_main, ["--features", str(store), "--out", str(out), *bad])
         assert result.exit_code == 2 and result.output.startswith("error: "), result.output
         assert not out.exists(), bad
+
+
+def test_ctrl_c_that_lands_in_a_weakref_callback_still_stops_the_command():
+    """A SIGINT handled while a weakref callback runs: Python drops the KeyboardInterrupt raised there ('Exception
+    ignored in ...') and the command went on; every command (common/command.py) raises it again, so it still ends at
+    once with its one line and exit code 130."""
+    script = textwrap.dedent("""
+        import os, signal, time, weakref
+        import click
+        from twinturbo.common.command import Command
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C's action, whatever the suite inherited
+
+        class Thing:
+            pass
+
+        @click.command(cls=Command)
+        def slow():
+            thing = Thing()
+            keep = weakref.ref(thing, lambda ref: os.kill(os.getpid(), signal.SIGINT))
+            del thing  # the callback runs here, and the handler inside it
+            time.sleep(30)
+            print("the interrupt was lost")
+
+        slow.main([])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # a lost interrupt sleeps 30 s, then prints so and exits 0
+    assert result.returncode == 130 and result.stderr.strip() == "error: interrupted", result.stderr[-3000:]
+    assert "lost" not in result.stdout
 
 
 def test_ctrl_c_during_extraction_says_how_to_resume(tmp_path):

@@ -5,8 +5,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from twinturbo.train.flops import HeadShape, StepRows, head_forward_flops, train_step_flops
-from twinturbo.train.model import build_head
+from twinturbo.train.run.flops import HeadShape, StepRows, head_forward_flops, train_step_flops
+from conftest import make_head
 
 TINY = HeadShape(num_patches=2, patch_dim=4, cls_dim=3, num_classes=2, proj_dim=5, pred_dim=3, disc_dim=2)
 
@@ -25,7 +25,7 @@ def test_a_step_of_a_tiny_head_counted_by_hand():
 
 def test_the_forward_count_equals_pytorchs_flop_counter():
     shape = HeadShape(num_patches=4, patch_dim=16, cls_dim=24, num_classes=10, proj_dim=64, pred_dim=32, disc_dim=8)
-    head = build_head(shape.cls_dim, shape.patch_dim, shape.num_classes, shape.proj_dim, shape.pred_dim,
+    head = make_head(shape.cls_dim, shape.patch_dim, shape.num_classes, shape.proj_dim, shape.pred_dim,
                       shape.disc_dim, init_seed=0)
     distinct, rows = 7, torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 6])
     cls, patches = torch.randn(distinct, shape.cls_dim), torch.randn(distinct, shape.num_patches, shape.patch_dim)

@@ -8,18 +8,18 @@ import torch
 
 from twinturbo.common.store import open_store
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.data import load_split
+from twinturbo.train.run.data import load_split
 from twinturbo.common.device import Acceleration
-from twinturbo.train.heads import RunHeads
-from twinturbo.train.loop import check_fusable, train, train_runs
-from twinturbo.train.model import build_head
+from twinturbo.train.run.fused import RunHeads
+from twinturbo.train.run.loop import check_fusable, train, train_runs
+from conftest import make_head
 
 NUM_CLASSES = 4  # of the tiny store (conftest.py)
 
 
 TINY = dict(epochs=2, batch_size=32, lr=3e-3, warmup_steps=2, proj_dim=16, pred_dim=12, disc_dim=8, labels=8,
             eval_batch_size=16, precision="fp32")
-# One run of each of the paper's setups (train/setups.py) (lambdas off the default grid to exercise per-run weights).
+# One run of each of the paper's setups (train/sweep/setups.py) (lambdas off the default grid to exercise per-run weights).
 SETUPS = [("cat_cross", "softmax", 0.0, 0.0), ("cat_cross", "softmax", 0.3, 0.0), ("cat_twin", "softmax", 0.1, 0.0),
           ("cat_twin", "sigmoid", 1.0, 0.0), ("cat_twin", "sigmoid", 0.5, 0.2), ("bin_cross", "softmax", 0.1, 1.0),
           ("bin_cross", "sigmoid", 1.0, 0.1)]
@@ -78,7 +78,7 @@ def test_runs_that_see_different_batches_are_not_fused():
 def test_stacked_forward_equals_each_head(batched):
     """Both paths of the stacked heads (one run after another on CPU, one vmap over the run axis on GPU) give each
     head's own outputs and gradients."""
-    heads = [build_head(12, 8, NUM_CLASSES, 16, 12, 8, init_seed=seed) for seed in (1, 2, 3)]
+    heads = [make_head(12, 8, NUM_CLASSES, 16, 12, 8, init_seed=seed) for seed in (1, 2, 3)]
     stack = RunHeads(heads, batched=batched)
     generator = torch.Generator().manual_seed(0)
     cls, patches = torch.randn(5, 12, generator=generator), torch.randn(5, 3, 8, generator=generator)

@@ -8,7 +8,7 @@ import torch
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import open_store
-from twinturbo.train.loop import evaluate_runs, train
+from twinturbo.train.run.loop import evaluate_runs, train
 
 CLASSES = 10  # of the synthetic store (conftest.py)
 
@@ -68,7 +68,7 @@ def test_weights_do_not_change_the_data_or_init(synthetic_splits, quick_config):
 
 def test_nan_stops_the_run_with_the_first_bad_step(synthetic_splits, monkeypatch, quick_config):
     """The step is exact even when it falls inside a later window between host syncs."""
-    import twinturbo.train.step as step
+    import twinturbo.train.run.step as step
 
     train_split, test_split = synthetic_splits
     calls = {"n": 0}
@@ -91,7 +91,7 @@ def test_a_validation_split_changes_no_weight_and_scores_its_own_samples(synthet
     trained head's on exactly the drawn samples, and the per-sample bits agree with it."""
     import numpy as np
 
-    from twinturbo.train.sampling import validation_subset
+    from twinturbo.train.run.sampling import validation_subset
 
     train_split, test_split = synthetic_splits
     config = quick_config(epochs=2, critic_weight=0.5, latent_weight=0.5)

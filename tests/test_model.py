@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from twinturbo.train.heads import RunHeads
-from twinturbo.train.model import (Discriminator, Predictor, Projector, TokenMixer, TwinTurboHead, build_head,
-                                   draw_dropout_mask)
+from conftest import make_head
+from twinturbo.train.heads.blocks import Discriminator, Predictor, Projector, TokenMixer, draw_dropout_mask
+from twinturbo.train.run.fused import RunHeads
 
 
 def expected_param_count(dc: int, dp: int, c: int, proj: int, pred: int, disc: int) -> int:
@@ -19,7 +19,7 @@ def expected_param_count(dc: int, dp: int, c: int, proj: int, pred: int, disc: i
 
 
 def test_paper_size_head_has_the_tables_widths():
-    head = TwinTurboHead()  # defaults are RADIOv2.5-B's 2304 / 768 and the paper's 8000 / 1024 / 500, 10 classes
+    head = make_head(2304, 768, 10)  # RADIOv2.5-B's 2304 / 768, the paper's 8000 / 1024 / 500 (the defaults)
     shapes = {name: tuple(p.shape) for name, p in head.named_parameters()}
     assert shapes["mixer.fc1.weight"] == (1536, 768)  # SwiGLU: Dp -> 2 Dp, chunked
     assert shapes["mixer.fc2.weight"] == (768, 768)
@@ -42,7 +42,7 @@ def test_paper_size_head_has_the_tables_widths():
 
 
 def test_small_widths_and_blocks_compose():
-    head = build_head(cls_dim=12, patch_dim=8, num_classes=3, proj_dim=16, pred_dim=4, disc_dim=5, init_seed=0)
+    head = make_head(cls_dim=12, patch_dim=8, num_classes=3, proj_dim=16, pred_dim=4, disc_dim=5, init_seed=0)
     cls, patches = torch.randn(5, 12), torch.randn(5, 7, 8)
     z, logits = head(cls, patches)
     assert z.shape == (5, 16) and logits.shape == (5, 3)
@@ -70,7 +70,7 @@ def test_token_mixer_is_prenorm_attention_then_swiglu():
 
 
 def test_attention_mixes_tokens_and_cls_bypasses_the_mixer():
-    head = build_head(6, 4, 2, proj_dim=8, pred_dim=4, disc_dim=4, init_seed=1)
+    head = make_head(6, 4, 2, proj_dim=8, pred_dim=4, disc_dim=4, init_seed=1)
     patches = torch.randn(1, 3, 4)
     changed = patches.clone()
     changed[0, 2] = torch.randn(4)  # (a constant shift would vanish in the LayerNorm)
@@ -84,11 +84,11 @@ def test_attention_mixes_tokens_and_cls_bypasses_the_mixer():
 
 def test_build_head_depends_on_the_seed_only():
     torch.manual_seed(123)
-    a = build_head(6, 4, 3, 8, 4, 4, init_seed=5)
+    a = make_head(6, 4, 3, 8, 4, 4, init_seed=5)
     before = torch.random.get_rng_state()
-    b = build_head(6, 4, 3, 8, 4, 4, init_seed=5)
+    b = make_head(6, 4, 3, 8, 4, 4, init_seed=5)
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is untouched
-    c = build_head(6, 4, 3, 8, 4, 4, init_seed=6)
+    c = make_head(6, 4, 3, 8, 4, 4, init_seed=6)
     for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb)
         if name.endswith("weight") and "norm" not in name:
@@ -102,7 +102,7 @@ def test_dropout_mask_is_inverted_dropout_from_its_generator():
     assert abs(float((mask == 0).float().mean()) - 0.3) < 0.01
     assert torch.equal(mask, draw_dropout_mask((200, 500), 0.3, torch.Generator().manual_seed(0)))
     assert torch.equal(draw_dropout_mask((2, 3), 0.0, torch.Generator()), torch.ones(2, 3))
-    head = build_head(6, 4, 3, 10, 4, 4)
+    head = make_head(6, 4, 3, 10, 4, 4)
     cls, patches = torch.randn(2, 6), torch.randn(2, 3, 4)
     m = draw_dropout_mask((2, 10), 0.5, torch.Generator().manual_seed(1))
     torch.testing.assert_close(head.encode(cls, patches, m), head.encode(cls, patches) * m)

@@ -74,6 +74,10 @@ def test_a_plugin_term_trains_sweeps_with_its_grid_and_is_reported(plugin, write
         ("1", 0.0), ("1", 0.0), ("s", 0.1), ("s", 0.1), ("s", 0.3), ("s", 0.3)]
     assert all(r["plugins"] == {"shrink": f"plugin {plugin}"} for r in rows if r["setup"] == "s")
 
+    unread = tt("tt-sweep", "--plugins", str(plugin), "--features", str(store), "--out", str(tmp_path / "unread"),
+                "--setups", "1", "--shrink-grid", "0.5", "--labels", "8", "--seeds", "1", "--dry-run", *TINY)
+    assert unread.returncode == 0 and "warning: --shrink-grid 0.5: read by no chosen setup (1)" in unread.stderr
+
     report = tt("tt-report", "--plugins", str(plugin), str(sweep), "--no-baseline")
     assert report.returncode == 0, report.stderr
     summary = (sweep / "summary.md").read_text()

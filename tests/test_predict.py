@@ -100,8 +100,8 @@ def test_probabilities_are_the_heads_in_the_runs_own_precision(trained, tmp_path
     import torch
 
     from twinturbo.common.store import open_store
-    from twinturbo.train.data import load_split
-    from twinturbo.train.rundir import load_run
+    from twinturbo.train.run.data import load_split
+    from twinturbo.train.run.rundir import load_run
 
     store, run_dir = trained
     assert tt("tt-predict", run_dir, "--features", store, "--out", tmp_path / "p").returncode == 0

@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 import statistics
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -13,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from twinturbo.train.cli import report_main
-from twinturbo.train.selection import Combination, RunFigures, validation_size_study
-from twinturbo.train.results import append_row
-from twinturbo.train.setups import PAPER_SETUPS as SETUPS
+from twinturbo.train.report.selection import Combination, RunFigures, validation_size_study
+from twinturbo.train.sweep.results import append_row
+from twinturbo.train.sweep.setups import PAPER_SETUPS as SETUPS
 
 STORE = {"dataset": "digits", "backbone": "effnet-lite0", "fingerprint": "abc", "path": "/x", "created": "t"}
 T_975 = {1: 12.706, 2: 4.303}  # printed t table, for the independent intervals below
@@ -137,17 +138,17 @@ def test_grid_edge_is_named_when_the_chosen_lambda_is_the_top_of_its_grid_and_on
 
 
 def test_the_figure_axis_holds_every_interval_whole(sweep_dir, monkeypatch):
-    import matplotlib.figure
+    from twinturbo.train.report import figures
 
     directory, _ = sweep_dir
     limits = {}
-    savefig = matplotlib.figure.Figure.savefig
+    save_figure = figures.save_figure
 
     def recording(fig, path, *args, **kwargs):
-        limits[str(path).rsplit("/", 1)[-1]] = fig.axes[0].get_ylim()
-        return savefig(fig, path, *args, **kwargs)
+        limits[Path(path).name] = fig.axes[0].get_ylim()
+        return save_figure(fig, path, *args, **kwargs)
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    monkeypatch.setattr(figures, "save_figure", recording)
     assert CliRunner().invoke(report_main, [str(directory), "--no-baseline"]).exit_code == 0
     table = _table((directory / "summary.md").read_text())
     tops = [sum(_pm(cells[4])) for cells in table.values()]
@@ -300,7 +301,8 @@ def test_diagnostics_figure_only_when_rows_hold_diagnostics(sweep_dir, tmp_path)
 
 def test_diagnostics_give_each_setup_one_colour_in_every_budget(sweep_dir, tmp_path, monkeypatch):
     import matplotlib.colors
-    import matplotlib.figure
+
+    from twinturbo.train.report import figures as figure_module
 
     directory, rows = sweep_dir
     out = tmp_path / "diag"
@@ -310,9 +312,9 @@ def test_diagnostics_give_each_setup_one_colour_in_every_budget(sweep_dir, tmp_p
         if row["config"]["critic_weight"] and not (row["setup"] == 2 and row["config"]["labels"] == 1000):
             append_row(out / "results.jsonl", dict(row, epoch_diagnostics=[diagnostics, diagnostics]))
     figures = []
-    savefig = matplotlib.figure.Figure.savefig
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
-                        lambda fig, path, *a, **k: (figures.append((str(path), fig)), savefig(fig, path, *a, **k)))
+    save_figure = figure_module.save_figure
+    monkeypatch.setattr(figure_module, "save_figure",
+                        lambda fig, path, *a, **k: (figures.append((str(path), fig)), save_figure(fig, path, *a, **k)))
     assert CliRunner().invoke(report_main, [str(out), "--no-baseline"]).exit_code == 0
     fig = next(fig for path, fig in figures if path.endswith("diagnostics_digits.png"))
     legend = {text.get_text().split(":")[0]: matplotlib.colors.to_hex(handle.get_color())
@@ -336,6 +338,16 @@ def test_the_finding_names_the_largest_paired_gain_and_says_when_there_is_no_int
            f"{half:.2f} points, above setup 1 on 3 of 3 seeds (its interval excludes 0)" in finding
     assert "at 1000 labels the largest gain over setup 1 is setup 2 (cat_cross/softmax + critic): +1.00 (n=1) " \
            "points, above setup 1 on 1 of 1 seeds (one seed: no interval)" in finding
+    # no setup above setup 1 on average: not called a gain
+    worse = tmp_path / "worse"
+    worse.mkdir()
+    for seed, test in ((42, 0.60), (1337, 0.70), (3435, 0.65)):
+        for setup, critic, shift in ((1, 0.0, 0.0), (2, 1.0, -0.02)):
+            append_row(worse / "results.jsonl", _row(setup, 100, critic, 0.0, seed, test + shift, 0.7))
+    assert CliRunner().invoke(report_main, [str(worse), "--no-baseline"]).exit_code == 0
+    finding = next(line for line in (worse / "summary.md").read_text().splitlines() if line.startswith("Finding"))
+    assert finding.startswith("Finding: at 100 labels no setup gains over setup 1 on average; the closest is setup 2 "
+                              "(cat_cross/softmax + critic): -2.00 ± "), finding
 
 
 def test_the_summary_opens_with_the_best_method_and_what_each_term_adds_on_top_of_the_setup_without_it(tmp_path):
@@ -370,3 +382,68 @@ def test_the_summary_opens_with_the_best_method_and_what_each_term_adds_on_top_o
     assert (f"- fixmatch on top of setup 2 (cat_cross/softmax + critic), at 100 labels: setup fixcritic minus setup 2 "
             f"= +{gain:.2f} ± {gain_half:.2f} points, above on 3 of 3 seeds") in summary
     assert sum(line.startswith("- ") and " on top of setup " in line for line in summary.splitlines()) == 4
+
+
+def test_a_demo_with_one_lambda_per_setup_says_so_and_calls_no_sub_image_difference_evidence(tmp_path, monkeypatch):
+    """The demo's case: one λ per setup, a test set of 540 images. The figures' titles say nothing was chosen and
+    explain no mark they do not draw; the all_ figure's title fits its width; a difference of one test image on
+    every seed, or the same difference on every seed, is described as what it is, not as an interval excluding 0."""
+    from twinturbo.train.report import figures
+
+    one_image = 100 / 540
+    rows = []
+    for seed, base in ((42, 0.70), (1337, 0.72), (3435, 0.68)):
+        rows += [dict(_row(1, 100, 0.0, 0.0, seed, base), test_samples=540),
+                 dict(_row(2, 100, 1.0, 0.0, seed, base + one_image / 100), test_samples=540),  # +1 image each
+                 dict(_row(3, 100, 1.0, 0.0, seed, base + 0.03), test_samples=540)]  # +3 points each: zero spread
+    for row in rows:
+        append_row(tmp_path / "results.jsonl", row)
+    drawn = {}
+    save_figure = figures.save_figure
+
+    def keep(fig, path, *args, **kwargs):
+        fig.canvas.draw()
+        drawn[Path(path).name] = [(t.get_text(), t.get_window_extent(), fig.bbox) for t in fig.findobj(
+            lambda artist: hasattr(artist, "get_text") and artist.get_text() and artist.get_visible())]
+        return save_figure(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    assert CliRunner().invoke(report_main, [str(tmp_path), "--no-baseline"]).exit_code == 0
+    texts = {name: [text for text, _, _ in found] for name, found in drawn.items()}
+    title = next(t for t in texts["figure_digits.png"] if "digits (effnet-lite0)" in t)
+    assert "one λ combination per setup (nothing to choose)" in title and "chosen on the validation" not in title
+    assert not any("edge!" in t for t in texts["figure_digits.png"])  # no mark drawn, none explained
+    for text, extent, page in drawn["all_digits.png"]:  # nothing cut at either side
+        assert extent.x0 >= page.x0 - 1 and extent.x1 <= page.x1 + 1, text
+    summary = (tmp_path / "summary.md").read_text()
+    assert ("setup 3 (cat_twin/softmax + critic): +3.00 ± 0.00 points, above setup 1 on 3 of 3 seeds (the same "
+            "difference on all 3 seeds: zero spread, no interval to judge)") in summary
+    assert (f"every seed's difference is at most one test image ({one_image:.2f} points): below what the test set "
+            "resolves, no evidence either way") in summary
+    assert "interval excludes 0" not in summary
+
+
+def test_a_diagnostics_line_equal_to_another_is_dashed_and_the_legend_says_so(tmp_path, monkeypatch):
+    import matplotlib.colors
+
+    from twinturbo.train.report import figures
+
+    diagnostics = [{"d_real_acc": 0.9, "d_fake_acc": 0.3}, {"d_real_acc": 0.8, "d_fake_acc": 0.4}]
+    rows = [dict(_row(setup, 100, 1.0, 0.0, seed, 0.7, 0.7), epoch_diagnostics=diagnostics)  # equal curves
+            for setup in (2, 3) for seed in (42, 1337)]
+    for row in rows:
+        append_row(tmp_path / "results.jsonl", row)
+    shown = []
+    save_figure = figures.save_figure
+    monkeypatch.setattr(figures, "save_figure",
+                        lambda fig, path, *a, **k: (shown.append((Path(path).name, fig)), save_figure(fig, path, *a, **k)))
+    assert CliRunner().invoke(report_main, [str(tmp_path), "--no-baseline"]).exit_code == 0
+    fig = next(fig for name, fig in shown if name == "diagnostics_digits.png")
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend == ["setup 2: cat_cross/softmax + critic",
+                      "setup 3: cat_twin/softmax + critic (dashed where equal to setup 2)"]
+    for ax in fig.axes:
+        styles = {matplotlib.colors.to_hex(line.get_color()): line.get_linestyle() for line in ax.get_lines()
+                  if line.get_marker() == "o"}
+        if styles:
+            assert sorted(styles.values()) == ["-", "--"], styles

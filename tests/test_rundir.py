@@ -8,7 +8,7 @@ import torch
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.predict import predict_split
-from twinturbo.train.rundir import load_run, train_from_store
+from twinturbo.train.run.rundir import load_run, train_from_store
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.train.sampling import (PartnerTable, class_prior, draw_partners, draw_prior_onehot, epoch_plan,
+from twinturbo.train.run.sampling import (PartnerTable, class_prior, draw_partners, draw_prior_onehot, epoch_plan,
                                       labelled_subset, validation_subset)
 
 

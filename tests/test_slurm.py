@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from twinturbo.train.results import read_rows
+from twinturbo.train.sweep.results import read_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

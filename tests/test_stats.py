@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from twinturbo.train.stats import mean_interval, paired_difference, t_quantile
+from twinturbo.train.report.stats import mean_interval, paired_difference, t_quantile
 
 # t_{0.975, df} from any printed table
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262}

@@ -1,4 +1,4 @@
-"""One training step (train/step.py): Eq. 22's terms from the registry, the distinct-sample gather, the schedule."""
+"""One training step (train/run/step.py): Eq. 22's terms from the registry, the distinct-sample gather, the schedule."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,9 @@ import torch
 
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.losses import bin_cross, critic, latent_infonce
-from twinturbo.train.model import build_head, draw_dropout_mask
-from twinturbo.train.step import StepBatch, lr_factor
+from conftest import make_head
+from twinturbo.train.heads.blocks import draw_dropout_mask
+from twinturbo.train.run.step import StepBatch, lr_factor
 
 CLASSES = 10  # of the synthetic store (conftest.py)
 SMALL = dict(proj_dim=64, pred_dim=32, disc_dim=16)
@@ -34,7 +35,7 @@ def test_zero_weight_terms_are_not_computed(synthetic_splits, monkeypatch, quick
 
     monkeypatch.setattr(latent_term, "latent_infonce", fail)
     monkeypatch.setattr(critic_term, "critic", fail)
-    head = build_head(24, 16, CLASSES, **SMALL)
+    head = make_head(24, 16, CLASSES, **SMALL)
     index = torch.arange(8)
     batch = StepBatch.gather(train_split, torch.device("cpu"), {"labelled": index, "unlabelled": index + 8})
     mask = draw_dropout_mask((24, 64), 0.3, torch.Generator().manual_seed(0))
@@ -46,7 +47,7 @@ def test_zero_weight_terms_are_not_computed(synthetic_splits, monkeypatch, quick
 def test_terms_follow_eq22(synthetic_splits, quick_config, head_terms):
     """total = task + lambda_C critic + lambda_L latent, each term equal to the loss function on a separate forward."""
     train_split, _ = synthetic_splits
-    head = build_head(24, 16, CLASSES, **SMALL, init_seed=3)
+    head = make_head(24, 16, CLASSES, **SMALL, init_seed=3)
     device = torch.device("cpu")
     cls, patches, labels = train_split.batch(torch.arange(8), device)
     star_cls, star_patches, _ = train_split.batch(torch.arange(8, 16), device)
@@ -95,7 +96,7 @@ def test_each_distinct_sample_is_mixed_once_and_the_step_is_unchanged(synthetic_
     config = quick_config(**setup)
 
     def step(batch: StepBatch) -> tuple[dict, dict]:
-        head = build_head(24, 16, CLASSES, **SMALL, init_seed=5)
+        head = make_head(24, 16, CLASSES, **SMALL, init_seed=5)
         values, _ = head_terms(head, batch, mask, config)
         values["total"].backward()
         return values, {name: p.grad.clone() for name, p in head.named_parameters() if p.grad is not None}

@@ -11,6 +11,7 @@ import zarr
 from twinturbo.common import store as store_mod
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import SplitLayout, create_store, open_store, quantise_int8
+from twinturbo.common.store.backends import Hdf5Backend
 
 CHUNK = 4
 LAYOUTS = {"train": SplitLayout(n=10, cls_dim=6, num_patches=3, patch_dim=5), "test": SplitLayout(7, 6, 3, 5)}
@@ -53,7 +54,7 @@ def test_written_store_reads_back_with_plain_zarr_or_h5py(tmp_path, fmt):
             attrs = dict(f.attrs)
             arrays = {s: {name: d[...] for name, d in f[s].items()} for s in LAYOUTS}
             assert f["train"]["patches"].chunks == (CHUNK, 3, 5) and f["train"]["patches"].compression is None
-        attrs = {k: store_mod._Hdf5Backend._decode(v) for k, v in attrs.items()}
+        attrs = {k: Hdf5Backend._decode(v) for k, v in attrs.items()}
     assert attrs["format_version"] == store_mod.FORMAT_VERSION and attrs["patch_dtype"] == "float16"
     assert attrs["chunk_size"] == CHUNK and attrs["splits"] == ["train", "test"] and attrs["backbone"] == "toy"
     assert attrs["layouts"]["test"] == {"n": 7, "cls_dim": 6, "num_patches": 3, "patch_dim": 5}

@@ -14,11 +14,11 @@ import torch
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import SplitLayout, create_store, open_store
 from twinturbo.common.sizes import format_size, parse_size
-from twinturbo.train.data import SplitTensors, load_split
-from twinturbo.train.memory import load_splits
-from twinturbo.train.loop import train
-from twinturbo.train.sampling import epoch_plan, shuffle_buffer_samples, streamed_epoch_plan, streamed_order
-from twinturbo.train.stream import RangeSplit, StreamedSplit
+from twinturbo.train.run.data import SplitTensors, load_split
+from twinturbo.train.run.memory import load_splits
+from twinturbo.train.run.loop import train
+from twinturbo.train.run.sampling import epoch_plan, shuffle_buffer_samples, streamed_epoch_plan, streamed_order
+from twinturbo.train.run.stream import RangeSplit, StreamedSplit
 
 CLASSES = 10  # of the synthetic store (conftest.py)
 

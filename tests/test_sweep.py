@@ -12,9 +12,11 @@ from click.testing import CliRunner
 
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.cli import sweep_main
-from twinturbo.train.results import append_row, read_rows
-from twinturbo.train.setups import PAPER_SETUPS as SETUPS
-from twinturbo.train.sweep import SweepGrid, fusion_groups, load_grid_file, parse_list
+from twinturbo.train.sweep.results import append_row, cut_lines, drop_cut_lines, read_rows
+from twinturbo.train.sweep.setups import PAPER_SETUPS as SETUPS
+from twinturbo.train.sweep.grid import SweepGrid, parse_list
+from twinturbo.train.sweep.gridfile import load_grid_file
+from twinturbo.train.sweep.sweepdir import fusion_groups
 from twinturbo.train.terms import rows_needed
 
 
@@ -33,7 +35,7 @@ def test_default_grid_is_the_papers_222_runs():
     runs = SweepGrid().expand()
     assert len(runs) == (1 + 3 * 3 + 3 * 9) * 2 * 3 == 222
     assert len({r.run_id for r in runs}) == 222
-    # Setup 1 has no lambda; 2-4 only lambda_C; 5-7 both (the Eq. 22 terms each setup switches on, train/setups.py).
+    # Setup 1 has no lambda; 2-4 only lambda_C; 5-7 both (the Eq. 22 terms each setup switches on, train/sweep/setups.py).
     assert {r.weights for r in runs if r.setup.key == 1} == {()}
     assert all(r.weight("latent") == 0 and r.weight("critic") > 0 for r in runs if r.setup.key in (2, 3, 4))
     assert all(r.weight("latent") > 0 and r.weight("critic") > 0 for r in runs if r.setup.key >= 5)
@@ -108,6 +110,34 @@ def test_partial_trailing_line_is_ignored_and_never_glued_to_the_next_row(tmp_pa
     assert [r["test_accuracy"] for r in read_rows(path)] == [0.5, 0.7]
 
 
+def _append_many(path: str, count: int) -> None:
+    for i in range(count):
+        append_row(path, {"run_id": f"r{i}"})
+
+
+def test_removing_cut_lines_while_another_process_appends_loses_no_row(tmp_path):
+    """drop_cut_lines replaces the file; an appender that opened the old one meanwhile must write to the new one."""
+    import fcntl
+    import multiprocessing
+    import os
+
+    path = tmp_path / "results.jsonl"
+    append_row(path, {"run_id": "first"})
+    appender = multiprocessing.get_context("spawn").Process(target=_append_many, args=(str(path), 300))
+    appender.start()
+    while appender.is_alive():
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # a writer killed mid-line, under the appenders' lock
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            os.write(fd, b'{"run_id": "cut')
+        os.close(fd)
+        drop_cut_lines(path)
+    appender.join()
+    drop_cut_lines(path)
+    ids = [json.loads(line)["run_id"] for line in path.read_bytes().splitlines()]
+    assert ids == ["first"] + [f"r{i}" for i in range(300)] and cut_lines(path) == []
+
+
 # ---- the command --------------------------------------------------------------------------------------------------
 
 def _sweep(args, expect=0):
@@ -121,6 +151,28 @@ def test_dry_run_prints_the_table_and_count(store, tmp_path):
     assert out.strip().splitlines()[-1] == "222 runs (0 done, 222 to train)"
     assert "cat_twin/sigmoid + critic + latent" in out
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_grid_no_chosen_setup_reads_is_named_in_one_warning_line(store, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('setups = [1, 2]\ncritic_grid = [1]\n[setup_grids.7]\nlatent_grid = [0.5]\n'
+                    '[setup_grids.2]\nlatent_grid = [0.5]\n')
+    base = ["--features", str(store), "--out", str(tmp_path / "sw"), "--dry-run", "--labels", "8", "--seeds", "1"]
+    cases = [
+        (["--setups", "1", "--critic-grid", "5"], "--critic-grid 5", "(1)"),
+        (["--setups", "1,2", "--critic-grid", "5", "--fixmatch-grid", "1", "--latent-grid", "0.1"],
+         "--latent-grid 0.1; --fixmatch-grid 1", "(1, 2)"),
+        (["--grid", str(grid)], f"setup_grids.7 of --grid {grid}; setup_grids.2.latent_grid of --grid {grid}",
+         "(1, 2)"),
+    ]
+    for args, named, setups in cases:
+        result = CliRunner().invoke(sweep_main, base + args)
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+        assert warnings == [f"warning: {named}: read by no chosen setup {setups}, so no run changes (a setup reads a "
+                            "term's grid only when it switches the term on and sets none of its own)"], result.stderr
+    result = CliRunner().invoke(sweep_main, base + ["--setups", "1,2", "--critic-grid", "5"])
+    assert result.exit_code == 0 and "warning" not in result.stderr  # setup 2 reads it
 
 
 def test_changed_grid_or_store_is_refused_unless_extend(store, tmp_path, write_tiny_store):
@@ -163,12 +215,17 @@ def test_killed_sweep_resumes_without_lost_or_duplicated_rows(store, tmp_path):
     process.wait()
     done_before = len(read_rows(results))
     assert 2 <= done_before < 10, "the sweep should have been killed part-way"
+    whole = results.read_bytes()
     with open(results, "ab") as handle:
         handle.write(b'{"run_id": "s2-half')  # as if the kill had hit a write
     cut_line = len(results.read_bytes().splitlines())
     resumed = subprocess.run(command, check=True, capture_output=True, text=True)
-    assert (f"note: {results} line {cut_line} is not a whole row (a writer killed mid-line): ignored, and a run whose "
-            "row was cut counts as not done and is trained again") in resumed.stdout.splitlines()
+    assert (f"note: {results} line {cut_line} is not a whole row (a writer killed mid-line): removed (every whole "
+            "row kept), and a run whose row was cut counts as not done and is trained again") \
+        in resumed.stdout.splitlines()
+    assert results.read_bytes().startswith(whole) and cut_lines(results) == []  # the rows before, byte for byte
+    again = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "note:" not in again.stdout and "0 to train" in again.stdout  # said once
     rows = read_rows(results)
     ids = [json.loads(line)["run_id"] for line in results.read_bytes().splitlines() if line.endswith(b"}")
            and line.startswith(b'{"')]
@@ -192,9 +249,9 @@ def test_submitit_local_launcher_end_to_end(store, tmp_path):
 def test_local_workers_train_every_run_once_and_match_a_single_thread_run(store, tmp_path, monkeypatch):
     import torch
 
-    from twinturbo.train import launch
+    from twinturbo.train.sweep import local
 
-    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)  # 2 workers of 1 thread each, on any machine
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 2)  # 2 workers of 1 thread each, on any machine
     args = ["--setups", "1,2", "--critic-grid", "0.5", "--seeds", "1,2", "--fuse", "1"] + TINY_FLAGS
     _sweep(["--features", str(store), "--out", str(tmp_path / "parallel"), "--workers", "2"] + args)
     threads = torch.get_num_threads()
@@ -209,6 +266,27 @@ def test_local_workers_train_every_run_once_and_match_a_single_thread_run(store,
     assert all(r["host"]["torch"] == torch.__version__ and r["host"]["cpu"] for r in parallel)
     # same seed, same device, same thread count: the same accuracies, whichever process trained the run
     assert ({r["run_id"]: r["test_accuracy"] for r in parallel} == {r["run_id"]: r["test_accuracy"] for r in serial})
+
+
+def test_local_workers_each_get_a_gpu_of_their_own(monkeypatch):
+    """With the CUDA device count patched (CI has no GPU): worker i of a sweep on auto or cuda gets cuda:(i mod
+    count), in the order the workers start; an explicit cuda:N, one GPU or the CPU keep one device for all."""
+    import multiprocessing
+
+    import torch
+
+    from twinturbo.train.sweep.local import take_worker_device, worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert worker_devices("auto", 4) == worker_devices("cuda", 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert worker_devices("cuda", 6) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert worker_devices("cuda:2", 3) == ["cuda:2"] * 3 and worker_devices("cpu", 2) == ["cpu", "cpu"]
+    slots = multiprocessing.get_context("spawn").Value("i", 0)
+    devices = worker_devices("auto", 2)
+    assert [take_worker_device(slots, devices) for _ in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_devices("auto", 2) == ["auto", "auto"]
 
 
 def test_a_row_names_the_cpus_bf16_units(store, tmp_path, monkeypatch):
@@ -227,9 +305,9 @@ def test_a_row_names_the_cpus_bf16_units(store, tmp_path, monkeypatch):
 
 
 def test_a_workers_user_error_is_one_line(store, tmp_path, monkeypatch):
-    from twinturbo.train import launch
+    from twinturbo.train.sweep import local
 
-    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 2)
     too_many_labels = ["--labels", "1000"] + TINY_FLAGS[2:]  # the tiny store has 96 train samples
     out = _sweep(["--features", str(store), "--out", str(tmp_path / "sw"), "--setups", "1,2", "--critic-grid", "0.5",
                   "--seeds", "1,2", "--fuse", "1", "--workers", "2"] + too_many_labels, expect=2)

@@ -1,13 +1,21 @@
-"""--log (train/trackers.py): what TensorBoard, MLflow and W&B hold after tt-train and tt-sweep, read back with each
+"""--log (train/trackers/): what TensorBoard, MLflow and W&B hold after tt-train and tt-sweep, read back with each
 backend's own reader and compared with metrics.json / results.jsonl; logging changes no weight; without --log no
-backend is even imported; a bad --log is one line. Everything stays offline: HOME, the W&B and MLflow settings and
-the working directory are the test's own."""
+backend is even imported; a bad --log is one line; an unreachable MLflow server is one line within seconds, a tracker
+that breaks mid-sweep one warning line; a run ended by Ctrl-C or an error is KILLED or FAILED in each backend. A test
+reads a tracker's files once they are complete (the command has returned, or its runs have logged what the test waits
+for), never after a fixed sleep. Everything stays offline: HOME, the W&B and MLflow settings and the working directory
+are the test's own; the only server is a closed loopback port."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +23,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import default_sigint
 from twinturbo.train.cli import sweep_main, train_main
-from twinturbo.train.results import read_rows
+from twinturbo.train.sweep.results import read_rows
+
+BIN = Path(sys.executable).parent
 
 TINY = ["--labels", "8", "--epochs", "2", "--batch-size", "48", "--lr", "3e-3", "--warmup", "1", "--proj-dim", "8",
         "--pred-dim", "8", "--disc-dim", "4", "--device", "cpu"]
 ALL = "tensorboard,mlflow,wandb"
+UNENDING = [*TINY[:3], "100000", *TINY[4:]]  # TINY, but training until it is interrupted
 FINAL = ("test_accuracy", "val_accuracy", "steps", "wall_time_s")
 
 
@@ -49,7 +61,7 @@ def invoke(command, args: list[str], expect: int = 0):
     return result
 
 
-# ---- what each run should hold: the JSON record, rebuilt here independently of train/trackers.py ------------------
+# ---- what each run should hold: the JSON record, rebuilt here independently of train/trackers/ ----------------
 
 def epochs_of_metrics(metrics: dict) -> list[dict[str, float]]:
     """Per epoch, the scalars a tracker must hold for a metrics.json."""
@@ -80,6 +92,7 @@ def tensorboard_run(directory: Path) -> dict:
         for scalar in events.Scalars(tag):
             steps.setdefault(scalar.step, {})[tag] = scalar.value
     content = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_end_info" in content, f"{directory}: the run's session never ended (file incomplete)"
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
     hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
@@ -106,14 +119,23 @@ def check_tensorboard(directory: Path, epochs: list[dict], final: dict, config: 
     assert run["group"] == group and run["status"] == api_pb2.STATUS_SUCCESS
 
 
-def check_mlflow(uri: str, experiment: str, run_name: str, epochs: list[dict], final: dict, config: dict) -> None:
-    """MLflow keeps doubles: every value exactly as in the JSON."""
+def mlflow_runs(uri: str, experiment: str) -> dict[str, object]:
+    """{run name: MLflow run} of an experiment, through MLflow's client."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no experiment {experiment!r}"
-    (run,) = [r for r in client.search_runs([found.experiment_id]) if r.info.run_name == run_name]
+    return {run.info.run_name: run for run in client.search_runs([found.experiment_id])}
+
+
+def check_mlflow(uri: str, experiment: str, run_name: str, epochs: list[dict], final: dict, config: dict) -> None:
+    """MLflow keeps doubles: every value exactly as in the JSON. The client reads what the store committed; FINISHED
+    says the writer ended the run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = mlflow_runs(uri, experiment)[run_name]
     assert run.info.status == "FINISHED" and run.data.tags["twinturbo.run_id"] == run_name
     assert run.data.params == {k: str(v) for k, v in config.items()}
     for name in epochs[0]:
@@ -148,8 +170,12 @@ def wandb_records(path: Path):
 
 
 def wandb_run(run_file: Path) -> dict:
-    """An offline W&B run as its file holds it: name, group, project, config, history by step, summary."""
-    run, history, summary = None, {}, {}
+    """An offline W&B run as its file holds it: name, group, project, config, history by step, summary, exit code.
+
+    The file must be complete when it is read: W&B's service writes it when it closes the run, which the command has
+    waited for before returning (WandbSink.close); a run record then opens it and an exit record ends it. Read
+    earlier, it held only its 7-byte header (the flaky `'NoneType' object has no attribute 'display_name'`)."""
+    run, history, summary, exit_code = None, {}, {}, None
     for record in wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -159,15 +185,20 @@ def wandb_run(run_file: Path) -> dict:
             history[items["_step"]] = {k: v for k, v in items.items() if not k.startswith("_")}
         elif kind == "summary":
             summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    assert run is not None and exit_code is not None, \
+        f"{run_file} is incomplete ({run_file.stat().st_size} bytes, run record: {run is not None}, exit record: " \
+        f"{exit_code is not None}): W&B had not written it when the command returned"
     return {"name": run.display_name, "group": run.run_group, "project": run.project,
             "config": {i.key: json.loads(i.value_json) for i in run.config.update if i.key != "_wandb"},
-            "history": history, "summary": summary}
+            "history": history, "summary": summary, "exit_code": exit_code}
 
 
 def check_wandb(runs: dict[str, dict], run_name: str, epochs: list[dict], final: dict, config: dict,
                 group: str) -> None:
     run = runs[run_name]
-    assert (run["project"], run["group"], run["config"]) == ("twinturbo", group, config)
+    assert (run["project"], run["group"], run["config"], run["exit_code"]) == ("twinturbo", group, config, 0)
     assert run["history"] == dict(enumerate(epochs, start=1))
     assert {k: run["summary"][k] for k in FINAL} == {k: final[k] for k in FINAL}
 
@@ -231,7 +262,9 @@ def test_a_failing_tracker_warns_once_and_the_run_goes_on(store, tmp_path, offli
                                  "mlflow,tensorboard", *TINY])
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: --log mlflow stopped (RuntimeError: the tracking server went away); training goes "
-                        "on, metrics.json and results.jsonl keep every result"]
+                        f"on, metrics.json and results.jsonl keep every result; details in {run_dir / 'tracking.log'}"]
+    log = (run_dir / "tracking.log").read_text()
+    assert "Traceback" in log and "RuntimeError: the tracking server went away" in log
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 2 and len(tensorboard_run(run_dir / "tensorboard")["steps"]) == 2
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
@@ -247,9 +280,9 @@ def test_sweep_runs_read_back_from_each_tracker(store, tmp_path, offline, monkey
     worker processes writing one MLflow SQLite store (MLFLOW_TRACKING_URI) and one TensorBoard directory at once:
     per run and per epoch, TensorBoard, MLflow and W&B (WANDB_MODE=offline, WANDB_DIR) hold the values of its
     results.jsonl row, grouped by the sweep."""
-    from twinturbo.train import launch
+    from twinturbo.train.sweep import local
 
-    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 2)
     uri = f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
     (tmp_path / "tracking").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -271,6 +304,287 @@ def test_sweep_runs_read_back_from_each_tracker(store, tmp_path, offline, monkey
         check_mlflow(uri, "ablation", row["run_id"], epochs, row, row["config"])
         check_wandb(w_and_b, row["run_id"], epochs, row, row["config"], group="ablation")
     assert not (sweep_dir / "mlflow.db").exists() and not (sweep_dir / "wandb").exists()  # the variables were obeyed
+
+
+# ---- failing fast, quietly; how an unfinished run ends -----------------------------------------------------------
+
+def terminal_lines(output: str) -> list[str]:
+    """What a terminal would show of a command's output, line by line, without its progress bars."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", output)
+    lines = [line.strip() for line in re.split(r"[\r\n]", text)]
+    return [line for line in lines if line and not re.match(r"^[\w ]+:\s*\d+%\|", line)]
+
+
+def wait_for_epochs(uri: str, experiment: str, runs: int, wandb_dir: Path, process: subprocess.Popen) -> None:
+    """Until `runs` runs of `experiment` have an epoch in MLflow: their W&B files are made after their MLflow runs
+    (--log mlflow,wandb), so MLflow's store is complete before this reads it."""
+    from mlflow.tracking import MlflowClient
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        if len(list(wandb_dir.glob("offline-run-*"))) >= runs:
+            client = MlflowClient(tracking_uri=uri)
+            started = mlflow_runs(uri, experiment).values()
+            if sum(bool(client.get_metric_history(run.info.run_id, "accuracy/test")) for run in started) >= runs:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{runs} runs never logged an epoch to {uri}")
+
+
+def test_a_wandb_run_file_is_complete_when_the_command_returns(store, tmp_path, offline, monkeypatch):
+    """W&B's service writes an offline run's file when it closes the run, which `run.finish()` asks for without
+    waiting: on a busy machine tt-sweep returned with a file that held only its header. Here the service closes no run
+    until it is told to end, the slowest it can be, and the file must be complete when tt-train returns."""
+    from wandb.sdk.lib.service import service_connection
+
+    monkeypatch.setattr(service_connection.ServiceConnection, "inform_finish", lambda self, run_id: None)
+    run_dir = tmp_path / "run"
+    invoke(train_main, ["--features", str(store), "--quiet", "--out", str(run_dir), "--log", "wandb", *TINY])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    check_wandb(wandb_runs(run_dir / "wandb"), "run", epochs_of_metrics(metrics), metrics, config, group="")
+
+
+def test_an_unreachable_tracking_server_is_one_line_within_seconds(store, tmp_path, offline):
+    """--log mlflow with MLFLOW_TRACKING_URI at a loopback port that nothing listens on (opened here, then closed):
+    tt-train and tt-sweep each stop before training with one line naming the option, the URI and what was expected,
+    within 10 s (with MLflow's own retries: 253 s)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    script = f"""
+import time
+from twinturbo.train.cli import sweep_main, train_main
+for name, command, extra in (("tt-train", train_main, []), ("tt-sweep", sweep_main, ["--setups", "1", "--seeds", "1"])):
+    start = time.monotonic()
+    try:
+        command.main(["--features", {str(store)!r}, "--out", {str(tmp_path)!r} + "/" + name, "--log", "mlflow",
+                      *extra, *{TINY!r}])
+    except SystemExit as exit_:
+        print(f"{{name}} exit {{exit_.code}} after {{time.monotonic() - start:.1f}} s", flush=True)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=150,
+                            env=dict(os.environ, MLFLOW_TRACKING_URI=uri))
+    said = f"error: --log mlflow: cannot reach the tracking server at {uri} (connection refused; expected an MLflow " \
+           "tracking server listening there, or MLFLOW_TRACKING_URI unset for a local SQLite store)"
+    assert terminal_lines(result.stderr) == [said, said], result.stderr[-3000:]
+    ends = [line.split() for line in result.stdout.splitlines() if " exit " in line]
+    assert [(name, code) for name, _, code, *_ in ends] == [("tt-train", "2"), ("tt-sweep", "2")], result.stdout
+    assert all(float(seconds) < 10 for *_, seconds, _ in ends), result.stdout
+    assert not list(tmp_path.glob("tt-*/*.jsonl")) and not list(tmp_path.glob("tt-*/metrics.json"))
+
+
+def test_a_tracker_that_breaks_mid_sweep_costs_no_run_and_one_line(store, tmp_path, offline):
+    """The sweep's MLflow store (SQLite) emptied after its first run ended: every later MLflow call fails, and MLflow
+    logs an SQLAlchemy traceback for each (74 lines on the terminal for 3 runs before). Every run trains; the terminal
+    gets one short warning line about it, without SQL or traceback, and the detail is in SWEEP_DIR/tracking.log."""
+    sweep_dir = tmp_path / "sweep"
+    script = f"""
+from pathlib import Path
+from twinturbo.train import trackers
+from twinturbo.train.cli import sweep_main
+
+end_run = trackers.MlflowSink.end_run
+
+def end_run_then_damage(self, run_id, final):
+    end_run(self, run_id, final)
+    Path({str(sweep_dir / "mlflow.db")!r}).write_bytes(b"")
+
+trackers.MlflowSink.end_run = end_run_then_damage
+sweep_main.main(["--features", {str(store)!r}, "--out", {str(sweep_dir)!r}, "--setups", "2", "--critic-grid",
+                 "0.1,1,10", "--seeds", "2", "--fuse", "1", "--workers", "1", "--log", "mlflow", *{TINY!r}])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(read_rows(sweep_dir / "results.jsonl")) == 3
+    about_it = [line for line in terminal_lines(result.stdout + result.stderr) if not line.startswith("tt-sweep: ")]
+    log = sweep_dir / "tracking.log"
+    assert len(about_it) == 1, about_it[:20]
+    assert about_it[0].startswith("warning: --log mlflow stopped (MlflowException: (sqlite3.OperationalError) ")
+    assert about_it[0].endswith(f"training goes on, metrics.json and results.jsonl keep every result; details in {log}")
+    assert len(about_it[0]) < 250 + len(str(log)) and "SQL:" not in about_it[0]
+    detail = log.read_text()
+    assert "Traceback" in detail and "no such table" in detail and "[SQL: " in detail
+
+
+def test_ctrl_c_marks_the_run_killed_in_every_tracker(store, tmp_path, offline):
+    """tt-train interrupted by Ctrl-C once its first epoch is in MLflow: the MLflow run is KILLED, the W&B run file is
+    complete with exit code 255 (W&B's own for Ctrl-C), the TensorBoard session ended as a failure."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    run_dir = tmp_path / "run"
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    process = subprocess.Popen([str(BIN / "tt-train"), "--features", str(store), "--quiet", "--out", str(run_dir),
+                                "--log", ALL, *UNENDING], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
+    try:
+        wait_for_epochs(uri, "twinturbo", 1, run_dir / "wandb", process)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err[-3000:]
+    assert mlflow_runs(uri, "twinturbo")["run"].info.status == "KILLED"
+    assert wandb_runs(run_dir / "wandb")["run"]["exit_code"] == 255
+    assert tensorboard_run(run_dir / "tensorboard")["status"] == api_pb2.STATUS_FAILURE
+
+
+def test_ctrl_c_of_a_two_worker_sweep_marks_every_workers_runs_killed(store, tmp_path, offline):
+    """Ctrl-C at a terminal signals the whole process group; the workers ignore it and are stopped by their parent
+    (SIGTERM), and each ends its run KILLED in MLflow and with exit code 255 in W&B before it exits."""
+    sweep_dir = tmp_path / "sweep"
+    uri = f"sqlite:///{sweep_dir / 'mlflow.db'}"
+    process = subprocess.Popen([str(BIN / "tt-sweep"), "--features", str(store), "--out", str(sweep_dir), "--setups",
+                                "2", "--critic-grid", "0.1,1", "--seeds", "2", "--fuse", "1", "--workers", "2",
+                                "--log", "mlflow,wandb", *UNENDING], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True,
+                               preexec_fn=default_sigint)
+    try:
+        wait_for_epochs(uri, "sweep", 2, sweep_dir / "wandb", process)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("error: interrupted; rerun the same command: finished runs are kept, the "
+                                            "others are trained") and "Traceback" not in err, err[-3000:]
+    runs = mlflow_runs(uri, "sweep")
+    assert len(runs) == 2 and {run.info.status for run in runs.values()} == {"KILLED"}
+    w_and_b = wandb_runs(sweep_dir / "wandb")
+    assert sorted(w_and_b) == sorted(runs) and {run["exit_code"] for run in w_and_b.values()} == {255}
+
+
+def test_a_stopped_worker_ends_its_runs_even_when_terminated_again(store, tmp_path, offline):
+    """A tt-sweep worker (train/sweep/local.py, `_worker_run_groups`) stopped by SIGTERM ends its run KILLED in MLflow and
+    with exit code 255 in W&B, then exits 130, even when a second SIGTERM comes while it does so: the process pool
+    terminates every worker again as soon as one has exited. The second one is sent here from inside MLflow's close,
+    the moment it cut the cleanup short (that run was left RUNNING)."""
+    sweep_dir = tmp_path / "sweep"
+    training = {"epochs": 100000, "batch_size": 48, "lr": 3e-3, "warmup_steps": 1, "proj_dim": 8, "pred_dim": 8,
+                "disc_dim": 4, "precision": "fp32"}
+    script = f"""
+import os, signal
+from twinturbo.train import trackers
+from twinturbo.train.sweep import local, runner
+from twinturbo.train.sweep.grid import SweepGrid
+
+tracking = trackers.Tracking.for_sweep(("mlflow", "wandb"), {str(sweep_dir)!r})
+trackers.prepare_trackers(tracking)
+close = trackers.MlflowSink.close
+
+def close_and_be_terminated_again(self, status):
+    os.kill(os.getpid(), signal.SIGTERM)
+    close(self, status)
+
+trackers.MlflowSink.close = close_and_be_terminated_again
+runs = SweepGrid(setups=(1,), labels=(8,), seeds=(2,), training={training!r}).expand()
+local._worker_run_groups(runner.SweepWork({str(store)!r}, {str(sweep_dir)!r}, "cpu", tracking=tracking), [runs])
+"""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    uri = f"sqlite:///{sweep_dir / 'mlflow.db'}"
+    try:
+        wait_for_epochs(uri, "sweep", 1, sweep_dir / "wandb", process)
+        process.terminate()
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-3000:]
+    (run,) = mlflow_runs(uri, "sweep").values()
+    assert run.info.status == "KILLED"
+    assert wandb_runs(sweep_dir / "wandb")[run.info.run_name]["exit_code"] == 255
+
+
+def test_a_run_is_ended_although_the_mlflow_store_is_locked_for_a_moment(tmp_path, offline, monkeypatch):
+    """tt-sweep's workers share one SQLite file and end their runs at the same moment after Ctrl-C; SQLite answers
+    'database is locked' at once (no wait) when two connections' lock upgrades would deadlock, and that run stayed
+    RUNNING (1 of 10 test_trackers runs under load, tracking.log: 'UPDATE runs SET status=?' ... 'database is
+    locked'). Here the store answers so twice: the sink tries again and the run ends KILLED; another MLflow error is
+    not retried."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from twinturbo.train.trackers import MlflowSink, Tracking
+
+    sink = MlflowSink(Tracking.for_run(("mlflow",), tmp_path / "run"))
+    sink.start_run("run", {"seed": 1})
+    mlflow_id, calls = sink.runs["run"], []
+    set_terminated = sink.client.set_terminated
+
+    def locked_twice(*args, **kwargs):
+        calls.append(args)
+        if len(calls) <= 2:
+            raise MlflowException("(sqlite3.OperationalError) database is locked\n[SQL: UPDATE runs SET status=?]")
+        return set_terminated(*args, **kwargs)
+
+    monkeypatch.setattr(sink.client, "set_terminated", locked_twice)
+    sink.close("KILLED")
+    assert len(calls) == 3
+    assert MlflowClient(tracking_uri=sink.tracking.mlflow_uri()).get_run(mlflow_id).info.status == "KILLED"
+    sink.start_run("other", {"seed": 2})
+
+    def broken(*args, **kwargs):
+        calls.append(args)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: no such run")
+
+    monkeypatch.setattr(sink.client, "set_terminated", broken)
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        sink.close("KILLED")
+    assert len(calls) == 4
+
+
+def test_a_stop_that_lands_in_a_weakref_callback_still_stops_the_worker(store, tmp_path):
+    """The worker's SIGTERM handler raises KeyboardInterrupt wherever the interpreter is; inside a weakref callback
+    Python drops it ('Exception ignored ... KeyboardInterrupt' on stderr) and the worker trained on (1 of 10
+    test_trackers runs). Here the SIGTERM is sent from inside such a callback: the worker still exits 130 at once,
+    with nothing on stderr."""
+    script = f"""
+import os, signal, time, weakref
+from twinturbo.train.sweep import local, runner
+from twinturbo.train.sweep.grid import SweepGrid
+
+class Thing:
+    pass
+
+def train_runs(*args, **kwargs):
+    thing = Thing()
+    keep = weakref.ref(thing, lambda ref: os.kill(os.getpid(), signal.SIGTERM))
+    del thing  # the callback runs here, and the handler inside it
+    time.sleep(30)
+    raise SystemExit("the stop was lost")
+
+runner.train_runs = train_runs
+runs = SweepGrid(setups=(1,), labels=(8,), seeds=(2,), training={{"epochs": 1, "proj_dim": 8, "pred_dim": 8,
+                                                                  "disc_dim": 4}}).expand()
+local._worker_run_groups(runner.SweepWork({str(store)!r}, {str(tmp_path / "sweep")!r}, "cpu"), [runs])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr[-3000:]  # a lost stop sleeps 30 s, then exits 1 saying so
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_an_error_marks_the_run_failed_in_every_tracker(store, tmp_path, offline, monkeypatch):
+    """A run ended by an error (here its RUN_DIR cannot be written) is FAILED in MLflow, exit code 1 in W&B (its file
+    complete when the command returns) and a failed session in TensorBoard."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    from twinturbo.train.run import rundir
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rundir, "save_run", disk_full)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(train_main, ["--features", str(store), "--quiet", "--out", str(run_dir), "--log", ALL,
+                                             *TINY])
+    assert isinstance(result.exception, OSError), result.output
+    assert mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}", "twinturbo")["run"].info.status == "FAILED"
+    assert wandb_runs(run_dir / "wandb")["run"]["exit_code"] == 1
+    assert tensorboard_run(run_dir / "tensorboard")["status"] == api_pb2.STATUS_FAILURE
 
 
 # ---- the option ---------------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_label_budget_errors(store_path, labels, fragment):
 
 
 def test_nan_loss_is_one_line_with_the_step(store_path, monkeypatch):
-    import twinturbo.train.step as step
+    import twinturbo.train.run.step as step
 
     monkeypatch.setattr(step, "lr_factor", lambda step, config: 1e30)  # the first update blows the weights up
     result = invoke(["--features", str(store_path), *QUICK])

@@ -209,9 +209,9 @@ def test_a_run_without_view_terms_is_bit_identical_on_a_store_with_views(stores,
 
 
 def test_a_view_group_gathers_the_stored_view_each_row_drew(stores):
-    from twinturbo.train.data import load_split
-    from twinturbo.train.sampling import draw_views
-    from twinturbo.train.step import StepBatch
+    from twinturbo.train.run.data import load_split
+    from twinturbo.train.run.sampling import draw_views
+    from twinturbo.train.run.step import StepBatch
 
     with open_store(stores["views"]) as store:
         split = load_split(store, "train", torch.device("cpu"), progress=False, views=True)
@@ -240,8 +240,8 @@ def test_fused_runs_share_their_view_draws_and_equal_separate_runs(stores):
 
     from twinturbo.common.device import Acceleration
     from twinturbo.train.config import TrainConfig
-    from twinturbo.train.data import load_split
-    from twinturbo.train.loop import train_runs
+    from twinturbo.train.run.data import load_split
+    from twinturbo.train.run.loop import train_runs
 
     with open_store(stores["views"]) as store:
         splits = [load_split(store, name, torch.device("cpu"), False, views=True) for name in ("train", "test")]
@@ -262,8 +262,8 @@ def test_fused_runs_share_their_view_draws_and_equal_separate_runs(stores):
 def test_a_streamed_split_serves_the_stored_views_of_every_step(stores):
     """Beyond --memory-limit the train split is streamed: the shuffle buffer and the labelled subset carry each
     sample's views, and every step's view rows equal the store's."""
-    from twinturbo.train.data import load_split
-    from twinturbo.train.stream import StreamedSplit
+    from twinturbo.train.run.data import load_split
+    from twinturbo.train.run.stream import StreamedSplit
 
     with open_store(stores["int8"]) as store:
         whole = load_split(store, "train", torch.device("cpu"), progress=False, views=True)

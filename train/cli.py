@@ -17,16 +17,18 @@ from twinturbo.common.device import resolve_device, resolve_precision
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.sizes import parse_size
 from twinturbo.common.slurm import options_of, slurm_options
-from twinturbo.train.baseline import BASELINES
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.launch import DEFAULT_FUSE, run_sweep, sweep_status
-from twinturbo.train.memory import MEMORY_HEADROOM
-from twinturbo.train.report import make_report
-from twinturbo.train.rundir import train_from_store
-from twinturbo.train.sweep import (DEFAULT_LABELS, DEFAULT_SEEDS, LIST_KINDS, build_grid, format_list, grid_key,
-                                   grid_option, parse_list)
+from twinturbo.train.heads import DEFAULT_HEAD, HEADS
+from twinturbo.train.report.baseline import BASELINES
+from twinturbo.train.report.make import make_report
+from twinturbo.train.run.memory import MEMORY_HEADROOM
+from twinturbo.train.run.rundir import train_from_store
+from twinturbo.train.sweep.grid import DEFAULT_LABELS, DEFAULT_SEEDS, format_list, grid_key, grid_option, parse_list
+from twinturbo.train.sweep.gridfile import LIST_KINDS, build_grid
+from twinturbo.train.sweep.jobs import sweep_status
+from twinturbo.train.sweep.launch import DEFAULT_FUSE, run_sweep
 from twinturbo.train.terms import DISPLAY_ORDER, GRID_OPTIONS
-from twinturbo.train.trackers import TRACKERS, Tracking, parse_log
+from twinturbo.train.trackers import TRACKERS, Tracking, describe_tracking, parse_log
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -107,7 +109,7 @@ def train_main(features: str, device: str, memory_limit: str | None, log: str | 
     click.echo(f"test accuracy {result.metrics['test_accuracy']:.4f} ({result.metrics['steps']} steps, "
                f"{result.metrics['wall_time_s']:.1f} s); run written to {run_dir}")
     if trackers:
-        click.echo(Tracking.for_run(trackers, run_dir).describe())
+        click.echo(describe_tracking(Tracking.for_run(trackers, run_dir)))
 
 
 # ---- tt-sweep ----------------------------------------------------------------------------------------------------
@@ -126,6 +128,9 @@ class SweepCommand(Command):
               "process or job), pending, failed (their job ended without them); train nothing.")
 @click.option("--setups", help=_with_default("Setups to run: the 7 bars of the paper's Figures 2-4 (listed in the "
                                              "README) and any a --grid file defines, e.g. 1-7 or 1,2,5.", "1-7"))
+@click.option("--heads", help=_with_default("Heads each setup trains (a setup of a --grid file may name its own): "
+                                            + ", ".join(HEADS) + " (tt-train --help: --head says what each is).",
+                                            DEFAULT_HEAD))
 @click.option("--labels", help=_with_default("Label budgets: sizes K of the class-balanced labelled subset.",
                                              format_list(DEFAULT_LABELS)))
 @click.option("--seeds", help=_with_default("Seeds.", format_list(DEFAULT_SEEDS)))
@@ -201,14 +206,22 @@ def sweep_main(features: str | None, sweep_dir: str, status: bool, grid_file: st
                    "60k 1280-d vectors 1.5-2.5 minutes per seed (bench/README.md, 'Baselines').")
 @click.option("--features", type=click.Path(),
               help="The sweep's store when it is no longer where the sweep recorded it (checked by fingerprint).")
+@click.option("--grid", "grid_file", type=click.Path(dir_okay=False),
+              help="Report only the runs of this grid file (tt-sweep's --grid: setups, λ grids, label budgets, "
+                   "seeds), matched by setup, head, λ values, budget and seed: e.g. one study's runs out of larger "
+                   "sweeps.")
+@click.option("--labels", "grid_labels", help="With --grid: these label budgets instead of the grid file's, e.g. "
+              "40,100,250,1000 to take another sweep's budget of the same grid into the report.")
 def report_main(sweep_dirs: tuple[str, ...], out_dir: str | None, protocol: str, epoch_rule: str,
-                val_size: int | None, baseline: bool, methods: str, features: str | None) -> None:
+                val_size: int | None, baseline: bool, methods: str, features: str | None,
+                grid_file: str | None, grid_labels: str | None) -> None:
     """tt-report: summary.md (what ran, the protocol, the finding with its 95% intervals, the tables),
     figure_<dataset>.png (Figures 2-4 with validation-chosen λ), all_<dataset>.png (Appendix C),
-    diagnostics_<dataset>.png (the critic over training) and results.csv, from one or more SWEEP_DIRs (e.g. the 100-
+    diagnostics_<dataset>.png (the critic over training), budgets_<dataset>.png (accuracy against labels, with two or
+    more label budgets) and results.csv, from one or more SWEEP_DIRs (e.g. the 100-
     and the 1000-label sweeps of one store)."""
     written = make_report(list(sweep_dirs), out_dir, baseline, features, protocol, epoch_rule, val_size,
-                          parse_list(methods, str, "--baselines"))
+                          parse_list(methods, str, "--baselines"), grid_file, grid_labels)
     click.echo(next(p for p in written if p.name == "summary.md").read_text())
     for path in written:
         click.echo(f"wrote {path}")

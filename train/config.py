@@ -1,8 +1,9 @@
 """The configuration of one `tt-train` run: paper defaults (section 4.3, Appendix B) unless a flag says otherwise.
 
-TrainConfig's fields come from two places: the ones below (data, schedule, widths, precision), and one weight per
-additive term of Eq. 22 plus the options that term reads, declared by the term itself (train/terms/). Every field
-carries its flag and help text, from which tt-train and tt-sweep build their options (train/cli.py).
+TrainConfig's fields come from three places: the ones below (data, schedule, head, widths, precision), one weight per
+additive term of Eq. 22 plus the options that term reads, declared by the term itself (train/terms/), and the options
+of each head (train/heads/). Every field carries its flag and help text, from which tt-train and tt-sweep build their
+options (train/cli.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from dataclasses import asdict, field, fields, make_dataclass
 
 from twinturbo.common.device import PRECISION_HELP, PRECISIONS
 from twinturbo.common.errors import TwinTurboError
-from twinturbo.train.terms import DISPLAY_ORDER, OPTIONAL_OPTION_FIELDS, TASK_LOSSES, TERMS, WEIGHT_FIELDS
+from twinturbo.train.heads import DEFAULT_HEAD, HEAD_OPTIONS, HEADS, check_head, head_help
+from twinturbo.train.terms import (DISPLAY_ORDER, OPTIONAL_OPTION_FIELDS, TASK_LOSSES, TERMS, WEIGHT_FIELDS,
+                                   active_terms)
 
 RESCALES = ("softmax", "sigmoid")
 
@@ -66,33 +69,42 @@ class _TrainConfigMethods:
             raise TwinTurboError(f"--warmup-start {self.warmup_start_factor}: expected a factor in (0, 1]")
         if not 0 <= self.dropout < 1:
             raise TwinTurboError(f"--dropout {self.dropout}: expected a probability in [0, 1)")
-        for term in list(TASK_LOSSES.values()) + list(TERMS.values()):
-            for option in term.options:
+        for owner in list(TASK_LOSSES.values()) + list(TERMS.values()) + list(HEADS.values()):
+            for option in owner.options:
                 value = getattr(self, option.name)
                 if option.bounds and not option.bounds[0] < value <= option.bounds[1]:
                     raise TwinTurboError(f"{option.flag} {value}: expected a number in ({option.bounds[0]:g}, "
                                          f"{option.bounds[1]:g}]")
+        if HEADS[self.head].check is not None:
+            HEADS[self.head].check(self)
+        check_head(self, active_terms(self))
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def identity(self) -> dict:
-        """What names this run in a sweep (its run id hashes it): every field, except the weights of Eq. 22 that are 0
-        and the options of a term not of the paper while it is off. A weight of 0 switches its term off whatever the
-        term is, so adding a term (and its options) to the package keeps every existing run id."""
+        """What names this run in a sweep (its run id hashes it): every field, except the weights of Eq. 22 that are 0,
+        the options of a term not of the paper while it is off, the head when it is the paper's and a head's options
+        unless it is the run's head. A weight of 0 switches its term off whatever the term is, so adding a term (and
+        its options) or a head to the package keeps every existing run id."""
         def off(name: str) -> bool:
             term = OPTIONAL_OPTION_FIELDS.get(name)
-            return term is not None and getattr(self, term.weight_field) == 0
+            if name in HEAD_OPTIONS:  # a head's options name a run only with that head
+                return HEAD_OPTIONS[name].name != self.head
+            return (term is not None and getattr(self, term.weight_field) == 0) or (name == "head" and
+                                                                                   self.head == DEFAULT_HEAD)
 
         return {name: value for name, value in self.to_dict().items()
                 if not (name in WEIGHT_FIELDS and value == 0) and not off(name)}
 
     def run_name(self) -> str:
-        """`<loss>_<rescale>_c<critic>_l<latent>[_<term><weight>...]_n<labels>_s<seed>`: the default run directory."""
+        """`[<head>_]<loss>_<rescale>_c<critic>_l<latent>[_<term><weight>...]_n<labels>_s<seed>`: the default run
+        directory (the head named unless it is the paper's)."""
         weights = "".join(f"_{term.weight.id_letter or term.name}{getattr(self, term.weight_field):g}"
                           for term in DISPLAY_ORDER if term.weight.id_letter or getattr(self, term.weight_field) > 0)
-        return f"{self.loss}_{self.rescale}{weights}_n{self.labels}_s{self.seed}"
+        head = "" if self.head == DEFAULT_HEAD else f"{self.head}_"
+        return f"{head}{self.loss}_{self.rescale}{weights}_n{self.labels}_s{self.seed}"
 
 
 def _term_fields() -> list[tuple]:
@@ -111,6 +123,7 @@ _FIELDS = [
         choices=tuple(TASK_LOSSES))),
     ("rescale", str, _option("softmax", "--rescale", "sigma of the losses: softmax (Eq. 8) or sigmoid (Eq. 9).",
                              per_run=True, choices=RESCALES)),
+    ("head", str, _option(DEFAULT_HEAD, "--head", head_help(), per_run=True, choices=tuple(HEADS))),
     *[spec for spec in _term_fields() if spec[2].metadata["per_run"]],
     ("labels", int, _option(100, "--labels", "Size K of the class-balanced labelled subset.", per_run=True)),
     ("seed", int, _option(42, "--seed", "Decides init, data order, labelled subset and dropout.", per_run=True)),
@@ -126,6 +139,8 @@ _FIELDS = [
     ("pred_dim", int, _option(1024, "--pred-dim", "Predictor hidden width (Table 4).")),
     ("disc_dim", int, _option(500, "--disc-dim", "Discriminator width (Table 5).")),
     ("dropout", float, _option(0.3, "--dropout", "Projector dropout probability (Table 3).")),
+    *[(option.name, type(option.default), _option(option.default, option.flag, option.help))
+      for head in HEADS.values() for option in head.options],
     *[spec for spec in _term_fields() if not spec[2].metadata["per_run"]],
     ("eval_batch_size", int, _option(1024, "--eval-batch-size", "Batch size of the evaluations (no effect on "
                                      "results).")),
@@ -137,17 +152,20 @@ _FIELDS = [
 ]
 
 def _check_unique(specs: list[tuple]) -> None:
-    """A plugin term whose weight or option would take the name (or flag) of another field is one line naming it."""
-    owners = {option.name: term for term in list(TASK_LOSSES.values()) + list(TERMS.values()) for option in term.options}
+    """A plugin term or head whose weight or option would take the name (or flag) of another field is one line naming
+    it."""
+    owners = {option.name: owner for owner in list(TASK_LOSSES.values()) + list(TERMS.values()) + list(HEADS.values())
+              for option in owner.options}
     owners.update({term.weight_field: term for term in TERMS.values()})
     seen: dict[str, str] = {}
     for name, _, spec in specs:
         for key in (name, spec.metadata["flag"]):
             if key in seen:
-                term = owners.get(name) or owners[seen[key]]
-                other = seen[key] if owners.get(name) is term else name
-                raise TwinTurboError(f"{term.source}: term {term.name!r}: {key} is already taken by the training "
-                                     f"option {other}; rename the term")
+                owner = owners.get(name) or owners[seen[key]]
+                other = seen[key] if owners.get(name) is owner else name
+                kind = "head" if owner.name in HEADS and HEADS[owner.name] is owner else "term"
+                raise TwinTurboError(f"{owner.source}: {kind} {owner.name!r}: {key} is already taken by the training "
+                                     f"option {other}; rename the " + ("term" if kind == "term" else "head's option"))
             seen[key] = name
 
 

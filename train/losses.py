@@ -45,6 +45,13 @@ def log_rescale(logits: torch.Tensor, rescale: str) -> torch.Tensor:
     raise ValueError(f"unknown rescale {rescale!r}; expected one of: {', '.join(RESCALINGS)}")
 
 
+def normalised_log_rescale(logits: torch.Tensor, rescale: str) -> torch.Tensor:
+    """log of sigma(f) normalised to sum 1 over the classes, [N, C]: log_softmax for softmax; for sigmoid, the class
+    scores made a distribution (ours: what the unlabelled terms, entropy and the pseudo-labels, read as p)."""
+    log_scores = log_rescale(logits, rescale)
+    return log_scores - torch.logsumexp(log_scores, dim=1, keepdim=True)
+
+
 def _log_one_minus_rescale(logits: torch.Tensor, rescale: str) -> torch.Tensor:
     """log(1 - sigma(f)_c) for every class, without ever forming 1 - sigma (which is 0 once sigma rounds to 1).
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twinturbo.common.callable_module import serve_calls
 from twinturbo.common.errors import TwinTurboError
 
 
@@ -30,7 +31,8 @@ def _config(config_class, options: dict, what: str):
 def extract(dataset: str, out: str | Path, **options: Any) -> Path:
     """tt-extract: the frozen backbone once over `dataset` into a store under `out`; returns the store's path.
     Options are ExtractConfig's fields (backbone, resolution, views, limit, format, dtype, ...)."""
-    from twinturbo.extract.extract import ExtractConfig, run_extraction
+    from twinturbo.extract.config import ExtractConfig
+    from twinturbo.extract.extract import run_extraction
 
     command = "twinturbo.extract(" + ", ".join([repr(dataset), repr(str(out))] +
                                                [f"{k}={v!r}" for k, v in sorted(options.items())]) + ")"
@@ -56,12 +58,12 @@ class Run:
 
     @property
     def head(self):
-        """The trained TwinTurboHead (read from RUN_DIR/head.pt on first use)."""
+        """The trained head (its --head's module, read from RUN_DIR/head.pt on first use)."""
         return self._rundir().head
 
     def _rundir(self):
         if self._loaded is None:
-            from twinturbo.train.rundir import load_run
+            from twinturbo.train.run.rundir import load_run
 
             self._loaded = load_run(self.path)
         return self._loaded
@@ -95,7 +97,7 @@ def train(features: str | Path, out: str | Path | None = None, device: str = "au
     from twinturbo.common.device import resolve_device, resolve_precision
     from twinturbo.common.sizes import parse_size
     from twinturbo.train.config import TrainConfig
-    from twinturbo.train.rundir import METRICS_FILE, train_from_store
+    from twinturbo.train.run.rundir import METRICS_FILE, train_from_store
 
     trackers = _trackers(log)
     torch_device = resolve_device(device)
@@ -108,24 +110,26 @@ def train(features: str | Path, out: str | Path | None = None, device: str = "au
 
 
 def sweep(features: str | Path, out: str | Path, grid: str | Path | dict | None = None, setups: str | None = None,
-          labels: str | list | None = None, seeds: str | list | None = None, device: str = "auto",
+          labels: str | list | None = None, seeds: str | list | None = None, heads: str | list | None = None,
+          device: str = "auto",
           workers: int = 1, fuse: int | None = None, extend: bool = False, save_heads: bool = False,
           memory_limit: str | int | None = None, grids: dict | None = None, log: str | list[str] | None = None,
           **training: Any):
-    """tt-sweep: the setups x grids x label budgets x seeds on `features` into SWEEP_DIR `out` (resumable: only runs
-    not in its results.jsonl train). `grid` is a grid file, or the mapping one holds (setups, [[setup]] tables as a
+    """tt-sweep: the setups x grids x heads x label budgets x seeds on `features` into SWEEP_DIR `out` (resumable: only
+    runs not in its results.jsonl train). `grid` is a grid file, or the mapping one holds (setups, [[setup]] tables as a
     "setup" list, training, ...); `grids` maps an axis to its values ({"critic": [0.1, 1],
     "fixmatch_threshold": [0.8, 0.95]}); `log` the trackers of --log; `training` are the shared TrainConfig fields.
     Returns load_results(out)."""
     from twinturbo.common.sizes import parse_size
-    from twinturbo.train.launch import run_sweep
-    from twinturbo.train.sweep import LIST_KINDS, build_grid, format_list, grid_key
+    from twinturbo.train.sweep.launch import run_sweep
+    from twinturbo.train.sweep.grid import format_list, grid_key
+    from twinturbo.train.sweep.gridfile import LIST_KINDS, build_grid
 
     def listed(value) -> str | None:
         return None if value is None else value if isinstance(value, str) else format_list(value)
 
     lists = {key: None for key in LIST_KINDS}
-    lists.update(setups=listed(setups), labels=listed(labels), seeds=listed(seeds))
+    lists.update(setups=listed(setups), labels=listed(labels), seeds=listed(seeds), heads=listed(heads))
     for axis, values in (grids or {}).items():
         if grid_key(axis) not in lists:
             raise TwinTurboError(f"sweep: unknown grid axis {axis!r} (expected some of "
@@ -145,8 +149,8 @@ def report(*sweep_dirs: str | Path, out: str | Path | None = None, select: str =
            ) -> list[Path]:
     """tt-report: summary.md, the figures and results.csv of one or more sweeps; returns the files written.
     `baselines` is True (all), False (none) or a list of their names."""
-    from twinturbo.train.baseline import BASELINES
-    from twinturbo.train.report import make_report
+    from twinturbo.train.report.baseline import BASELINES
+    from twinturbo.train.report.make import make_report
 
     methods = tuple(BASELINES) if baselines is True else tuple(baselines or ())
     return make_report(list(sweep_dirs), out, bool(methods), str(features) if features else None, select, epoch,
@@ -158,7 +162,7 @@ def load_results(sweep_dir: str | Path):
     as columns beside run_id, setup, test_accuracy, val_accuracy, the per-epoch lists and the host."""
     import pandas as pd
 
-    from twinturbo.train.results import RESULTS_FILE, cut_lines_note, read_rows
+    from twinturbo.train.sweep.results import RESULTS_FILE, cut_lines_note, read_rows
 
     path = Path(sweep_dir) / RESULTS_FILE
     if not path.exists():
@@ -172,3 +176,6 @@ def load_results(sweep_dir: str | Path):
         record.update(row.get("config") or {})
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+serve_calls(sys.modules[__name__])  # twinturbo.extract(...) and twinturbo.train(...) call this module's functions

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 import click
 
-from twinturbo.common.device import resolve_device
+from twinturbo.common.atomic import atomic_open, save_figure, write_text_atomic
 from twinturbo.common.command import Command, plugins_option
+from twinturbo.common.device import resolve_device
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.store import FeatureStore, open_store
 from twinturbo.extract.backbones import BackboneOptions, build_backbone
@@ -30,10 +32,9 @@ from twinturbo.extract.cli import backbone_options
 from twinturbo.extract.datasets import IMAGE_SUFFIXES, ImageFiles, image_size
 from twinturbo.extract.extract import forward_features, prepare_images
 from twinturbo.train.config import TrainConfig
-from twinturbo.train.data import SplitTensors, load_split, num_classes_of
-from twinturbo.train.loop import autocast
-from twinturbo.train.model import TwinTurboHead
-from twinturbo.train.rundir import RunDir, load_run
+from twinturbo.train.run.data import SplitTensors, load_split, num_classes_of
+from twinturbo.train.run.loop import autocast
+from twinturbo.train.run.rundir import RunDir, load_run
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Predictions:
 
 
 @torch.inference_mode()
-def predict_tokens(head: TwinTurboHead, config: TrainConfig, cls: torch.Tensor, patches: torch.Tensor,
+def predict_tokens(head: nn.Module, config: TrainConfig, cls: torch.Tensor, patches: torch.Tensor,
                    device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(predicted class [N], probabilities [N, C]) of float tokens, in the run's precision and evaluation batches."""
     head = head.to(device).eval()
@@ -151,7 +152,7 @@ def write_predictions(predictions: Predictions, out: Path, class_names: list[str
     num_classes = predictions.probabilities.shape[1]
     names = class_names if len(class_names) == num_classes else [str(c) for c in range(num_classes)]
     written = [out / "predictions.csv"]
-    with open(written[0], "w", newline="") as handle:
+    with atomic_open(written[0], "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["sample", "label", "predicted"] + [f"p_{name}" for name in names])
         for name, label, predicted, probabilities in zip(predictions.names, predictions.labels, predictions.predicted,
@@ -164,9 +165,9 @@ def write_predictions(predictions: Predictions, out: Path, class_names: list[str
     np.add.at(confusion, (predictions.labels[known], predictions.predicted[known]), 1)
     per_class = {names[c]: (float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else None)
                  for c in range(num_classes)}
-    (out / "accuracy.json").write_text(json.dumps({"accuracy": predictions.accuracy(), "samples": int(known.sum()),
+    write_text_atomic(out / "accuracy.json", json.dumps({"accuracy": predictions.accuracy(), "samples": int(known.sum()),
                                                    "per_class_accuracy": per_class}, indent=2) + "\n")
-    with open(out / "confusion.csv", "w", newline="") as handle:
+    with atomic_open(out / "confusion.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["label \\ predicted"] + names)
         for c in range(num_classes):
@@ -196,7 +197,7 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, accuracy
     ax.set_title(f"confusion matrix (accuracy {100 * accuracy:.2f}%; colour = share of the true class)", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -95,6 +95,8 @@ write_configs() {  # write_configs CTLD_PORT SLURMD_PORT DBD_PORT
     cpus=$(nproc); mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
     # AuthInfo names munged's socket for every daemon and client; AccountingStoragePass names it again for the
     # connections to slurmdbd (slurmctld's, sacct's, sacctmgr's), which otherwise use the default /run/munge socket.
+    # cred_expire=10 (default 120): a requeued job waits cred_expire + 1 s before it may start again, which was 2 of
+    # the 3 minutes of the requeue test.
     cat >"$CONF" <<CONFIG
 # private test cluster of tests/cluster/slurm.sh (state: $STATE); use it with SLURM_CONF=$CONF
 ClusterName=twinturbo
@@ -103,7 +105,7 @@ SlurmctldPort=$1
 SlurmdPort=$2
 CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE/munge.socket
+AuthInfo=socket=$MUNGE/munge.socket,cred_expire=10
 CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root

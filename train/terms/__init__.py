@@ -25,9 +25,10 @@ from typing import Any, Callable
 import torch
 
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.common.plugins import BUILT_IN, how_to_load, plugin_modules
 from twinturbo.train.losses import log_rescale
 
-BUILT_IN = "built-in"
+ENTRY_POINT_GROUP = "twinturbo.terms"  # an installed package's terms (common/plugins.py)
 ROW_SOURCES = ("labelled", "star", "unlabelled")  # a step's index lists, in the order its rows are laid out
 
 
@@ -101,6 +102,7 @@ class Term:
     loss: Callable[["StepView"], torch.Tensor]
     weight: Weight | None = None
     discriminator: bool = False
+    latent: bool = False  # reads z, the head's trained latent (a head without one refuses it: train/heads/)
     options: tuple[Option, ...] = ()
     order: int = 100
     paper: bool = False  # a term of the paper (Eqs. 17-21), as opposed to one of ours
@@ -138,9 +140,8 @@ class StepView:
 
 
 def _discover() -> dict[str, Term]:
-    """The package's terms (one module each), then those of entry points and plugin files (twinturbo.plugins)."""
-    from twinturbo.plugins import plugin_modules
-
+    """The package's terms (one module each), then those of the entry points of ENTRY_POINT_GROUP and of the plugin
+    files (common/plugins.py)."""
     found = {}
     for module in pkgutil.iter_modules(__path__):
         term = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TERM", None)
@@ -150,7 +151,7 @@ def _discover() -> dict[str, Term]:
             for name in term.rows:
                 RowGroup.parse(name)
             found[term.name] = term
-    for source, module in plugin_modules():
+    for source, module in plugin_modules(ENTRY_POINT_GROUP, "terms", "the training code", "TERM"):
         term = getattr(module, "TERM", None)
         if not isinstance(term, Term):
             raise TwinTurboError(f"{source}: defines no TERM (a twinturbo.train.terms.Term)")
@@ -228,8 +229,6 @@ def plugin_sources(config) -> dict[str, str]:
 def missing_terms(config: dict, plugins: dict | None, where: str) -> None:
     """Raise a one-line TwinTurboError when a recorded run's config names a term that is not registered here, saying
     which plugin it was trained with and how to load it."""
-    from twinturbo.plugins import how_to_load
-
     unknown = [key.removesuffix("_weight") for key, value in config.items()
                if key.endswith("_weight") and key != "weight_decay" and key not in WEIGHT_FIELDS and value]
     if config.get("loss") is not None and config["loss"] not in TASK_LOSSES:
@@ -237,7 +236,7 @@ def missing_terms(config: dict, plugins: dict | None, where: str) -> None:
     if unknown:
         name = unknown[0]
         source = (plugins or {}).get(name)
-        hint = (f"it was trained with {name!r} from {source}: {how_to_load(source)}" if source else
+        hint = (f"it was trained with {name!r} from {source}: {how_to_load(source, 'term')}" if source else
                 f"term {name!r} is not registered here (a plugin's? pass --plugins FILE.py)")
         raise TwinTurboError(f"{where}: {hint}")
 

@@ -8,14 +8,13 @@ against setup 2 separates them. Computed in log space: log p = log sigma - logsu
 """
 import torch
 
-from twinturbo.train.losses import log_rescale
+from twinturbo.train.losses import normalised_log_rescale
 from twinturbo.train.terms import StepView, Term, Weight
 
 
 def prediction_entropy(logits: torch.Tensor, rescale: str = "softmax") -> torch.Tensor:
     """Mean entropy (nats) of the normalised sigma(f) of logits [M, C]."""
-    log_scores = log_rescale(logits, rescale)
-    log_p = log_scores - torch.logsumexp(log_scores, dim=1, keepdim=True)
+    log_p = normalised_log_rescale(logits, rescale)
     return -(log_p.exp() * log_p).sum(dim=1).mean()
 
 

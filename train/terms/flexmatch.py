@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from twinturbo.train.terms import Option, StepView, Term, Weight
-from twinturbo.train.terms.fixmatch import pseudo_label_consistency
+from twinturbo.train.terms import Option, StepView
+from twinturbo.train.terms.pseudo_labels import consistency_term, pseudo_label_consistency
 
 STATE_KEY = "flexmatch_selected"  # per train image: the class of its latest confident prediction, -1 before one
 
@@ -45,13 +45,8 @@ def loss(view: StepView) -> torch.Tensor:
     return value
 
 
-TERM = Term("flexmatch", "FlexMatch: FixMatch with class-wise thresholds from each class's learning status "
-            "(Zhang et al. 2021)", frozenset({"unlabelled:weak", "unlabelled:strong"}), loss,
-            weight=Weight("--flexmatch", "λ_Flex", "Weight lambda_U of FlexMatch's unlabelled term (0 = off; reads "
-                          "the store's weak and strong views).", (0.3, 1.0, 3.0)),
-            options=(Option("flexmatch_threshold", "--flexmatch-threshold", 0.95, "FlexMatch's upper threshold tau "
-                            "(each class's is M(beta) * tau).", grid=True, symbol="τ_Flex",
-                            bounds=(0.0, 1.0)),
-                     Option("flexmatch_warmup", "--flexmatch-warmup", True, "FlexMatch's threshold warm-up (images "
-                            "not yet confidently predicted count as one more class).")),
-            order=5)
+TERM = consistency_term("flexmatch", "FlexMatch: FixMatch with class-wise thresholds from each class's learning status "
+                        "(Zhang et al. 2021)", loss, "Flex", "FlexMatch",
+                        "FlexMatch's upper threshold tau (each class's is M(beta) * tau).", order=5,
+                        extra=(Option("flexmatch_warmup", "--flexmatch-warmup", True, "FlexMatch's threshold warm-up "
+                                      "(images not yet confidently predicted count as one more class)."),))

@@ -1,0 +1,1 @@
+"""twinturbo.train.report: reporting (λ chosen on validation, the statistics, the tables, the figures, the baselines)."""
