@@ -457,12 +457,9 @@ def test_ctrl_c_of_a_two_worker_sweep_marks_every_workers_runs_killed(store, tmp
     assert sorted(w_and_b) == sorted(runs) and {run["exit_code"] for run in w_and_b.values()} == {255}
 
 
-def test_a_stopped_worker_ends_its_runs_even_when_terminated_again(store, tmp_path, offline):
-    """A tt-sweep worker (train/sweep/local.py, `_worker_run_groups`) stopped by SIGTERM ends its run KILLED in MLflow and
-    with exit code 255 in W&B, then exits 130, even when a second SIGTERM comes while it does so: the process pool
-    terminates every worker again as soon as one has exited. The second one is sent here from inside MLflow's close,
-    the moment it cut the cleanup short (that run was left RUNNING)."""
-    sweep_dir = tmp_path / "sweep"
+def stopped_worker(store, sweep_dir: Path, patch: str) -> subprocess.Popen:
+    """A tt-sweep worker (train/sweep/local.py, `_worker_run_groups`) training one endless setup-1 run, logged to
+    MLflow and W&B, with `patch` run before it starts."""
     training = {"epochs": 100000, "batch_size": 48, "lr": 3e-3, "warmup_steps": 1, "proj_dim": 8, "pred_dim": 8,
                 "disc_dim": 4, "precision": "fp32"}
     script = f"""
@@ -473,30 +470,67 @@ from twinturbo.train.sweep.grid import SweepGrid
 
 tracking = trackers.Tracking.for_sweep(("mlflow", "wandb"), {str(sweep_dir)!r})
 trackers.prepare_trackers(tracking)
-close = trackers.MlflowSink.close
-
-def close_and_be_terminated_again(self, status):
-    os.kill(os.getpid(), signal.SIGTERM)
-    close(self, status)
-
-trackers.MlflowSink.close = close_and_be_terminated_again
+{patch}
 runs = SweepGrid(setups=(1,), labels=(8,), seeds=(2,), training={training!r}).expand()
 local._worker_run_groups(runner.SweepWork({str(store)!r}, {str(sweep_dir)!r}, "cpu", tracking=tracking), [runs])
 """
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def check_stopped_worker(process: subprocess.Popen, sweep_dir: Path, terminate: bool) -> object:
+    """`process` (stopped_worker) exits 130 (terminated by the test once it has logged an epoch, with `terminate`),
+    its run KILLED in MLflow and ended with exit code 255 in W&B. Returns the MLflow run."""
     uri = f"sqlite:///{sweep_dir / 'mlflow.db'}"
     try:
-        wait_for_epochs(uri, "sweep", 1, sweep_dir / "wandb", process)
-        process.terminate()
+        if terminate:
+            wait_for_epochs(uri, "sweep", 1, sweep_dir / "wandb", process)
+            process.terminate()
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, err[-3000:]
     (run,) = mlflow_runs(uri, "sweep").values()
-    assert run.info.status == "KILLED"
+    log = sweep_dir / "tracking.log"
+    assert run.info.status == "KILLED", log.read_text()[-3000:] if log.exists() else "no tracking.log"
     assert wandb_runs(sweep_dir / "wandb")[run.info.run_name]["exit_code"] == 255
+    return run
+
+
+def test_a_stopped_worker_ends_its_runs_even_when_terminated_again(store, tmp_path, offline):
+    """A stopped worker ends its run KILLED in MLflow and with exit code 255 in W&B, then exits 130, even when a
+    second SIGTERM comes while it does so: the process pool terminates every worker again as soon as one has exited.
+    The second one is sent here from inside MLflow's close, the moment it cut the cleanup short (that run was left
+    RUNNING)."""
+    patch = """close = trackers.MlflowSink.close
+
+def close_and_be_terminated_again(self, status):
+    os.kill(os.getpid(), signal.SIGTERM)
+    close(self, status)
+
+trackers.MlflowSink.close = close_and_be_terminated_again"""
+    check_stopped_worker(stopped_worker(store, tmp_path / "sweep", patch), tmp_path / "sweep", terminate=True)
+
+
+def test_a_stop_inside_an_mlflow_write_waits_for_the_write(store, tmp_path, offline):
+    """The stop arrives inside MLflow's SQLite transaction (here: from inside its metric write, as it did under load
+    in a two-worker Ctrl-C, where both workers' runs stayed RUNNING and tracking.log said 'database is locked'): the
+    write completes first (common/interrupts.py, `interrupts_deferred`): the first epoch's metrics are in MLflow, and
+    the worker then ends its run KILLED."""
+    patch = """from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+update = SqlAlchemyStore._update_latest_metrics_if_necessary
+sent = []
+
+def update_and_be_terminated(self, logged_metrics, *args, **kwargs):
+    written = update(self, logged_metrics, *args, **kwargs)  # inside the transaction, its rows written
+    if logged_metrics and not sent:  # the first epoch's metrics (start_run calls it with none)
+        sent.append(os.kill(os.getpid(), signal.SIGTERM))
+    return written
+
+SqlAlchemyStore._update_latest_metrics_if_necessary = update_and_be_terminated"""
+    run = check_stopped_worker(stopped_worker(store, tmp_path / "sweep", patch), tmp_path / "sweep", terminate=False)
+    assert run.data.metrics, "the first epoch's metrics were not written"
 
 
 def test_a_run_is_ended_although_the_mlflow_store_is_locked_for_a_moment(tmp_path, offline, monkeypatch):

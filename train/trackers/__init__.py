@@ -43,6 +43,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from twinturbo.common.errors import TwinTurboError, first_line
+from twinturbo.common.interrupts import interrupts_deferred
 from twinturbo.train.trackers.mlflow_sink import MlflowSink
 from twinturbo.train.trackers.tensorboard_sink import TensorBoardSink
 from twinturbo.train.trackers.tracking import Tracking
@@ -127,7 +128,8 @@ class Trackers:
     def close(self, error: BaseException | None = None) -> None:
         """End the runs still open (KILLED after a KeyboardInterrupt, else FAILED) and give the loggers back."""
         try:
-            self._each("close", KILLED if isinstance(error, KeyboardInterrupt) else FAILED)
+            with interrupts_deferred():  # a second Ctrl-C waits until every sink has ended its runs
+                self._each("close", KILLED if isinstance(error, KeyboardInterrupt) else FAILED)
         finally:
             if self.logs is not None:
                 self.logs.restore()
@@ -135,7 +137,8 @@ class Trackers:
     def _each(self, method: str, *args) -> None:
         for sink in list(self.sinks):
             try:
-                getattr(sink, method)(*args)
+                with interrupts_deferred():  # a stop is raised after the backend's write, never inside it
+                    getattr(sink, method)(*args)
             except Exception as err:  # noqa: BLE001  (any backend's error: it is reported, and only ends its logging)
                 self.sinks.remove(sink)
                 _log.warning("--log %s stopped (in %s)", sink.name, method, exc_info=err)

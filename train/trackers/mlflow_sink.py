@@ -24,10 +24,10 @@ CLIENT_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",  # a server that accepts and hangs: about 35 s per call at most
 }
 PROBE_TIMEOUT_S = 5.0
-# Ours: how long a write may wait, beyond SQLite's own 5 s, while another process holds the store's lock. tt-sweep's
-# workers share one SQLite file and end their runs at the same moment after Ctrl-C; under load a write found the file
-# locked past SQLite's wait and its run stayed RUNNING (1 of 10 test_trackers runs). Shorter than the 15 s a stopped
-# worker is given (train/sweep/local.py: STOP_GRACE_S).
+# Ours: how long a write is tried again while the store answers 'database is locked'. tt-sweep's workers share one
+# SQLite file and end their runs at the same moment after Ctrl-C; SQLite answers so at once, without the wait MLflow
+# sets (busy_timeout), where two writers' lock upgrades would deadlock, and that run stayed RUNNING (1 of 10
+# test_trackers runs). Shorter than the 15 s a stopped worker is given (train/sweep/local.py: STOP_GRACE_S).
 LOCKED_RETRY_S = 8.0
 
 
