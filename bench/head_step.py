@@ -10,7 +10,7 @@ from twinturbo.train.config import TrainConfig
 from twinturbo.train.run.fused import RunHeads
 from twinturbo.train.heads import TokenShape
 from twinturbo.train.heads.blocks import draw_dropout_mask
-from twinturbo.train.run.step import Optimisers, StepBatch, StepRecord, train_step
+from twinturbo.train.run.step import Optimisers, StepBatch, StepRecord, mask_dtype_for, train_step
 
 
 class HeadStep:
@@ -33,7 +33,8 @@ class HeadStep:
 
     def mask(self, batch: StepBatch) -> torch.Tensor:
         first = self.configs[0]
-        return draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, self.dropout, self.device)
+        return draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, self.dropout, self.device,
+                                 mask_dtype_for(self.bf16))
 
     def __call__(self, batch: StepBatch, measure_gradients: bool = False,
                  mask: torch.Tensor | None = None) -> StepRecord:

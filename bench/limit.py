@@ -41,9 +41,9 @@ from twinturbo.train.run.data import SplitTensors
 from twinturbo.train.run.diagnostics import GRADIENT_EVERY
 from twinturbo.train.run.flops import HeadShape, StepRows, train_step_flops
 from twinturbo.train.run.sampling import start_run_draws
-from twinturbo.train.sweep.setups import PAPER_SETUPS
-from twinturbo.train.run.step import step_inputs
-from twinturbo.train.terms import rows_needed
+from twinturbo.train.sweep.setups import PAPER_SETUPS, Setup, setup_key
+from twinturbo.train.run.step import mask_dtype_for, step_inputs
+from twinturbo.train.terms import TERMS, RowGroup, rows_needed
 
 from head_step import HeadStep  # bench/head_step.py, next to this script
 
@@ -78,22 +78,34 @@ def peak_gflops(size: int, dtype: torch.dtype, repeats: int, device: torch.devic
     return 2 * size ** 3 / best / 1e9
 
 
-def load_tokens(features: str | None, samples: int, tokens: tuple[int, int, int], num_classes: int) -> SplitTensors:
-    """The train split of `features` (first `samples`), or random fp16 tokens of shape `tokens` (T, Dp, Dc)."""
+# The views of random tokens (FixMatch's setups read them): the SSL study's `--views weak:2,strong:4`
+RANDOM_VIEWS = {"weak": (0, 2), "strong": (2, 4)}
+
+
+def load_tokens(features: str | None, samples: int, tokens: tuple[int, int, int], num_classes: int,
+                views: bool = False) -> SplitTensors:
+    """The train split of `features` (first `samples`, its stored views with `views`), or random fp16 tokens of
+    shape `tokens` (T, Dp, Dc), with RANDOM_VIEWS of the same shape when `views`."""
     if features:
         from twinturbo.common.store import open_store
         from twinturbo.train.run.data import load_split
 
         with open_store(features) as store:
-            split = load_split(store, "train", DEVICE, progress=False)
+            split = load_split(store, "train", DEVICE, progress=False, views=views)
         n = min(samples, len(split))
-        return SplitTensors(split.cls[:n], split.patches[:n], split.labels[:n], None if split.patch_scales is None
-                            else split.patch_scales[:n])
+        first = {name: None if getattr(split, name) is None else getattr(split, name)[:n]
+                 for name in ("patch_scales", "views_cls", "views_patches", "views_patch_scales")}
+        return SplitTensors(split.cls[:n], split.patches[:n], split.labels[:n], **first,
+                            view_kinds=split.view_kinds if views else {})
     generator = torch.Generator().manual_seed(0)
     t, dp, dc = tokens
+    count = sum(n for _, n in RANDOM_VIEWS.values()) if views else 0
     return SplitTensors(torch.randn(samples, dc, generator=generator).half(),
                         torch.randn(samples, t, dp, generator=generator).half(),
-                        torch.arange(samples) % num_classes)
+                        torch.arange(samples) % num_classes,
+                        views_cls=torch.randn(samples, count, dc, generator=generator).half() if views else None,
+                        views_patches=torch.randn(samples, count, t, dp, generator=generator).half() if views else None,
+                        view_kinds=dict(RANDOM_VIEWS) if views else {})
 
 
 class StepTimer:
@@ -110,9 +122,11 @@ class StepTimer:
         self.shape = HeadShape(split.num_patches, split.patch_dim, split.cls_dim, num_classes, first.proj_dim,
                                first.pred_dim, first.disc_dim)
         self.steps, self.plan = 0, None
-        # train/run/flops.py counts the paper's head; another head's step is counted once by torch's FLOP counter
-        # (matrix products of forward and backward, as flops.py counts them) on its first step, a warm-up step
-        self.counted = None if first.head != DEFAULT_HEAD else 0
+        # train/run/flops.py counts the paper's head on clean rows; another head's step, or one that reads views
+        # (FixMatch), is counted once by torch's FLOP counter (matrix products of forward and backward, as flops.py
+        # counts them) on its first step, a warm-up step
+        views = any(RowGroup.parse(g).view is not None for c in configs for g in rows_needed(c))
+        self.counted = None if first.head != DEFAULT_HEAD or views else 0
 
     def step(self) -> tuple[float, int]:
         """One step: (seconds, FLOPs of all K runs)."""
@@ -122,7 +136,8 @@ class StepTimer:
         unlabelled, labelled = self.plan.pop(0)
         synchronize()
         start = time.perf_counter()
-        batch, mask = step_inputs(self.configs, self.draws, self.split, unlabelled, labelled, DEVICE)
+        batch, mask = step_inputs(self.configs, self.draws, self.split, unlabelled, labelled, DEVICE,
+                                  mask_dtype_for(self.step_fn.bf16))
         self.steps += 1
         if self.counted is None:
             with FlopCounterMode(display=False) as counter:
@@ -144,11 +159,17 @@ class StepTimer:
         return seconds, flops
 
 
-def setup_config(setup: int, base: TrainConfig, precision: str, critic: float, latent: float,
+# The paper's seven and the SSL study's FixMatch setups (docs/results/fashion-mnist-ssl/study-n100.toml)
+SETUPS: dict[int | str, Setup] = {**PAPER_SETUPS, "fix": Setup("fix", "cat_cross", "softmax", ("fixmatch",)),
+                                  "fixcritic": Setup("fixcritic", "cat_cross", "softmax", ("critic", "fixmatch"))}
+
+
+def setup_config(setup: int | str, base: TrainConfig, precision: str, weights: dict[str, float],
                  head: str = DEFAULT_HEAD) -> TrainConfig:
-    spec = PAPER_SETUPS[setup]
-    return replace(base, loss=spec.loss, rescale=spec.rescale, critic_weight=critic if "critic" in spec.terms else 0.0,
-                   latent_weight=latent if "latent" in spec.terms else 0.0, precision=precision, head=head)
+    """`base` as setup `setup` trains it: its loss and rescaling, each of its terms at `weights[term]`."""
+    spec = SETUPS[setup]
+    return replace(base, loss=spec.loss, rescale=spec.rescale, precision=precision, head=head,
+                   **{TERMS[name].weight_field: weights[name] if name in spec.terms else 0.0 for name in weights})
 
 
 def time_steps(timer: StepTimer, steps: int, warmup: int) -> tuple[float, float]:
@@ -183,11 +204,12 @@ def main() -> None:
     parser.add_argument("--widths", default="1024,256,128", help="proj,pred,disc (the study's)")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--labels", type=int, default=100)
-    parser.add_argument("--setups", default="1,2,4,7")
+    parser.add_argument("--setups", default="1,2,4,7", help="the paper's 1-7, fix (FixMatch), fixcritic (+ critic)")
     parser.add_argument("--heads", default=DEFAULT_HEAD, help="heads of the step figures (train/heads/); a setup "
                         "with the latent term is skipped on a head without a trained latent")
     parser.add_argument("--critic", type=float, default=1.0)
     parser.add_argument("--latent", type=float, default=0.1)
+    parser.add_argument("--fixmatch", type=float, default=1.0)
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--threads", type=int, default=1, help="threads of the step figures")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
@@ -226,20 +248,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tokens = tuple(int(x) for x in args.tokens.split(","))
     widths = [int(x) for x in args.widths.split(",")]
-    split = load_tokens(args.features, args.samples, tokens, args.num_classes)
+    setups = [setup_key(s) for s in args.setups.split(",")]
+    unknown = [s for s in setups if s not in SETUPS]
+    if unknown:
+        parser.error(f"--setups: {unknown[0]!r}, expected some of {', '.join(map(str, SETUPS))}")
+    weights = {"critic": args.critic, "latent": args.latent, "fixmatch": args.fixmatch}
+    views = any("fixmatch" in SETUPS[s].terms for s in setups)
+    split = load_tokens(args.features, args.samples, tokens, args.num_classes, views)
     if DEVICE.type == "cuda" and split.cls.device.type != "cuda":  # held on the card, as tt-train holds a split
         split = SplitTensors(split.cls.to(DEVICE), split.patches.to(DEVICE), split.labels.to(DEVICE),
                              None if split.patch_scales is None else split.patch_scales.to(DEVICE))
     base = TrainConfig(labels=args.labels, batch_size=args.batch_size, proj_dim=widths[0], pred_dim=widths[1],
                        disc_dim=widths[2], val_labels=0)
-    setups = [int(s) for s in args.setups.split(",")]
     precisions = args.precisions.split(",")
     heads = args.heads.split(",")
     samples: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
-    timers = {(s, p, h): StepTimer([setup_config(s, base, p, args.critic, args.latent, h)], split, args.num_classes,
+    timers = {(s, p, h): StepTimer([setup_config(s, base, p, weights, h)], split, args.num_classes,
                                    Acceleration.for_run(DEVICE, p))
               for s in setups for p in precisions for h in heads
-              if HEADS[h].latent or "latent" not in PAPER_SETUPS[s].terms}
+              if HEADS[h].latent or "latent" not in SETUPS[s].terms}
     for _ in range(args.rounds):
         for key, timer in timers.items():
             samples.setdefault(key, []).append(time_steps(timer, args.steps, args.warmup))
@@ -252,14 +279,14 @@ def main() -> None:
                       "gflops": rate, "fraction_of_peak": fraction})
     result["steps"] = steps
     result["step_settings"] = {"threads": args.threads, "tokens": tokens, "widths": widths,
-                               "batch_size": args.batch_size, "labels": args.labels, "critic": args.critic,
+                               "batch_size": args.batch_size, "labels": args.labels, "weights": weights,
                                "heads": heads,
-                               "latent": args.latent, "features": args.features, "samples": len(split)}
+                               "features": args.features, "samples": len(split)}
 
     # 3. the choices
     if not args.no_choices:
         precision = "bf16" if "bf16" in precisions else precisions[0]
-        config = setup_config(args.choices_setup, base, precision, args.critic, args.latent)
+        config = setup_config(args.choices_setup, base, precision, weights)
         group = [replace(config, critic_weight=config.critic_weight * (1 + i)) for i in range(args.fuse)]
         default = Acceleration.for_run(DEVICE, precision)
         choices: dict[str, float] = {}

@@ -1,6 +1,7 @@
 """The head of Appendix B: widths of Tables 2-5, parameter count, forward shapes, seeded construction."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -106,3 +107,13 @@ def test_dropout_mask_is_inverted_dropout_from_its_generator():
     cls, patches = torch.randn(2, 6), torch.randn(2, 3, 4)
     m = draw_dropout_mask((2, 10), 0.5, torch.Generator().manual_seed(1))
     torch.testing.assert_close(head.encode(cls, patches, m), head.encode(cls, patches) * m)
+
+
+@pytest.mark.parametrize("p", [0.3, 0.1, 0.5, 0.123])
+def test_dropout_mask_keeps_the_numbers_of_the_plain_formula_in_each_dtype(p):
+    """The in-place mask (ours, for speed) equals the plain inverted-dropout formula on the same uniform draws, and
+    its bf16 form equals that float32 mask cast to bf16 (what the projector multiplied by before), bit for bit."""
+    plain = (torch.rand((300, 700), generator=torch.Generator().manual_seed(3)) >= p).float() / (1.0 - p)
+    assert torch.equal(draw_dropout_mask((300, 700), p, torch.Generator().manual_seed(3)), plain)
+    bf16 = draw_dropout_mask((300, 700), p, torch.Generator().manual_seed(3), dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, plain.to(torch.bfloat16))

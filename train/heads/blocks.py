@@ -134,9 +134,15 @@ class Discriminator(nn.Module):
 
 
 def draw_dropout_mask(shape: tuple[int, ...], p: float, generator: torch.Generator,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
-    """Inverted-dropout keep-mask: 1/(1-p) with probability 1-p, else 0 (what nn.Dropout multiplies by)."""
+                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverted-dropout keep-mask: 1/(1-p) with probability 1-p, else 0 (what nn.Dropout multiplies by), in `dtype`
+    (the head's compute dtype: bf16 under bf16 autocast, so that the projector does not cast it every step).
+
+    The numbers are those of `(rand >= p).float() / (1 - p)` cast to `dtype`: the same uniform draws, the kept value
+    computed once in float32 the same way; the comparison and the scaling run in place on the draws' own tensor
+    (ours, for speed: three [3B, P] temporaries and a cast less per step)."""
     if p == 0:
-        return torch.ones(shape, device=device)
-    keep = torch.rand(shape, generator=generator, device=device) >= p
-    return keep.float() / (1.0 - p)
+        return torch.ones(shape, device=device, dtype=dtype)
+    kept = torch.ones(1, device=device).div_(1.0 - p)  # 1/(1-p) as the float32 division gives it
+    mask = torch.rand(shape, generator=generator, device=device).ge_(p).mul_(kept)
+    return mask if dtype == torch.float32 else mask.to(dtype)

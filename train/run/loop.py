@@ -45,7 +45,7 @@ from twinturbo.train.run.data import Split
 from twinturbo.train.run.diagnostics import GRADIENT_EVERY, epoch_means
 from twinturbo.train.run.fused import RunHeads
 from twinturbo.train.run.sampling import start_run_draws, validation_subset
-from twinturbo.train.run.step import LOSS_NAMES, Optimisers, autocast, step_inputs, train_step
+from twinturbo.train.run.step import LOSS_NAMES, Optimisers, autocast, mask_dtype_for, step_inputs, train_step
 from twinturbo.train.terms import (TASK_LOSSES, TERMS, WEIGHT_FIELDS, RowGroup, active_terms, needs_discriminator,
                                    rows_needed)
 
@@ -181,7 +181,8 @@ def _train_runs(configs: list[TrainConfig], train_split: Split, test_split: Spli
         window, diagnostics, epoch_sums = [], [], torch.zeros(k, len(LOSS_NAMES), dtype=torch.float64)
         for index, (unlabelled_index, labelled_index) in enumerate(zip(plan.unlabelled, plan.labelled)):
             step += 1
-            batch, mask = step_inputs(configs, draws, train_split, unlabelled_index, labelled_index, device)
+            batch, mask = step_inputs(configs, draws, train_split, unlabelled_index, labelled_index, device,
+                                      mask_dtype_for(bf16))
             record = train_step(heads, configs, batch, mask, optimisers, draws.prior, bf16,
                                 measure_gradients=step % GRADIENT_EVERY == 0, states=states,
                                 num_samples=len(train_split))

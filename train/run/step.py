@@ -87,10 +87,12 @@ def split_view_count(split: Split) -> int:
 
 
 def step_inputs(configs: list[TrainConfig], draws: RunDraws, split: Split, unlabelled_index: torch.Tensor,
-                labelled_index: torch.Tensor, device: torch.device) -> tuple[StepBatch, torch.Tensor]:
+                labelled_index: torch.Tensor, device: torch.device,
+                mask_dtype: torch.dtype = torch.float32) -> tuple[StepBatch, torch.Tensor]:
     """Step 1: the partners and prior draws from the data stream, the batch of the row groups some run reads, the
     dropout keep-mask of the clean groups from the dropout stream; each view group draws its views and its mask
-    from its own two streams (sampling.RunDraws.view_streams), so a run's draws do not depend on its fused partners."""
+    from its own two streams (sampling.RunDraws.view_streams), so a run's draws do not depend on its fused partners.
+    The masks are in `mask_dtype`, the head's compute dtype (mask_dtype_for)."""
     first, needed = configs[0], frozenset().union(*(rows_needed(c) for c in configs))
     star_index = draw_partners(draws.partners, labelled_index, draws.data)
     real = draw_prior_onehot(draws.prior, len(unlabelled_index), draws.data).to(device)
@@ -102,11 +104,17 @@ def step_inputs(configs: list[TrainConfig], draws: RunDraws, split: Split, unlab
         if group.view is not None:
             choices, dropout = draws.view_streams(name, device)
             views[name] = draw_views(split.view_kinds, group.view, len(indices[name]), choices)
-            view_masks[name] = draw_dropout_mask((len(indices[name]), first.proj_dim), first.dropout, dropout, device)
+            view_masks[name] = draw_dropout_mask((len(indices[name]), first.proj_dim), first.dropout, dropout, device,
+                                                 mask_dtype)
     batch = StepBatch.gather(split, device, indices, real, views, view_masks)
     split.consumed(unlabelled_index)  # a streamed split refills its shuffle buffer
-    mask = draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, draws.dropout, device)
+    mask = draw_dropout_mask((3 * len(batch.labels), first.proj_dim), first.dropout, draws.dropout, device, mask_dtype)
     return batch, mask
+
+
+def mask_dtype_for(bf16: bool) -> torch.dtype:
+    """The dtype of the dropout masks: the projector's output dtype (bf16 under bf16 autocast, else float32)."""
+    return torch.bfloat16 if bf16 else torch.float32
 
 
 def autocast(device: torch.device, bf16: bool):
