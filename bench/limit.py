@@ -15,6 +15,7 @@ the gap (Acceleration), each timed against the default in the same run.
     .venv/bin/python bench/limit.py --features features/fashion-mnist            # the study's shape
     .venv/bin/python bench/limit.py --smoke                                       # tiny, run by the test suite
     .venv/bin/python bench/limit.py --setups 1,2 --heads twinturbo,mlp,cls,linear,attentive --no-choices  # per head
+    .venv/bin/python bench/limit.py --setups 1,2,fix,fixcritic --no-choices      # the studies' setups (views read)
     .venv/bin/python bench/limit.py --device cuda --tokens 196,768,2304 --widths 8000,1024,500 --precisions bf16 \
         --setups 2,7 --fuse 8 --samples 8192                                      # the paper's RADIO shape (GPU)
 
