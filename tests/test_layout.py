@@ -1,4 +1,4 @@
-"""The package's layout (DESIGN.md, "Layout"): common/ is the ground and imports nothing above it, extract/ and train/
+"""The package's layout (docs/architecture.md): common/ is the ground and imports nothing above it, extract/ and train/
 never import each other, no module-level import cycle, the project's own modules imported inside functions only by
 the command-line modules, and no module of common/, extract/ or train/ over 400 lines.
 
@@ -126,7 +126,7 @@ def test_the_walk_finds_every_folder_and_reads_each_kind_of_import(graph):
 def test_common_imports_nothing_above_it(graph):
     _, edges = graph
     upward = [str(e) for e in edges if layer(e.source) == "common" and layer(e.target) != "common"]
-    assert not upward, "common/ is the ground (DESIGN.md, Layout):\n" + "\n".join(upward)
+    assert not upward, "common/ is the ground (docs/architecture.md):\n" + "\n".join(upward)
 
 
 def test_extract_and_train_never_import_each_other_nor_the_package_top(graph):
@@ -173,5 +173,5 @@ def test_no_module_of_common_extract_or_train_is_over_400_lines(graph):
     modules, _ = graph
     long = {name: n for name, path in modules.items() if name.startswith(SIZED)
             and (n := len(path.read_text().splitlines())) > MAX_LINES}
-    assert not long, f"over {MAX_LINES} lines (split by responsibility, DESIGN.md): " + ", ".join(
+    assert not long, f"over {MAX_LINES} lines (split by responsibility, docs/architecture.md): " + ", ".join(
         f"{modules[name]} ({n})" for name, n in sorted(long.items()))
