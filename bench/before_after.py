@@ -20,17 +20,23 @@ import tempfile
 from pathlib import Path
 
 
+def fail(message: str) -> None:
+    """One `error:` line on stderr, exit 2 (the project's convention for bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_limit(checkout: Path, limit_args: list[str], out: Path) -> dict:
     """bench/limit.py of `checkout` with its own interpreter; its JSON."""
     python = checkout / ".venv" / "bin" / "python"
     for needed in (python, checkout / "bench" / "limit.py"):
         if not needed.exists():
-            sys.exit(f"error: {needed} not found (expected a checkout with bench/limit.py and its .venv: make setup)")
+            fail(f"{needed} not found (expected a checkout with bench/limit.py and its .venv: make setup)")
     done = subprocess.run([str(python), str(checkout / "bench" / "limit.py"), *limit_args, "--json", str(out)],
                           cwd=checkout, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"error: bench/limit.py of {checkout} failed ({done.returncode}): "
-                 f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+        fail(f"bench/limit.py of {checkout} failed ({done.returncode}): "
+             f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(out.read_text())
 
 
