@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from twinturbo.train.cli import report_main, sweep_main
+from twinturbo.train.report.figures import setup_label, setup_line
 from twinturbo.train.sweep.results import append_row, read_rows
 from twinturbo.train.run.sampling import validation_subset
 
@@ -130,3 +131,14 @@ def test_grid_keeps_only_that_grids_runs(sweep, tmp_path):
     alone = CliRunner().invoke(report_main, [str(out), "--out", str(tmp_path / "x"), "--labels", "8"])
     assert alone.exit_code == 2 and "error: --labels chooses the label budgets of a --grid file: give --grid too" \
         in alone.output
+
+
+def test_a_setups_name_stays_whole_in_the_curves_legend_and_breaks_on_lines_under_a_bar():
+    """The legend gives a setup's name as it is ('cat_cross/softmax', not the axis label's broken 'cat_cross/ softmax');
+    under a bar a long key goes on a line of its own, and a loss name is broken at its '/' only when it is long."""
+    name = "cat_cross/softmax + critic + fixmatch"
+    assert setup_line("fixcritic", name) == f"fixcritic: {name}" and setup_line(1, "cat_cross/softmax") == \
+        "1: cat_cross/softmax alone"
+    assert setup_label("fixcritic", name) == "fixcritic:\ncat_cross/softmax\n+ critic + fixmatch"
+    assert setup_label(2, "cat_cross/softmax + critic") == "2: cat_cross/softmax\n+ critic"
+    assert setup_label(4, "cat_twin_unlabelled/softmax") == "4:\ncat_twin_unlabelled/\nsoftmax\nalone"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from twinturbo.common.atomic import save_figure
 from twinturbo.train.report.baseline import Baselines
-from twinturbo.train.report.figures import pyplot, setup_label
+from twinturbo.train.report.figures import pyplot, setup_line
 from twinturbo.train.report.selection import Combination, setup_order, swept_weights
 from twinturbo.train.report.stats import mean_interval, paired_difference
 
@@ -108,7 +108,7 @@ def plot_budgets(chosen: dict[tuple, Combination], baselines: Baselines | None, 
         terms = swept_weights([c for _, c in points])
         chosen_text = ", ".join(f"{n}: {c.lambda_text(terms, ' ')}" for n, c in points) if terms else ""
         ax.plot(xs, means, marker="o", color=colour, linewidth=1.8,
-                label=setup_label(setup, name).replace("\n", " ") + (f" ({chosen_text})" if chosen_text else ""))
+                label=setup_line(setup, name) + (f" ({chosen_text})" if chosen_text else ""))
         ax.fill_between(xs, lows, highs, color=colour, alpha=0.12 if len(setups) < 5 else 0.06, linewidth=0.6,
                         edgecolor=colour, linestyle=":")
     for index, (method, per_budget) in enumerate((baselines or {}).items()):

@@ -38,12 +38,20 @@ def pyplot():
 
 
 def setup_label(setup: int | str, name: str) -> str:
-    """'3: cat_twin/softmax\n+ critic' for an x axis; a long loss name breaks at its '/' so that labels do not
-    run into their neighbours."""
+    """'3: cat_twin/softmax\n+ critic' for an x axis; a long key or loss name goes on lines of its own (breaking at
+    the loss's '/' only where it is long itself) so that labels do not run into their neighbours."""
     head, _, terms = name.partition(" + ")
     loss, _, rescale = head.partition("/")
-    first = f"{setup}:\n{loss}/\n{rescale}" if len(f"{setup}: {head}") > 21 else f"{setup}: {head}"
+    if len(f"{setup}: {head}") <= 21:
+        first = f"{setup}: {head}"
+    else:
+        first = f"{setup}:\n{head}" if len(head) <= 21 else f"{setup}:\n{loss}/\n{rescale}"
     return first + ("\n+ " + terms if terms else "\nalone")
+
+
+def setup_line(setup: int | str, name: str) -> str:
+    """'3: cat_twin/softmax + critic' on one line, for a legend ('alone' where the setup adds no term)."""
+    return f"{setup}: {name}" + ("" if " + " in name else " alone")
 
 
 def _axis_floor(values: list[float]) -> float:
