@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
 .PHONY: setup demo demo-full demo-digits test clean-demo fashion-mnist study-fashion-mnist study-fashion-mnist-ssl \
-	study-fashion-mnist-budgets
+	study-fashion-mnist-budgets study-fashion-mnist-heads
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -125,3 +125,14 @@ study-fashion-mnist-budgets: study-fashion-mnist-ssl
 	$(BIN)/tt-sweep $(SSL_FLAGS) --precision fp32 --out $(BUDGETS)/sweep --grid $(BUDGETS)/study.toml --extend
 	$(BUDGETS_REPORT) --out $(BUDGETS)
 	$(BUDGETS_REPORT) --out $(BUDGETS)/val100 --val-size 100
+
+# Heads as an ablation axis (docs/results/fashion-mnist-heads/, issue 36): four heads under setups 1, 2 and fixcritic at
+# 100 labels on the SSL study's views store, five seeds, in fp32 on every CPU; λ chosen on 100 validation labels. The
+# baselines are those of the SSL study's report (the same store, budget, validation labels and seeds): its cache is
+# copied rather than fitted again. Resumable.
+HEADS := docs/results/fashion-mnist-heads
+
+study-fashion-mnist-heads: study-fashion-mnist-ssl
+	$(BIN)/tt-sweep $(SSL_FLAGS) --precision fp32 --out $(HEADS)/sweep --grid $(HEADS)/study.toml
+	test -e $(HEADS)/baselines.json || cp $(SSL)/baselines.json $(HEADS)/baselines.json
+	$(BIN)/tt-report $(HEADS)/sweep --features $(SSL_FEATURES) --val-size 100 --out $(HEADS)
