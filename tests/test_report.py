@@ -447,3 +447,18 @@ def test_a_diagnostics_line_equal_to_another_is_dashed_and_the_legend_says_so(tm
                   if line.get_marker() == "o"}
         if styles:
             assert sorted(styles.values()) == ["-", "--"], styles
+
+
+def test_a_leader_behind_on_the_seeds_it_shares_is_not_said_to_be_ahead_by_a_negative_margin():
+    """An unfinished sweep: the best by its own seed mean (4 seeds) is behind the runner-up on the 3 seeds both have."""
+    from twinturbo.train.report.sentences import lead_text
+    from twinturbo.train.report.stats import paired_difference
+
+    leader, runner_up = {1: 72.0, 2: 70.0, 3: 71.0, 4: 76.0}, {1: 72.5, 2: 70.5, 3: 71.6}
+    margin = paired_difference(leader, runner_up)
+    assert margin.seeds == (1, 2, 3) and margin.difference.mean == pytest.approx(-(0.5 + 0.5 + 0.6) / 3)
+    said = lead_text(margin, "setup 2", "its interval includes 0")
+    assert said.startswith("first by its mean over its own seeds but not on those it shares with setup 2: -0.53 ± ")
+    assert said.endswith(" points on the same 3 seeds (0 above; its interval includes 0)")
+    ahead = lead_text(paired_difference(runner_up, {1: 72.0, 2: 70.0, 3: 71.0}), "setup 1", "x")
+    assert ahead.startswith("ahead of setup 1 by +0.53 ± ") and ahead.endswith("(3 above; x)")

@@ -18,6 +18,7 @@ from twinturbo.train.heads import DEFAULT_HEAD, HEADS
 from twinturbo.train.report.budgets import paired_cell, setup1_seeds
 from twinturbo.train.report.figures import BUDGET_COLOURS, pyplot, setup_label
 from twinturbo.train.report.selection import Combination, setup_order, split_head
+from twinturbo.train.report.sentences import lead_text
 from twinturbo.train.report.stats import mean_interval, paired_difference
 
 Chosen = dict[tuple, Combination]  # (setup, budget) -> the combination chosen on validation labels
@@ -55,9 +56,7 @@ def head_finding(heads: dict[str, Chosen], epoch_rule: str, verdict) -> str:
             other_head, other = rest[0]
             margin = paired_difference(best.test(epoch_rule), other.test(epoch_rule))
             if margin is not None:
-                text += (f", ahead of setup {other.setup} on the {other_head} head by "
-                         f"{margin.difference.text(signed=True)} points ({margin.positive} of {len(margin.seeds)} "
-                         f"seeds above; {verdict(margin)})")
+                text += ", " + lead_text(margin, f"setup {other.setup} on the {other_head} head", verdict(margin))
         setups = sorted({s for chosen in heads.values() for s, n in chosen if n == budget and s not in (1, "1")},
                         key=setup_order)
         for setup in setups:

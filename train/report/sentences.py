@@ -47,6 +47,17 @@ def verdict(paired: Paired, resolution: float) -> str:
     return "its interval excludes 0" if low > 0 or high < 0 else "its interval includes 0"
 
 
+def lead_text(margin: Paired, runner_up: str, said: str) -> str:
+    """'ahead of <runner_up> by +x points on the same n seeds (k above; <said>)': the leader's paired margin. Where the
+    two were not trained on the same seeds (a sweep not finished) the leader by its own seed mean can be behind on the
+    seeds both have: then the sentence says so, rather than 'ahead by' a negative margin."""
+    both = (f"{margin.difference.text(signed=True)} points on the same {len(margin.seeds)} seeds ({margin.positive} "
+            f"above; {said})")
+    if margin.difference.mean >= 0:
+        return f"ahead of {runner_up} by {both}"
+    return f"first by its mean over its own seeds but not on those it shares with {runner_up}: {both}"
+
+
 def test_resolution(rows: list[dict]) -> float:
     """One test image, in points of test accuracy (the coarsest of the rows' test sets; 0 = unknown, for rows that
     do not record their test set's size)."""
@@ -73,9 +84,7 @@ def best_sentence(chosen: dict[tuple, Combination], baselines: Baselines | None,
         if margin is None:
             continue
         sentences.append(f"at {budget} labels the best is {best} with {mean_interval(list(values.values())).text()} "
-                         f"% test accuracy, ahead of {second} by {margin.difference.text(signed=True)} points on the "
-                         f"same {len(margin.seeds)} seeds ({margin.positive} above; "
-                         f"{verdict(margin, resolution)})")
+                         f"% test accuracy, {lead_text(margin, second, verdict(margin, resolution))}")
     return ("Best: " + "; ".join(sentences) + ".") if sentences else ""
 
 
