@@ -314,3 +314,40 @@ def test_a_head_of_an_installed_distribution_needs_no_option(views_store, tmp_pa
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["head"] == "maxpool" and config["plugins"] == {"maxpool": "entry point maxpool_head"}
     assert "maxpool (a test's head" in tt("tt-train", "--help", env=env).stdout
+
+
+def test_the_heads_finding_says_on_which_heads_each_terms_own_gain_holds():
+    """Known seed accuracies: on head A the critic adds +3 on every seed (its interval excludes 0) and FixMatch then
+    adds nothing; on head B the critic's gain changes sign; FixMatch on top of the critic is judged on top of setup 2,
+    not of setup 1, and critic + FixMatch together over setup 1 is said once, as its own comparison."""
+    from functools import partial
+
+    from twinturbo.train.report.heads import head_finding
+    from twinturbo.train.report.selection import Combination, RunFigures
+    from twinturbo.train.report.sentences import verdict
+
+    seeds = (1, 2, 3, 4, 5)
+    noise = (0.1, -0.2, 0.3, 0.0, -0.1)
+
+    def combo(setup, name, accuracies):
+        return Combination(setup, name, 100, (), {s: RunFigures((a,)) for s, a in zip(seeds, accuracies)})
+
+    def head(setup1, critic, fixcritic):
+        return {(1, 100): combo(1, "cat_cross/softmax", setup1),
+                (2, 100): combo(2, "cat_cross/softmax + critic", critic),
+                ("fixcritic", 100): combo("fixcritic", "cat_cross/softmax + critic + fixmatch", fixcritic)}
+
+    def plus(values, deltas):
+        return [v + d for v, d in zip(values, deltas)]
+
+    base = [60 + n for n in noise]
+    critic_a, critic_b = plus(base, [3 + n for n in noise]), plus(base, (1.0, -1.0, 0.5, -0.5, 0.2))
+    a = head(base, critic_a, plus(critic_a, (0.3, -0.2, 0.4, -0.1, 0.1)))  # FixMatch: +0.1 on average, spread 0.6
+    b = head(base, critic_b, plus(critic_b, (0.5, -0.4, 0.6, -0.3, 0.1)))
+    text = head_finding({"twinturbo": a, "linear": b}, "last", partial(verdict, resolution=0.01))
+    assert text.startswith("Heads: at 100 labels the best is setup fixcritic (cat_cross/softmax + critic + fixmatch) "
+                           "on the twinturbo head with ")
+    assert "; critic on top of setup 1 excludes 0 on 1 of 2 heads (twinturbo); " in text
+    assert "; fixmatch on top of setup 2 excludes 0 on 0 of 2 heads; " in text
+    assert text.endswith("; setup fixcritic over setup 1 excludes 0 on 1 of 2 heads (twinturbo).")
+    assert "setup 2 over setup 1" not in text  # the critic's own gain, said once

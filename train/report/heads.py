@@ -18,7 +18,7 @@ from twinturbo.train.heads import DEFAULT_HEAD, HEADS
 from twinturbo.train.report.budgets import paired_cell, setup1_seeds
 from twinturbo.train.report.figures import BUDGET_COLOURS, pyplot, setup_label
 from twinturbo.train.report.selection import Combination, setup_order, split_head
-from twinturbo.train.report.sentences import lead_text
+from twinturbo.train.report.sentences import lead_text, one_term_pairs
 from twinturbo.train.report.stats import mean_interval, paired_difference
 
 Chosen = dict[tuple, Combination]  # (setup, budget) -> the combination chosen on validation labels
@@ -41,8 +41,8 @@ def _head_order(head: str) -> tuple:
 
 def head_finding(heads: dict[str, Chosen], epoch_rule: str, verdict) -> str:
     """Per budget, the best (setup, head) by seed-mean test accuracy with its paired margin over the runner-up, and
-    per setup beyond setup 1 the heads on which its gain over setup 1 has a 95% interval above 0 (`verdict(paired)`
-    says what an interval can say)."""
+    on which heads each term's gain has a 95% interval above 0 (gains_per_head; `verdict(paired)` says what an
+    interval can say)."""
     sentences = []
     for budget in sorted({n for chosen in heads.values() for _, n in chosen}):
         entrants = sorted(((head, combo) for head, chosen in heads.items() for (_, n), combo in chosen.items()
@@ -57,22 +57,36 @@ def head_finding(heads: dict[str, Chosen], epoch_rule: str, verdict) -> str:
             margin = paired_difference(best.test(epoch_rule), other.test(epoch_rule))
             if margin is not None:
                 text += ", " + lead_text(margin, f"setup {other.setup} on the {other_head} head", verdict(margin))
-        setups = sorted({s for chosen in heads.values() for s, n in chosen if n == budget and s not in (1, "1")},
-                        key=setup_order)
-        for setup in setups:
-            holds = []
-            for head_name, chosen in heads.items():
-                reference = setup1_seeds(chosen, budget, epoch_rule)
-                paired = (paired_difference(chosen[(setup, budget)].test(epoch_rule), reference)
-                          if (setup, budget) in chosen and reference else None)
-                if paired is not None:
-                    holds.append((head_name, verdict(paired) == "its interval excludes 0" and paired.difference.low > 0))
-            if holds:
-                above = [h for h, ok in holds if ok]
-                text += (f"; setup {setup}'s gain over setup 1 excludes 0 on {len(above)} of {len(holds)} heads"
-                         + (f" ({', '.join(above)})" if above else ""))
+        text += gains_per_head(heads, budget, epoch_rule, verdict)
         sentences.append(text)
     return ("Heads: " + "; ".join(sentences) + ".") if sentences else ""
+
+
+def gains_per_head(heads: dict[str, Chosen], budget: int, epoch_rule: str, verdict) -> str:
+    """On how many heads each term's gain at `budget` has a 95% interval above 0: the gain of every term on top of the
+    setup without it (sentences.one_term_pairs: the critic on setup 1, FixMatch on setup 2), then of every other setup
+    over setup 1 (e.g. critic + FixMatch together)."""
+    found: dict[tuple, list[tuple[str, bool]]] = {}
+    for head, chosen in heads.items():
+        at_budget = {key: combo for key, combo in chosen.items() if key[1] == budget}
+        pairs = one_term_pairs(at_budget)
+        comparisons = [(f"{term} on top of setup {other.setup}", combo, other.test(epoch_rule))
+                       for term, combo, other in pairs]
+        one_term_from_1 = {combo.setup for _, combo, other in pairs if other.setup in (1, "1")}
+        reference = setup1_seeds(chosen, budget, epoch_rule)
+        comparisons += [(f"setup {setup} over setup 1", combo, reference) for (setup, _), combo in at_budget.items()
+                        if setup not in (1, "1") and setup not in one_term_from_1 and reference]
+        for label, combo, against in comparisons:
+            paired = paired_difference(combo.test(epoch_rule), against)
+            if paired is not None:
+                found.setdefault((setup_order(combo.setup), label), []).append(
+                    (head, verdict(paired) == "its interval excludes 0" and paired.difference.low > 0))
+    text = ""
+    for (_, label), holds in sorted(found.items()):
+        above = [head for head, ok in holds if ok]
+        text += (f"; {label} excludes 0 on {len(above)} of {len(holds)} heads"
+                 + (f" ({', '.join(above)})" if above else ""))
+    return text
 
 
 def gain_table(heads: dict[str, Chosen], epoch_rule: str) -> list[str]:

@@ -95,22 +95,29 @@ def setup_terms(combo: Combination) -> tuple[str, frozenset[str]]:
     return base, frozenset(terms)
 
 
-def term_gains(chosen: dict[tuple, Combination], epoch_rule: str, resolution: float) -> list[str]:
-    """For every two setups (at one budget, with one task loss and rescaling) that differ by exactly one term, what
-    adding it gives, each at its own chosen λ, paired over the seeds both have: e.g. the critic on top of FixMatch."""
-    lines = []
+def one_term_pairs(chosen: dict[tuple, Combination]) -> list[tuple[str, Combination, Combination]]:
+    """Every two chosen setups (at one budget, with one task loss and rescaling) that differ by exactly one term:
+    (the term, the setup with it, the setup without it)."""
+    pairs = []
     for (setup, budget), combo in chosen.items():
         base, terms = setup_terms(combo)
         for (other_setup, other_budget), other in chosen.items():
             other_base, other_terms = setup_terms(other)
-            if other_budget != budget or other_base != base or not (other_terms < terms
-                                                                    and len(terms - other_terms) == 1):
-                continue
-            gain = paired_difference(combo.test(epoch_rule), other.test(epoch_rule))
-            if gain is None:
-                continue
-            (term,) = terms - other_terms
-            lines.append(f"- {term} on top of setup {other_setup} ({other.setup_name}), at {budget} labels: setup "
-                         f"{setup} minus setup {other_setup} = {gain.difference.text(signed=True)} points, above on "
-                         f"{gain.positive} of {len(gain.seeds)} seeds ({verdict(gain, resolution)})")
+            if other_budget == budget and other_base == base and other_terms < terms and len(terms - other_terms) == 1:
+                (term,) = terms - other_terms
+                pairs.append((term, combo, other))
+    return pairs
+
+
+def term_gains(chosen: dict[tuple, Combination], epoch_rule: str, resolution: float) -> list[str]:
+    """For every two setups that differ by exactly one term (one_term_pairs), what adding it gives, each at its own
+    chosen λ, paired over the seeds both have: e.g. the critic on top of FixMatch."""
+    lines = []
+    for term, combo, other in one_term_pairs(chosen):
+        gain = paired_difference(combo.test(epoch_rule), other.test(epoch_rule))
+        if gain is None:
+            continue
+        lines.append(f"- {term} on top of setup {other.setup} ({other.setup_name}), at {combo.labels} labels: setup "
+                     f"{combo.setup} minus setup {other.setup} = {gain.difference.text(signed=True)} points, above on "
+                     f"{gain.positive} of {len(gain.seeds)} seeds ({verdict(gain, resolution)})")
     return lines
