@@ -45,8 +45,7 @@ def main() -> None:
     if setup not in limit.SETUPS:
         parser.exit(2, f"error: --setup {args.setup}: expected one of {', '.join(map(str, limit.SETUPS))}\n")
     proj, pred, disc = (int(w) for w in args.widths.split(","))
-    base = TrainConfig(labels=args.labels, batch_size=args.batch_size, proj_dim=proj,
-                       pred_dim=pred, disc_dim=disc)
+    base = TrainConfig(labels=args.labels, batch_size=args.batch_size, proj_dim=proj, pred_dim=pred, disc_dim=disc)
     config = limit.setup_config(setup, base, args.precision, {"critic": 1.0, "latent": 0.1, "fixmatch": 1.0},
                                 args.head)
     views = any(RowGroup.parse(g).view is not None for g in rows_needed(config))
@@ -63,9 +62,9 @@ def main() -> None:
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     host = host_description(limit.DEVICE)
-    print(f"{host['cpu']} ({host['bf16_units'] or 'no bf16 units'}), torch {host['torch']}; setup {args.setup}, head {args.head}, {args.precision}, {args.threads} thread(s): "
-          f"{1e3 * statistics.median(times):.1f} ms/step under the profiler, {total / 1e3 / args.steps:.1f} ms "
-          f"self CPU per step")
+    print(f"{host['cpu']} ({host['bf16_units'] or 'no bf16 units'}), torch {host['torch']}; setup {args.setup}, "
+          f"head {args.head}, {args.precision}, {args.threads} thread(s): {1e3 * statistics.median(times):.1f} ms/step "
+          f"under the profiler, {total / 1e3 / args.steps:.1f} ms self CPU per step")
     for event in events[:args.top]:
         print(f"  {100 * event.self_cpu_time_total / total:5.1f}%  {event.self_cpu_time_total / 1e3 / args.steps:6.2f} "
               f"ms  {event.count / args.steps:6.1f}x  {event.key}")

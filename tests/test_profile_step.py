@@ -27,4 +27,5 @@ def test_the_profile_lists_the_steps_ops_by_their_share_of_self_cpu_time():
 def test_an_unknown_setup_is_one_error_line():
     result = profile("--setup", "9")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: --setup 9: expected one of 1, 2, 3, 4, 5, 6, 7, fix, fixcritic"]
+    assert result.stderr.strip().splitlines() == [
+        "error: --setup 9: expected one of 1, 2, 3, 4, 5, 6, 7, fix, fixcritic"]
