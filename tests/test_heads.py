@@ -252,7 +252,7 @@ HEAD_PLUGIN = textwrap.dedent('''
             self.predictor = Predictor(config.proj_dim, config.pred_dim, shape.num_classes)
             self.scale = config.maxpool_scale
 
-        def forward(self, cls, patches, dropout_mask=None, rows=None):
+        def forward(self, cls, patches, dropout_mask, rows):  # the contract, no defaults: tt-predict passes all four
             z = self.projector(torch.cat([cls, self.scale * patches.amax(dim=1)], dim=-1), dropout_mask, rows)
             return z, self.predictor(z)
 
@@ -278,6 +278,8 @@ def test_a_head_from_a_plugin_file_trains_is_recorded_and_is_named_when_missing(
     found = tt("tt-predict", "--plugins", plugin, run, "--features", views_store, "--out", tmp_path / "p",
                "--device", "cpu")
     assert found.returncode == 0, found.stderr
+    predicted = json.loads((tmp_path / "p" / "accuracy.json").read_text())["accuracy"]
+    assert predicted == pytest.approx(json.loads((run / "metrics.json").read_text())["test_accuracy"], abs=1e-12)
     sweep = tmp_path / "sweep"  # a sweep over it beside the paper's head, and the report's table
     swept = tt("tt-sweep", "--plugins", plugin, "--features", views_store, "--heads", "twinturbo,maxpool", "--setups",
                "1", "--labels", "30", "--seeds", "1,2", "--epochs", "1", "--batch-size", "32", "--proj-dim", "32",

@@ -57,6 +57,10 @@ def test_predicting_the_runs_own_test_split_gives_its_test_accuracy(trained, tmp
     assert (tmp_path / "p" / "confusion.png").stat().st_size > 10_000
     per_class = accuracy["per_class_accuracy"]
     assert per_class["0"] == pytest.approx(counts[0, 0] / counts[0].sum())
+    # without --features: the store the run recorded (README: "its own store's test split"), the same predictions
+    result = tt("tt-predict", run, "--out", tmp_path / "own")
+    assert result.returncode == 0, result.stderr
+    assert read_predictions(tmp_path / "own" / "predictions.csv") == rows
 
 
 def test_images_through_the_stores_backbone_predict_what_the_store_predicts(trained, tmp_path):
@@ -83,8 +87,14 @@ def test_images_through_the_stores_backbone_predict_what_the_store_predicts(trai
 
 def test_bad_input_is_one_line(trained, tmp_path):
     store, run = trained
+    unrecorded = tmp_path / "unrecorded"  # a run directory whose metrics.json names no store
+    unrecorded.mkdir()
+    for name in ("config.json", "head.pt"):
+        (unrecorded / name).write_bytes((run / name).read_bytes())
+    metrics = json.loads((run / "metrics.json").read_text())
+    (unrecorded / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "store"}))
     for args, words in (((tmp_path, "--features", store), "no head.pt"),
-                        ((run,), "needs --features STORE"),
+                        ((unrecorded,), "the run records no store; pass --features STORE"),
                         ((run, "--features", store, "--split", "valid"), "--split valid"),
                         ((run, "--images", tmp_path / "none"), "not a directory")):
         result = tt("tt-predict", *args)

@@ -73,12 +73,12 @@ class Run:
         """tt-predict: the head on a store's split (default: the run's own store, its test split) or on a folder of
         images through the store's backbone; returns its Predictions (labels, predicted, probabilities, names)."""
         from twinturbo.common.device import resolve_device
-        from twinturbo.predict import predict_images, predict_split
+        from twinturbo.predict import predict_images, predict_split, run_store
 
         run, torch_device = self._rundir(), resolve_device(device)
         if images is not None:
             return predict_images(run, Path(images), features, torch_device)
-        return predict_split(run, features or (self.metrics.get("store") or {}).get("path"), split, torch_device)
+        return predict_split(run, run_store(run, features), split, torch_device)
 
 
 def _trackers(log: str | list[str] | None) -> tuple[str, ...]:

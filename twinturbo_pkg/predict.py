@@ -61,7 +61,7 @@ def predict_tokens(head: nn.Module, config: TrainConfig, cls: torch.Tensor, patc
         batch_cls = cls[start:start + config.eval_batch_size].to(device).float()
         batch_patches = patches[start:start + config.eval_batch_size].to(device).float()
         with autocast(device, config.precision == "bf16"):
-            _, logits = head(batch_cls, batch_patches)
+            _, logits = head(batch_cls, batch_patches, None, rows=None)  # the heads' contract (train/heads/)
         logits = logits.float()
         predicted.append(logits.argmax(dim=1).cpu())
         scores = logits.softmax(dim=1) if config.rescale == "softmax" else torch.sigmoid(logits)
@@ -104,13 +104,19 @@ def predict_split(run: RunDir, features: str | Path, split: str, device: torch.d
     return Predictions(labels.cpu().numpy(), predicted, probabilities, [str(i) for i in range(len(labels))])
 
 
+def run_store(run: RunDir, features: str | Path | None) -> str | Path:
+    """`features`, or else the store the run recorded (metrics.json); one line when it recorded none."""
+    store_path = features or (run.metrics.get("store") or {}).get("path")
+    if not store_path:
+        raise TwinTurboError(f"{run.path}: the run records no store; pass --features STORE (a store of its backbone)")
+    return store_path
+
+
 def predict_images(run: RunDir, images: Path, features: str | Path | None, device: torch.device,
                    options: BackboneOptions | None = None) -> Predictions:
     """The run's head on the image files under `images` (recursively, sorted), through the backbone of the store
     `features` (default: the store the run recorded): same weights, resolution and preprocessing as tt-extract."""
-    store_path = features or (run.metrics.get("store") or {}).get("path")
-    if not store_path:
-        raise TwinTurboError(f"{run.path}: the run records no store; pass --features STORE (the store of its backbone)")
+    store_path = run_store(run, features)
     with open_store(store_path) as store:
         check_store(store, run)
         spec, resolution = store.attrs.get("backbone"), store.attrs.get("resolution")
@@ -206,7 +212,7 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, accuracy
 @plugins_option
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--features", type=click.Path(),
-              help="A store of the run's backbone: predict its --split [default with --images: the run's own store].")
+              help="A store of the run's backbone: predict its --split [default: the store the run recorded].")
 @click.option("--split", default="test", show_default=True, help="The store's split to predict.")
 @click.option("--images", type=click.Path(path_type=Path),
               help="A folder of images (searched recursively; under <class>/ folders of the store's classes they "
@@ -227,12 +233,11 @@ def main(run_dir: Path, features: str | None, split: str, images: Path | None, o
                                      BackboneOptions(weights=weights, radio_checkpoint=radio_checkpoint,
                                                      hub_dir=hub_dir, trust_remote_code=trust_remote_code))
         out = out_dir or run_dir / "predict-images"
-        store_for_names = features or (run.metrics.get("store") or {}).get("path")
-    elif features is not None:
-        predictions = predict_split(run, features, split, torch_device)
-        out, store_for_names = out_dir or run_dir / f"predict-{split}", features
+        store_for_names = run_store(run, features)
     else:
-        raise TwinTurboError("tt-predict needs --features STORE (predict a split) or --images DIR (predict images)")
+        store_path = run_store(run, features)
+        predictions = predict_split(run, store_path, split, torch_device)
+        out, store_for_names = out_dir or run_dir / f"predict-{split}", store_path
     with open_store(store_for_names) as store:
         class_names = store.class_names
     written = write_predictions(predictions, out, class_names)
