@@ -56,5 +56,7 @@ def plugins_option(command):
         return value
 
     return click.option("--plugins", callback=put_in_force, expose_value=False, is_eager=True,
-                        help="Python files defining terms of Eq. 22 (each a module with TERM), besides the package's "
-                             "own and those of installed entry points (group twinturbo.terms).")(command)
+                        help="Python files defining terms of Eq. 22 or heads (each a module with TERM, a "
+                             "twinturbo.train.terms.Term, or HEAD, a twinturbo.train.heads.Head; help() of either says "
+                             "what it holds), besides the package's own and those of installed entry points (groups "
+                             "twinturbo.terms, twinturbo.heads).")(command)
