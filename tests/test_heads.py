@@ -193,6 +193,9 @@ def test_the_latent_term_on_a_head_without_a_trained_latent_is_one_line_before_a
     assert result.stderr.startswith("error: --latent 0.1: the latent term reads z, the head's trained latent, and "
                                     "--head linear has none"), result.stderr
     assert not (tmp_path / "run").exists()
+    typo = tt("tt-train", "--features", views_store, "--head", "attentve", *TRAIN, "--quiet", "--out", tmp_path / "run")
+    assert typo.returncode == 2 and typo.stderr == ("error: --head attentve: expected one of twinturbo, mlp, cls, "
+                                                    "linear, attentive (a plugin's? pass --plugins FILE.py)\n")
     bad = tt("tt-train", "--features", views_store, "--head", "attentive", "--attentive-heads", "3", *TRAIN,
              "--quiet", "--out", tmp_path / "run")
     assert bad.returncode == 2 and bad.stderr == "error: --attentive-heads 3: expected a divisor of " \

@@ -48,7 +48,9 @@ class _TrainConfigMethods:
         for spec in fields(self):
             value = getattr(self, spec.name)
             if spec.metadata["choices"] and value not in spec.metadata["choices"]:
-                raise TwinTurboError(f"{flag(spec.name)} {value}: expected one of {', '.join(spec.metadata['choices'])}")
+                hint = " (a plugin's? pass --plugins FILE.py)" if spec.name == "head" else ""
+                raise TwinTurboError(f"{flag(spec.name)} {value}: expected one of "
+                                     f"{', '.join(spec.metadata['choices'])}{hint}")
         for name in ("epochs", "batch_size", "proj_dim", "pred_dim", "disc_dim", "labels", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise TwinTurboError(f"{flag(name)} {getattr(self, name)}: expected a positive integer")
