@@ -241,6 +241,24 @@ def test_validation_size_study_on_known_bits():
     assert [f for f in joined if f.labels == 100] == list(findings.values())  # another budget's rows change nothing
 
 
+def test_all_validation_samples_choose_alike_in_every_draw_when_their_count_is_not_a_multiple_of_8():
+    """100 validation samples are stored as 13 bytes (104 bits): the 4 padding bits are not samples. With all 100 drawn
+    every draw is the same set, so the choice is the same in all 200 (it picked the other λ in ~1 of 11 draws while
+    padding bits counted as class-0 to class-3 samples classified wrong)."""
+    def combo(critic, test, wrong):
+        bits = np.ones(100, dtype=bool)
+        bits[list(wrong)] = False
+        run = RunFigures((test,), (100 * bits.mean(),), (np.packbits(bits, bitorder="little").tobytes().hex(),),
+                         num_classes=10, val_count=100)
+        return Combination(2, "cat_cross/softmax + critic", 100, (("critic_weight", critic), ("latent_weight", 0.0)),
+                           {1: run}, val_samples=run.val_samples)  # as report.selection.combinations sets it
+
+    better, worse = combo(1.0, 70.0, ()), combo(0.1, 68.0, (50,))  # one validation sample apart, sample 50: class 0
+    assert better.runs[1].val_samples == 100
+    (finding,) = [f for f in validation_size_study([better, worse], [100], draws=200)]
+    assert finding.picks_test_best == 1.0 and finding.mean_gap == 0.0
+
+
 def test_report_of_a_missing_or_empty_sweep_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(report_main, [str(tmp_path)])
     assert result.exit_code == 2 and "results.jsonl does not exist" in result.output

@@ -48,12 +48,13 @@ class RunFigures:
     val: tuple[float, ...] = ()
     val_correct: tuple[str, ...] = ()  # per epoch, hex bits: sample i of the validation split classified right
     num_classes: int | None = None
+    val_count: int = 0  # validation samples scored (the row's val_samples; 0: rows without it)
 
     @classmethod
     def of_row(cls, row: dict) -> "RunFigures":
         test = tuple(100 * a for a in row.get("epoch_accuracies") or [row["test_accuracy"]])
         return cls(test, tuple(100 * a for a in row.get("epoch_val_accuracies") or ()),
-                   tuple(row.get("epoch_val_correct") or ()), row.get("num_classes"))
+                   tuple(row.get("epoch_val_correct") or ()), row.get("num_classes"), row.get("val_samples") or 0)
 
     def epoch(self, rule: str) -> int:
         """The epoch a figure is read at: the last (the paper's), or the one of best validation accuracy."""
@@ -74,7 +75,11 @@ class RunFigures:
 
     @property
     def val_samples(self) -> int:
-        return len(correct_bits(self.val_correct[-1])) if self.val_correct else 0
+        """How many validation samples the run scored: the row's count, else the recorded bits (whole bytes: a count
+        that is not a multiple of 8 would include padding bits, read as samples classified wrong)."""
+        if not self.val_correct:
+            return 0
+        return self.val_count or len(correct_bits(self.val_correct[-1]))
 
 
 def correct_bits(hex_bits: str) -> list[int]:
