@@ -109,6 +109,11 @@ def load_tokens(features: str | None, samples: int, tokens: tuple[int, int, int]
                         view_kinds=dict(RANDOM_VIEWS) if views else {})
 
 
+def reads_views(configs: list[TrainConfig]) -> bool:
+    """Whether some run's terms read a stored view (FixMatch's setups): its split must hold views."""
+    return any(RowGroup.parse(g).view is not None for c in configs for g in rows_needed(c))
+
+
 class StepTimer:
     """K runs of one fused pass on `split` (bench/head_step.py: the product's train_step), stepped over the batches
     of the real sampling code (step.step_inputs: epoch plan, partners, prior draws, the distinct-sample gather)."""
@@ -126,7 +131,7 @@ class StepTimer:
         # train/run/flops.py counts the paper's head on clean rows; another head's step, or one that reads views
         # (FixMatch), is counted once by torch's FLOP counter (matrix products of forward and backward, as flops.py
         # counts them) on its first step, a warm-up step
-        views = any(RowGroup.parse(g).view is not None for c in configs for g in rows_needed(c))
+        views = reads_views(configs)
         self.counted = None if first.head != DEFAULT_HEAD or views else 0
 
     def step(self) -> tuple[float, int]:

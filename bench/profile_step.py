@@ -22,7 +22,6 @@ import limit  # bench/limit.py, next to this script
 from twinturbo.common.device import Acceleration, host_description
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.heads import DEFAULT_HEAD
-from twinturbo.train.terms import RowGroup, rows_needed
 
 
 def main() -> None:
@@ -48,8 +47,8 @@ def main() -> None:
     base = TrainConfig(labels=args.labels, batch_size=args.batch_size, proj_dim=proj, pred_dim=pred, disc_dim=disc)
     config = limit.setup_config(setup, base, args.precision, {"critic": 1.0, "latent": 0.1, "fixmatch": 1.0},
                                 args.head)
-    views = any(RowGroup.parse(g).view is not None for g in rows_needed(config))
-    split = limit.load_tokens(None, args.samples, tuple(int(t) for t in args.tokens.split(",")), 10, views)
+    split = limit.load_tokens(None, args.samples, tuple(int(t) for t in args.tokens.split(",")), 10,
+                              limit.reads_views([config]))
     timer = limit.StepTimer([config], split, 10, Acceleration.for_run(limit.DEVICE, args.precision))
     for _ in range(args.warmup):
         timer.step()
