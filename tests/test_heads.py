@@ -288,6 +288,10 @@ def test_a_head_from_a_plugin_file_trains_is_recorded_and_is_named_when_missing(
                "1", "--labels", "30", "--seeds", "1,2", "--epochs", "1", "--batch-size", "32", "--proj-dim", "32",
                "--pred-dim", "16", "--disc-dim", "8", "--device", "cpu", "--out", sweep)
     assert swept.returncode == 0, swept.stderr
+    status = tt("tt-sweep", "--out", sweep, "--status")  # without the sweep's --plugins: which one to pass
+    assert status.returncode == 2 and status.stderr == (f"error: {sweep / 'sweep.json'}: the sweep trains head "
+                                                        f"'maxpool', from plugin {plugin}: pass --plugins {plugin}\n")
+    assert "4 runs: 4 done" in tt("tt-sweep", "--plugins", plugin, "--out", sweep, "--status").stdout
     reported = tt("tt-report", "--plugins", plugin, sweep, "--no-baseline")
     assert reported.returncode == 0, reported.stderr
     assert "| setup | labels | twinturbo | maxpool |" in (sweep / "summary.md").read_text()

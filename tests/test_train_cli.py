@@ -76,6 +76,19 @@ def test_unknown_choice_lists_the_valid_ones(store_path, flag, value, valid):
     assert_one_line_error(invoke(["--features", str(store_path), flag, value, *QUICK]), f"{flag} {value}", valid)
 
 
+@pytest.mark.parametrize("args, fragments", [
+    (["--head", "linear", "--attentive-queries", "4"], ("--attentive-queries 4: an option of --head attentive",
+                                                        "this run's head is linear")),
+    (["--fixmatch-threshold", "0.9"], ("--fixmatch-threshold 0.9: an option of the fixmatch term", "--fixmatch 0")),
+    (["--critic", "0", "--prior", "labelled"], ("--prior labelled: an option of the critic term", "--critic 0"))])
+def test_an_option_the_run_would_not_read_is_refused(store_path, tmp_path, args, fragments):
+    """An option of another head, or of a term that is off, would be recorded in config.json and change nothing: one
+    line, and no run directory."""
+    out = tmp_path / "run"
+    assert_one_line_error(invoke(["--features", str(store_path), *QUICK, *args, "--out", str(out)]), *fragments)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("labels, fragment", [("5", "--labels 5: need at least one label per class"),
                                               ("401", "--labels 401: the train split has only 400")])
 def test_label_budget_errors(store_path, labels, fragment):

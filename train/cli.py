@@ -102,6 +102,9 @@ def train_main(features: str, device: str, memory_limit: str | None, log: str | 
     trackers = parse_log(log)
     torch_device = resolve_device(device)
     config = TrainConfig(**options).validate()
+    context = click.get_current_context()
+    config.check_given({name for name in options if context.get_parameter_source(name) is not
+                        click.core.ParameterSource.DEFAULT})
     config.precision = resolve_precision(config.precision, torch_device)  # the run records what it computed in
     limit = parse_size(memory_limit) if memory_limit is not None else None
     result, run_dir = train_from_store(features, config, torch_device, Path(out_dir) if out_dir else None,

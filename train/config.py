@@ -82,6 +82,23 @@ class _TrainConfigMethods:
         check_head(self, active_terms(self))
         return self
 
+    def check_given(self, given: set[str]) -> None:
+        """The options the user gave (field names) that this run would not read: a head's options with another head,
+        a term's options while its weight is 0. One TwinTurboError naming the flag: the run would record the value
+        in config.json and compute as if it were not there (ours: tt-train refuses; a sweep's shared flags may serve
+        some of its runs only)."""
+        for name in sorted(given):
+            value = getattr(self, name)
+            if name in HEAD_OPTIONS and HEAD_OPTIONS[name].name != self.head:
+                raise TwinTurboError(f"{self.flag(name)} {value}: an option of --head {HEAD_OPTIONS[name].name}, "
+                                     f"and this run's head is {self.head}; leave it out or give --head "
+                                     f"{HEAD_OPTIONS[name].name}")
+            owner = next((term for term in TERMS.values() if any(o.name == name for o in term.options)), None)
+            if owner is not None and getattr(self, owner.weight_field) == 0:
+                raise TwinTurboError(f"{self.flag(name)} {value}: an option of the {owner.name} term, which this run "
+                                     f"does not compute ({owner.weight.flag} 0); leave it out or give "
+                                     f"{owner.weight.flag} > 0")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -17,7 +17,9 @@ from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.slurm import SlurmOptions, job_failure, raise_unfinished
 from twinturbo.train.sweep.claims import live_claims
 from twinturbo.train.sweep.grid import RunSpec, SweepGrid
-from twinturbo.train.sweep.results import finished_run_ids
+from twinturbo.common.plugins import how_to_load
+from twinturbo.train.heads import HEADS
+from twinturbo.train.sweep.results import RESULTS_FILE, finished_run_ids, read_rows
 from twinturbo.train.sweep.runner import SweepWork, run_groups
 from twinturbo.train.sweep.sweepdir import SWEEP_FILE
 
@@ -78,6 +80,22 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def _check_recorded_heads(grid: dict, sweep_dir: str | os.PathLike, where: str) -> None:
+    """A recorded sweep whose heads are not all registered here (a plugin's, and --status was not given its
+    --plugins): one line naming the head and, where a finished row recorded it, the plugin to load."""
+    heads = list(grid.get("heads", [])) + [setup["head"] for setup in grid.get("setup_table", grid.get("setup", []))
+                                           if setup.get("head")]
+    if all(head in HEADS for head in heads):
+        return
+    plugins: dict = {}
+    for row in read_rows(Path(sweep_dir) / RESULTS_FILE):
+        plugins.update(row.get("plugins", {}))
+    head = next(head for head in heads if head not in HEADS)
+    hint = (f"from {plugins[head]}: {how_to_load(plugins[head], 'head')}" if head in plugins else
+            "not registered here (a plugin's? pass the sweep's --plugins FILE.py)")
+    raise TwinTurboError(f"{where}: the sweep trains head {head!r}, {hint}")
+
+
 def sweep_status(sweep_dir: str | os.PathLike) -> str:
     """tt-sweep --status: how many runs of SWEEP_DIR's grid are done, running (claimed by a live process), pending
     and failed (their job ended without them), and the state of its SLURM jobs."""
@@ -85,6 +103,7 @@ def sweep_status(sweep_dir: str | os.PathLike) -> str:
     if not path.exists():
         raise TwinTurboError(f"{path} does not exist: is {sweep_dir} a tt-sweep --out directory?")
     record = json.loads(path.read_text())
+    _check_recorded_heads(record["grid"], sweep_dir, str(path))
     runs = SweepGrid.from_dict(record["grid"], source=str(path)).expand(record["store"]["fingerprint"])
     ids = [run.run_id for run in runs]
     done, running = finished_run_ids(sweep_dir), live_claims(sweep_dir)
