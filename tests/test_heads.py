@@ -4,6 +4,7 @@ tt-predict, a sweep over heads recorded and reported per head, a head from a plu
 latent term refused in one line on a head without a trained latent."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -217,11 +218,18 @@ def test_a_sweep_over_heads_records_each_and_reports_each(views_store, tmp_path)
     plain = tt("tt-sweep", *args, "--out", tmp_path / "plain", "--dry-run")
     twinturbo_ids = {row["run_id"] for row in rows if row["config"]["head"] == "twinturbo"}
     assert all(run_id in plain.stdout for run_id in twinturbo_ids), plain.stdout
+    assert " head " not in plain.stdout.splitlines()[0]  # a head column only where a run trains another head
+    dry = tt("tt-sweep", *args, "--heads", "twinturbo,linear,attentive", "--out", sweep, "--dry-run").stdout
+    lines = {line.split()[-1]: line for line in dry.splitlines()[2:-1]}
+    assert " head " in dry.splitlines()[0] and all(f" {row['config']['head']} " in lines[row["run_id"]] for row in rows)
     report = tt("tt-report", sweep, "--no-baseline")
     assert report.returncode == 0, report.stderr
     summary = (sweep / "summary.md").read_text()
     assert summary.startswith("### digits (effnet-lite0:320): heads\n\nHeads: at 30 labels the best is setup ")
     assert "| setup | labels | twinturbo | linear | attentive |" in summary
+    with open(sweep / "results.csv") as handle:  # the backbone and the head, each in its own column
+        assert {(r["backbone"], r["head"]) for r in csv.DictReader(handle)} == {
+            ("effnet-lite0:320", head) for head in ("twinturbo", "linear", "attentive")}
     for section in ("### digits (effnet-lite0:320)\n", "### digits (effnet-lite0:320, head linear)\n",
                     "### digits (effnet-lite0:320, head attentive)\n"):
         assert section in summary
@@ -263,6 +271,24 @@ HEAD_PLUGIN = textwrap.dedent('''
     HEAD = Head("maxpool", "a test's head: max-pooled patch tokens", MaxPoolHead,
                 options=(Option("maxpool_scale", "--maxpool-scale", 1.0, "Scale of the pooled tokens."),))
 ''')
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (("return z, self.predictor(z)", "return z, self.predictor(z)[:, :-1]"),
+     "returned (3, 32), (3, 9); expected (z [3, *], logits [3, 10])"),
+    (("patches.amax(dim=1)", "patches.amax(dim=2)"), "failed: RuntimeError: ")])
+def test_a_plugin_head_that_breaks_the_contract_is_one_line(views_store, tmp_path, change, fragment):
+    """Outputs of the wrong shape, or a forward that fails on the store's shape: one line naming the head's file and
+    the call, before anything is written (not a traceback from inside the first step)."""
+    plugin = tmp_path / "maxpool.py"
+    plugin.write_text(HEAD_PLUGIN.replace(*change))
+    result = tt("tt-train", "--plugins", plugin, "--features", views_store, "--head", "maxpool", *TRAIN, "--out",
+                tmp_path / "run", "--quiet")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: plugin {plugin}: head 'maxpool': forward(cls [2, 1280], patches [2, 4, "
+                                    "320], dropout_mask [3, 32], rows [3]) ") and fragment in result.stderr, \
+        result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_head_from_a_plugin_file_trains_is_recorded_and_is_named_when_missing(views_store, tmp_path):

@@ -187,6 +187,10 @@ def test_changed_grid_or_store_is_refused_unless_extend(store, tmp_path, write_t
     changed = base[:7] + ["2"] + base[8:]  # --seeds 2
     out = _sweep(changed, expect=2)
     assert "the grid changed (seeds: [1] -> [2])" in out and "--extend" in out
+    dry = _sweep(changed + ["--dry-run"])  # the dry run says the same refusal, and nothing else changes
+    assert dry.strip().splitlines()[-1] == f"note: without --dry-run this command is refused: {out.strip()[7:]}"
+    assert "note:" not in _sweep(changed + ["--dry-run", "--extend"])
+    assert json.loads((sweep_dir / "sweep.json").read_text())["grid"]["seeds"] == [1]
     other_store = write_tiny_store(tmp_path / "other", seed=5, dataset="other")
     out = _sweep(["--features", str(other_store)] + base[2:], expect=2)
     assert "the features store changed" in out

@@ -126,10 +126,33 @@ def build_head(shape: TokenShape, config, init_seed: int = 0) -> nn.Module:
             raise TwinTurboError(f"{head.source}: head {head.name!r} has its own '{DISCRIMINATOR}'; the critic's "
                                  "discriminator is common to every head (leave it out)")
         setattr(module, DISCRIMINATOR, Discriminator(shape.num_classes, config.disc_dim))
-    if any(True for _ in module.buffers()):
-        raise TwinTurboError(f"{head.source}: head {head.name!r} holds buffers; K fused runs stack parameters only "
-                             "(make them parameters, or compute them in forward)")
+        if any(True for _ in module.buffers()):
+            raise TwinTurboError(f"{head.source}: head {head.name!r} holds buffers; K fused runs stack parameters "
+                                 "only (make them parameters, or compute them in forward)")
+        _check_contract(head, module, shape, config.proj_dim)
     return module
+
+
+def _check_contract(head: Head, module: nn.Module, shape: TokenShape, proj_dim: int) -> None:
+    """The head's forward on 2 samples of zeros, 3 output rows (the package docstring's contract): a head whose outputs
+    have other shapes, or whose forward fails on the store's shape, is one line naming it, before a run starts (not a
+    traceback from inside the step). Its RNG draws are undone by build_head's fork_rng."""
+    cls, patches = torch.zeros(2, shape.cls_dim), torch.zeros(2, shape.num_patches, shape.patch_dim)
+    rows, mask = torch.tensor([0, 1, 1]), torch.ones(3, proj_dim)
+    call = (f"forward(cls [2, {shape.cls_dim}], patches [2, {shape.num_patches}, {shape.patch_dim}], dropout_mask "
+            f"[3, {proj_dim}], rows [3])")
+    try:
+        with torch.no_grad():
+            out = module(cls, patches, mask, rows)
+    except Exception as err:  # noqa: BLE001 (any failure of a head's own code is reported as its own)
+        raise TwinTurboError(f"{head.source}: head {head.name!r}: {call} failed: {type(err).__name__}: {err}") \
+            from None
+    shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+              for t in (out if isinstance(out, tuple) else (out,))]
+    if not (len(shapes) == 2 and isinstance(shapes[0], tuple) and len(shapes[0]) == 2 and shapes[0][0] == 3
+            and shapes[1] == (3, shape.num_classes)):
+        raise TwinTurboError(f"{head.source}: head {head.name!r}: {call} returned {', '.join(map(str, shapes))}; "
+                             f"expected (z [3, *], logits [3, {shape.num_classes}])")
 
 
 def check_head(config, active_terms) -> None:

@@ -27,7 +27,7 @@ from twinturbo.train.sweep.gridfile import LIST_KINDS, build_grid
 from twinturbo.train.sweep.results import RESULTS_FILE, cut_lines_note, read_rows
 
 
-CSV_COLUMNS = ("run_id", "dataset", "backbone", "store_fingerprint", "setup", "loss", "rescale", "critic_weight",
+CSV_COLUMNS = ("run_id", "dataset", "backbone", "head", "store_fingerprint", "setup", "loss", "rescale", "critic_weight",
                "latent_weight", "labels", "seed", "test_accuracy", "val_accuracy", "precision", "wall_time_s",
                "fused_runs", "device")
 
@@ -39,9 +39,10 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(list(CSV_COLUMNS) + flags + ["epoch_accuracies", "epoch_val_accuracies"])
         for row in rows:
-            dataset, backbone = row_group(row)
+            dataset, label = row_group(row)
+            backbone, head = split_head(label)
             config = row["config"]
-            base = {"run_id": row["run_id"], "dataset": dataset, "backbone": backbone,
+            base = {"run_id": row["run_id"], "dataset": dataset, "backbone": backbone, "head": head,
                     "store_fingerprint": (row.get("store") or {}).get("fingerprint"), "setup": row["setup"],
                     "test_accuracy": row["test_accuracy"], "val_accuracy": row.get("val_accuracy"),
                     "wall_time_s": row.get("wall_time_s"), "fused_runs": row.get("fused_runs"),

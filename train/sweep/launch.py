@@ -22,7 +22,8 @@ from twinturbo.train.sweep.jobs import launch_submitit
 from twinturbo.train.sweep.local import launch_local
 from twinturbo.train.sweep.results import RESULTS_FILE, drop_cut_lines, finished_run_ids
 from twinturbo.train.sweep.runner import SweepWork
-from twinturbo.train.sweep.sweepdir import fusion_groups, pending_runs, prepare_sweep_dir, run_table
+from twinturbo.train.sweep.sweepdir import (fusion_groups, pending_runs, prepare_sweep_dir, recorded_changes, refusal,
+                                            run_table)
 from twinturbo.train.trackers import Tracking, describe_tracking, prepare_trackers
 
 # Runs per fused pass when --fuse is not given. On the CPU fusing measured slower than one run after another
@@ -81,6 +82,12 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
     if dry_run:
         finished = finished_run_ids(sweep_dir) if (Path(sweep_dir) / RESULTS_FILE).exists() else set()
         echo(run_table(runs, finished))
+        try:  # what the run itself would refuse, said here too
+            _, changes = recorded_changes(sweep_dir, grid, identity)
+            if changes and not extend:
+                raise TwinTurboError(refusal(sweep_dir, changes))
+        except TwinTurboError as err:
+            echo(f"note: without --dry-run this command is refused: {err}")
         return
     prepare_sweep_dir(sweep_dir, grid, identity, extend)
     note = drop_cut_lines(Path(sweep_dir) / RESULTS_FILE)

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator
 from twinturbo.common.atomic import write_json_atomic
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.common.hashing import canonical_json
+from twinturbo.train.heads import DEFAULT_HEAD
 from twinturbo.train.sweep.grid import RunSpec, SweepGrid, format_weight
 from twinturbo.train.terms import axis_symbol, rows_needed
 
@@ -23,6 +24,40 @@ def _grid_difference(old: dict, new: dict) -> str:
                      for key in sorted(set(old) | set(new)) if canonical_json(old.get(key)) != canonical_json(new.get(key)))
 
 
+def recorded_changes(sweep_dir: str | os.PathLike, grid: SweepGrid, store_identity: dict) -> tuple[dict | None, list[str]]:
+    """(SWEEP_DIR/sweep.json's record or None, how this grid and store differ from it): what prepare_sweep_dir
+    refuses without --extend, also said by a dry run. An unreadable record, or another precision (not even with
+    --extend: one sweep, one precision), is one TwinTurboError."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SWEEP_FILE
+    if not path.exists():
+        return None, []
+    current = grid.to_dict()
+    try:
+        existing = json.loads(path.read_text())
+        old_grid, old_store = existing["grid"], existing["store"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise TwinTurboError(f"{path} is not a tt-sweep file (unreadable); choose another --out") from None
+    old_precision = old_grid.get("training", {}).get("precision", "fp32")  # sweeps before --precision: fp32
+    new_precision = current["training"].get("precision", "fp32")
+    if old_precision != new_precision:
+        raise TwinTurboError(f"{sweep_dir} was trained in {old_precision} and this command asks for {new_precision}: "
+                             f"pass --precision {old_precision} to resume it, or choose another --out")
+    changes = []
+    if canonical_json(old_grid) != canonical_json(current):
+        changes.append(f"the grid changed ({_grid_difference(old_grid, current)})")
+    if old_store.get("fingerprint") != store_identity.get("fingerprint"):
+        changes.append(f"the features store changed ({old_store.get('path')} [{old_store.get('fingerprint')}] "
+                       f"-> {store_identity.get('path')} [{store_identity.get('fingerprint')}])")
+    return existing, changes
+
+
+def refusal(sweep_dir: str | os.PathLike, changes: list[str]) -> str:
+    """What a sweep without --extend says of a SWEEP_DIR that holds another sweep."""
+    return (f"{sweep_dir} holds another sweep: {'; '.join(changes)}; pass --extend to add this grid's runs to it, or "
+            "choose another --out")
+
+
 def prepare_sweep_dir(sweep_dir: str | os.PathLike, grid: SweepGrid, store_identity: dict, extend: bool) -> dict:
     """Create SWEEP_DIR or check that it holds this same sweep.
 
@@ -33,30 +68,13 @@ def prepare_sweep_dir(sweep_dir: str | os.PathLike, grid: SweepGrid, store_ident
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / SWEEP_FILE
     current = {"grid": grid.to_dict(), "store": store_identity}
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text())
-            old_grid, old_store = existing["grid"], existing["store"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise TwinTurboError(f"{path} is not a tt-sweep file (unreadable); choose another --out") from None
-        old_precision = old_grid.get("training", {}).get("precision", "fp32")  # sweeps before --precision: fp32
-        new_precision = current["grid"]["training"].get("precision", "fp32")
-        if old_precision != new_precision:  # not even with --extend: one sweep, one precision
-            raise TwinTurboError(f"{sweep_dir} was trained in {old_precision} and this command asks for {new_precision}: "
-                                 f"pass --precision {old_precision} to resume it, or choose another --out")
-        changes = []
-        if canonical_json(old_grid) != canonical_json(current["grid"]):
-            changes.append(f"the grid changed ({_grid_difference(old_grid, current['grid'])})")
-        if old_store.get("fingerprint") != store_identity.get("fingerprint"):
-            changes.append(f"the features store changed ({old_store.get('path')} [{old_store.get('fingerprint')}] "
-                           f"-> {store_identity.get('path')} [{store_identity.get('fingerprint')}])")
+    existing, changes = recorded_changes(sweep_dir, grid, store_identity)
+    if existing is not None:
         if not changes:
             return existing
         if not extend:
-            raise TwinTurboError(f"{sweep_dir} holds another sweep: {'; '.join(changes)}; pass --extend to add this "
-                                 "grid's runs to it, or choose another --out")
-        history = existing.get("history", []) + [{"grid": old_grid, "store": old_store}]
-        current["history"] = history
+            raise TwinTurboError(refusal(sweep_dir, changes))
+        current["history"] = existing.get("history", []) + [{"grid": existing["grid"], "store": existing["store"]}]
     current["format"] = SWEEP_FORMAT
     write_json_atomic(path, current)
     return current
@@ -85,13 +103,15 @@ def fusion_groups(runs: Iterable[RunSpec], fuse: int) -> Iterator[list[RunSpec]]
 
 def run_table(runs: list[RunSpec], finished: set[str] = frozenset()) -> str:
     """The --dry-run table: one line per run, then the count."""
-    header = f"{'#':>4}  {'setup':<40} {'weights':<22} {'labels':>6} {'seed':>6}  {'status':<8} run id"
+    heads = {run.head for run in runs} != {DEFAULT_HEAD}  # a head column where a run trains another than the paper's
+    header = (f"{'#':>4}  {'setup':<40} {'weights':<22} " + (f"{'head':<10} " if heads else "")
+              + f"{'labels':>6} {'seed':>6}  {'status':<8} run id")
     lines = [header, "-" * len(header)]
     for index, run in enumerate(runs, 1):
         status = "done" if run.run_id in finished else "pending"
         weights = " ".join(f"{axis_symbol(t)}={format_weight(w)}" for t, w in run.weights) or "-"
-        lines.append(f"{index:>4}  {str(run.setup.key) + ': ' + run.setup.name:<40} {weights:<22} {run.labels:>6} "
-                     f"{run.seed:>6}  {status:<8} {run.run_id}")
+        lines.append(f"{index:>4}  {str(run.setup.key) + ': ' + run.setup.name:<40} {weights:<22} "
+                     + (f"{run.head:<10} " if heads else "") + f"{run.labels:>6} {run.seed:>6}  {status:<8} {run.run_id}")
     done = sum(run.run_id in finished for run in runs)
     lines.append(f"{len(runs)} runs ({done} done, {len(runs) - done} to train)")
     return "\n".join(lines)
