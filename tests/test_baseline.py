@@ -17,9 +17,11 @@ from twinturbo.train.report.make import make_report
 
 
 def fits(sweep) -> dict[str, float]:
-    """The accuracy entries of a report's baselines.json (beside them: what a fit warned, what it chose)."""
+    """The accuracy entries of a report's baselines.json (beside them: what a fit warned, what it chose, and the
+    candidates a validated baseline chose from)."""
     cached = json.loads((sweep / "baselines.json").read_text())
-    return {key: value for key, value in cached.items() if not key.endswith(("/warnings", "/chosen"))}
+    return {key: value for key, value in cached.items()
+            if not key.endswith(("/warnings", "/chosen")) and "/candidates/" not in key}
 
 
 
@@ -209,6 +211,34 @@ def test_self_training_threshold_is_chosen_on_the_validation_labels_that_choose_
         expected = 100 * self_training_baseline(str(path), 20, [42], val_labels=used)[42]
         assert list(cached.values()) == [expected]
         assert f"| SelfTraining | 20 | - | - | {expected:.2f} (n=1) |" in (sweep / "summary.md").read_text()
+
+
+def test_another_validation_size_chooses_from_the_cached_candidates_without_fitting_again(
+        tmp_path, write_synthetic_store, monkeypatch):
+    """Issue 37's two rules from one set of fits: a report at the default size (20) fits each validated baseline's
+    candidates once, scored on all 100 recorded validation labels; reports at 40, 100 and 7 then fit nothing and give
+    what a fit on that many validation labels gives (accuracy and choice)."""
+    from twinturbo.train.report import fits as fits_module
+    from twinturbo.train.report.baseline import (CANDIDATES, probe_baseline, self_training_baseline,
+                                                 semi_gmm_baseline)
+
+    path = write_synthetic_store(tmp_path / "synthetic", n_train=300, n_test=120, scale=1.0, cls_dim=8)
+    with open_store(path) as store:
+        fingerprint = store.identity()["fingerprint"]
+        sweep = one_run_sweep(tmp_path, store.identity(), labels=20, seed=42, val_labels=100)
+    methods = ("LinearProbe", "SelfTraining", "SemiGMM")
+    make_report(sweep, methods=methods)
+    for name in CANDIDATES:
+        monkeypatch.setitem(fits_module.CANDIDATES, name, lambda *args: pytest.fail("fitted again"))
+    direct = {"LinearProbe": probe_baseline, "SelfTraining": self_training_baseline, "SemiGMM": semi_gmm_baseline}
+    for val_size in (40, 100, 7):
+        make_report(sweep, val_size=val_size, methods=methods)
+        cached = json.loads((sweep / "baselines.json").read_text())
+        for method in methods:
+            chosen: dict = {}
+            expected = 100 * direct[method](str(path), 20, [42], val_labels=val_size, chosen=chosen)[42]
+            (key,) = [k for k in fits(sweep) if k.startswith(f"{fingerprint}/{method}-") and f"/val{val_size}/" in k]
+            assert (cached[key], cached[key + "/chosen"]) == (expected, chosen[42]), (method, val_size)
 
 
 def test_a_library_warning_during_a_baseline_fit_goes_to_the_summary_not_the_terminal(tmp_path, write_tiny_store):

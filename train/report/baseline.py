@@ -82,15 +82,54 @@ def seed_split(data: ClsVectors, budget: int, seed: int, val_labels: int) -> tup
     return subset, val
 
 
-def best_on_validation(candidates, fit, score):
-    """The candidate whose fit scores best on the validation split (ties: the first), and its fitted model."""
+@dataclass
+class CandidateFit:
+    """One candidate of a baseline that chooses a hyperparameter (VALIDATED), fitted on one seed's labelled subset:
+    its name as tables show it ('threshold 0.9', 'C 0.1', 'd 32'), its test accuracy and which of the seed's
+    validation samples it classifies right, in the split's order. The first n of a split of N are the split of n
+    (sampling.validation_subset), so one fit says what any validation size up to N chooses (`choose`)."""
+
+    name: str
+    test: float
+    val_correct: np.ndarray  # bool [N]
+    default: bool = False  # the one used without validation labels
+
+
+def choose(candidates: list[CandidateFit], val_labels: int) -> CandidateFit:
+    """The candidate best on the first `val_labels` validation samples (ties: the first, in the order they were
+    tried); the default one where there are none."""
+    if val_labels == 0:
+        return next(c for c in candidates if c.default)
+    if any(len(c.val_correct) < val_labels for c in candidates):
+        raise ValueError(f"candidates scored on fewer than {val_labels} validation samples")
     best = None
     for candidate in candidates:
-        model = fit(candidate)
-        value = score(model)
-        if best is None or value > best[0]:
-            best = (value, candidate, model)
-    return best[1], best[2]
+        score = float(candidate.val_correct[:val_labels].mean())
+        if best is None or score > best[0]:
+            best = (score, candidate)
+    return best[1]
+
+
+def candidate_fits(values: list, default, name: str, fit, predict, val: np.ndarray,
+                   data: "ClsVectors") -> list[CandidateFit]:
+    """Each of `values` fitted (`fit(value)`) and scored, in order (only `default` where `val` is empty): its test
+    accuracy and which of the train vectors `val` it classifies right; `predict(model, rows)` predicts the train
+    vectors `rows` (None: the test vectors); `name` formats a value ('C {:g}')."""
+    fitted = []
+    for value in values if len(val) else [default]:
+        model = fit(value)
+        test = float((predict(model, None) == data.y_test).mean())
+        fitted.append(CandidateFit(name.format(value), test, predict(model, val) == data.y_train[val],
+                                   value == default))
+    return fitted
+
+
+def chosen_accuracy(fitted: list[CandidateFit], val_labels: int, seed: int, chosen: dict | None) -> float:
+    """The test accuracy of the candidate `choose` picks; `chosen` receives its name under `seed`."""
+    pick = choose(fitted, val_labels)
+    if chosen is not None:
+        chosen[seed] = pick.name
+    return pick.test
 
 
 def run_labelled_subset(train_labels: np.ndarray, budget: int, num_classes: int, seed: int) -> np.ndarray:
@@ -160,6 +199,18 @@ def self_training_fit(x_train: np.ndarray, partial_labels: np.ndarray, threshold
     return SelfTrainingClassifier(classifier, threshold=threshold).fit(x_train, partial_labels)
 
 
+def self_training_candidates(data: ClsVectors, budget: int, seed: int, val_labels: int) -> list[CandidateFit]:
+    """Self-training with each threshold of SELF_TRAINING_THRESHOLDS, the higher first (ties: the fewer
+    pseudo-labels), on one seed's labelled subset; the validation labels are hidden from the fit like every other
+    unlabelled sample."""
+    subset, val = seed_split(data, budget, seed, val_labels)
+    partial = np.full(len(data.y_train), -1, dtype=np.int64)
+    partial[subset] = data.y_train[subset]
+    return candidate_fits(sorted(SELF_TRAINING_THRESHOLDS, reverse=True), SELF_TRAINING_DEFAULT, "threshold {:g}",
+                          lambda t: self_training_fit(data.x_train, partial, t),
+                          lambda m, rows: m.predict(data.x_test if rows is None else data.x_train[rows]), val, data)
+
+
 def self_training_baseline(features: str, budget: int, seeds: list[int], vectors: ClsVectors | None = None,
                            val_labels: int | None = None, chosen: dict | None = None) -> dict[int, float]:
     """seed -> test accuracy of self-training with the threshold of SELF_TRAINING_THRESHOLDS that is best on that
@@ -168,44 +219,33 @@ def self_training_baseline(features: str, budget: int, seeds: list[int], vectors
     seed's threshold."""
     data = vectors or read_cls_vectors(features)
     val_labels = budget if val_labels is None else val_labels
-    accuracies = {}
-    for seed in seeds:
-        subset, val = seed_split(data, budget, seed, val_labels)
-        partial = np.full(len(data.y_train), -1, dtype=np.int64)
-        partial[subset] = data.y_train[subset]
-        # ties: the higher threshold (the fewer pseudo-labels), tried first
-        thresholds = sorted(SELF_TRAINING_THRESHOLDS, reverse=True) if len(val) else (SELF_TRAINING_DEFAULT,)
-        threshold, model = best_on_validation(
-            thresholds, lambda t: self_training_fit(data.x_train, partial, t),
-            lambda m: float((m.predict(data.x_train[val]) == data.y_train[val]).mean()) if len(val) else 0.0)
-        accuracies[seed] = float((model.predict(data.x_test) == data.y_test).mean())
-        if chosen is not None:
-            chosen[seed] = f"threshold {threshold:g}"
-    return accuracies
+    return {seed: chosen_accuracy(self_training_candidates(data, budget, seed, val_labels), val_labels, seed, chosen)
+            for seed in seeds}
 
 
 PROBE_C = (0.1, 1.0, 10.0)  # LinearProbe's regularisation candidates (scikit-learn's C: 1 is its default)
+
+
+def probe_candidates(data: ClsVectors, budget: int, seed: int, val_labels: int) -> list[CandidateFit]:
+    """LogisticRegression(max_iter=5000, C) for each C of PROBE_C (ties: the smaller C, the stronger
+    regularisation) on one seed's labelled vectors (`data` read with pooled_patches)."""
+    from sklearn.linear_model import LogisticRegression
+
+    subset, val = seed_split(data, budget, seed, val_labels)
+    return candidate_fits(list(PROBE_C), 1.0, "C {:g}",
+                          lambda c: LogisticRegression(max_iter=5000, C=c).fit(data.x_train[subset],
+                                                                               data.y_train[subset]),
+                          lambda m, rows: m.predict(data.x_test if rows is None else data.x_train[rows]), val, data)
 
 
 def probe_baseline(features: str, budget: int, seeds: list[int], vectors: ClsVectors | None = None,
                    val_labels: int | None = None, chosen: dict | None = None) -> dict[int, float]:
     """seed -> test accuracy of LogisticRegression(max_iter=5000, C) on that seed's labelled [CLS, mean patch token]
     vectors, C of PROBE_C best on its validation split (ties: the smaller C, the stronger regularisation)."""
-    from sklearn.linear_model import LogisticRegression
-
     data = vectors or read_cls_vectors(features, pooled_patches=True)
     val_labels = budget if val_labels is None else val_labels
-    accuracies = {}
-    for seed in seeds:
-        subset, val = seed_split(data, budget, seed, val_labels)
-        c, model = best_on_validation(
-            PROBE_C if len(val) else (1.0,),
-            lambda c: LogisticRegression(max_iter=5000, C=c).fit(data.x_train[subset], data.y_train[subset]),
-            lambda m: float((m.predict(data.x_train[val]) == data.y_train[val]).mean()) if len(val) else 0.0)
-        accuracies[seed] = float((model.predict(data.x_test) == data.y_test).mean())
-        if chosen is not None:
-            chosen[seed] = f"C {c:g}"
-    return accuracies
+    return {seed: chosen_accuracy(probe_candidates(data, budget, seed, val_labels), val_labels, seed, chosen)
+            for seed in seeds}
 
 
 SEMI_GMM_DIMS = (16, 32, 64, 128)  # PCA dimensions d, chosen on the validation split (ties: the smaller)
@@ -278,39 +318,41 @@ def semi_gmm_fit(x: np.ndarray, labels: np.ndarray, num_classes: int, reg: float
     return mixture, iterations
 
 
-def semi_gmm_baseline(features: str, budget: int, seeds: list[int], vectors: ClsVectors | None = None,
-                      val_labels: int | None = None, chosen: dict | None = None) -> dict[int, float]:
-    """seed -> test accuracy of SemiGMM (module docstring): PCA fitted on the train CLS vectors (unsupervised), then
-    semi_gmm_fit with that seed's labelled subset clamped, d of SEMI_GMM_DIMS best on its validation split (whose
-    labels stay hidden from the fit)."""
+def semi_gmm_candidates(data: ClsVectors, budget: int, seed: int, val_labels: int) -> list[CandidateFit]:
+    """SemiGMM (module docstring) for each d of SEMI_GMM_DIMS (ties: the smaller): PCA fitted on the train CLS
+    vectors (unsupervised), then semi_gmm_fit with the seed's labelled subset clamped; the validation labels stay
+    hidden from the fit."""
     from sklearn.decomposition import PCA
 
-    data = vectors or read_cls_vectors(features)
-    val_labels = budget if val_labels is None else val_labels
     dims = [d for d in SEMI_GMM_DIMS if d <= min(data.x_train.shape)] or [min(data.x_train.shape)]
     pca = PCA(n_components=max(dims), random_state=0).fit(data.x_train)
     # PCA to d is the first d of these components (sorted by variance; up to the randomised solver's precision)
     x_train, x_test = pca.transform(data.x_train), pca.transform(data.x_test)
-    accuracies = {}
-    for seed in seeds:
-        subset, val = seed_split(data, budget, seed, val_labels)
-        partial = np.full(len(data.y_train), -1, dtype=np.int64)
-        partial[subset] = data.y_train[subset]
-        d, mixture = best_on_validation(
-            dims if len(val) else dims[-1:],
-            lambda d: semi_gmm_fit(x_train[:, :d], partial, data.num_classes)[0],
-            lambda m: float((m.predict(x_train[val][:, :m.means.shape[1]]) == data.y_train[val]).mean())
-            if len(val) else 0.0)
-        accuracies[seed] = float((mixture.predict(x_test[:, :d]) == data.y_test).mean())
-        if chosen is not None:
-            chosen[seed] = f"d {d}"
-    return accuracies
+    subset, val = seed_split(data, budget, seed, val_labels)
+    partial = np.full(len(data.y_train), -1, dtype=np.int64)
+    partial[subset] = data.y_train[subset]
+    return candidate_fits(dims, dims[-1], "d {}", lambda d: semi_gmm_fit(x_train[:, :d], partial, data.num_classes)[0],
+                          lambda m, rows: m.predict((x_test if rows is None else x_train[rows])[:, :m.means.shape[1]]),
+                          val, data)
+
+
+def semi_gmm_baseline(features: str, budget: int, seeds: list[int], vectors: ClsVectors | None = None,
+                      val_labels: int | None = None, chosen: dict | None = None) -> dict[int, float]:
+    """seed -> test accuracy of SemiGMM (module docstring), d of SEMI_GMM_DIMS best on its validation split (whose
+    labels stay hidden from the fit)."""
+    data = vectors or read_cls_vectors(features)
+    val_labels = budget if val_labels is None else val_labels
+    return {seed: chosen_accuracy(semi_gmm_candidates(data, budget, seed, val_labels), val_labels, seed, chosen)
+            for seed in seeds}
 
 
 BASELINES = {"LogisticRegression": logistic_baseline, "LinearProbe": probe_baseline,
              "SelfTraining": self_training_baseline, "LabelSpreading": spreading_baseline,
              "SemiGMM": semi_gmm_baseline}
-# The baselines that choose a hyperparameter on the validation split (their fits depend on its size) and read which
-# vectors: CLS alone, or with the mean patch token.
-VALIDATED = ("LinearProbe", "SelfTraining", "SemiGMM")
+# The baselines that choose a hyperparameter on the validation split (what they report depends on its size; their
+# candidates' fits do not) and the function that fits one seed's candidates; which vectors each reads: CLS alone, or
+# with the mean patch token.
+CANDIDATES = {"LinearProbe": probe_candidates, "SelfTraining": self_training_candidates,
+              "SemiGMM": semi_gmm_candidates}
+VALIDATED = tuple(CANDIDATES)
 POOLED_PATCHES = ("LinearProbe",)
