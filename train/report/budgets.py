@@ -16,6 +16,7 @@ from twinturbo.common.atomic import save_figure
 from twinturbo.train.report.baseline import Baselines
 from twinturbo.train.report.figures import pyplot, setup_line
 from twinturbo.train.report.selection import Combination, setup_order, swept_weights
+from twinturbo.train.report.sentences import one_term_pairs
 from twinturbo.train.report.stats import mean_interval, paired_difference
 
 
@@ -80,7 +81,29 @@ def budget_finding(chosen: dict[tuple, Combination], baselines: Baselines | None
         held.append(f"at {budget} labels " + (f"setup{'s' if len(above) > 1 else ''} {', '.join(above)}" if above
                                                else "none"))
     return ("Across budgets: the best is " + "; ".join(best) + ". A gain over setup 1 whose 95% interval is above 0: "
-            + "; ".join(held) + ".")
+            + "; ".join(held) + "." + term_budgets(chosen, epoch_rule, verdict))
+
+
+def term_budgets(chosen: dict[tuple, Combination], epoch_rule: str, verdict) -> str:
+    """' Each term's own gain by budget ...': for every two setups one term apart (sentences.one_term_pairs), the
+    paired gain of adding the term at each budget where both ran, with the seeds above and whether its 95% interval
+    excludes 0: where a term helps, in one sentence (e.g. the critic on top of setup 1, and on top of FixMatch)."""
+    gains: dict[tuple, list[str]] = {}
+    for term, combo, other in sorted(one_term_pairs(chosen), key=lambda item: (setup_order(item[2].setup),
+                                                                                 setup_order(item[1].setup),
+                                                                                 item[1].labels)):
+        paired = paired_difference(combo.test(epoch_rule), other.test(epoch_rule))
+        if paired is not None:
+            said = verdict(paired)
+            mark = ", excludes 0" if said == "its interval excludes 0" else ""
+            gains.setdefault((term, other.setup, combo.setup), []).append(
+                f"{combo.labels}: {paired.difference.text(signed=True)} ({paired.positive}/{len(paired.seeds)}{mark})")
+    if not gains:
+        return ""
+    return (" Each term's own gain by budget (setup with it minus setup without it, each at its chosen λ, paired by "
+            "seed: points ± 95% t half-width, seeds above): " + "; ".join(
+                f"{term} on top of setup {without} (setup {with_term}) at {', '.join(cells)}"
+                for (term, without, with_term), cells in gains.items()) + ".")
 
 
 def plot_budgets(chosen: dict[tuple, Combination], baselines: Baselines | None, dataset: str, backbone: str,

@@ -48,15 +48,15 @@ def summary_markdown(rows: list[dict], by_group: dict[tuple[str, str], list[Comb
             lines.append("These rows have no validation split (trained before --val-labels): λ is chosen on the "
                          "test set below, which is optimistic.")
         resolution = test_resolution(group_rows)
+        found = baseline if isinstance(baseline, dict) else None
+        if len(sizes) > 1:  # across budgets first: where each gain holds (issue 37's questions)
+            lines += ["", budget_finding(chosen, found, epoch_rule, lambda paired: verdict(paired, resolution))]
         lines += ["", best_sentence(chosen, baseline if isinstance(baseline, dict) else None, epoch_rule, resolution),
                   "", finding_sentence(combos, chosen, epoch_rule, resolution), ""]
         gains = term_gains(chosen, epoch_rule, resolution)
         if gains:
             lines += ["What each term adds on top of the setup without it (each setup at its own chosen λ):", "",
                       *gains, ""]
-        found = baseline if isinstance(baseline, dict) else None
-        if len(sizes) > 1:
-            lines += [budget_finding(chosen, found, epoch_rule, lambda paired: verdict(paired, resolution)), ""]
         lines += [*table, ""]
         notes = [f"- setup {s} at {n} labels: {note}" for (s, n), found in edges.items() for note in found]
         if notes:
