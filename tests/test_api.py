@@ -52,6 +52,9 @@ def test_mistakes_raise_the_commands_messages(digits, tmp_path):
     with pytest.raises(TwinTurboError, match="--fixmatch reads the strong and weak views"):
         tt.train(digits, fixmatch_weight=1.0, out=tmp_path / "never", device="cpu")
     assert not (tmp_path / "never").exists()
+    with pytest.raises(TwinTurboError, match=r"^--attentive-queries 4: an option of --head attentive, and this run's "
+                                             r"head is linear"):
+        tt.train(digits, head="linear", attentive_queries=4, out=tmp_path / "never", device="cpu")
     with pytest.raises(TwinTurboError, match="sweep: unknown grid axis 'critc'"):
         tt.sweep(digits, tmp_path / "s", grids={"critc": [1]})
     with pytest.raises(TwinTurboError, match="does not exist: is .* a tt-sweep --out directory"):

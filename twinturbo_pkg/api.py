@@ -102,6 +102,7 @@ def train(features: str | Path, out: str | Path | None = None, device: str = "au
     trackers = _trackers(log)
     torch_device = resolve_device(device)
     config = _config(TrainConfig, options, "train").validate()
+    config.check_given(set(options))
     config.precision = resolve_precision(config.precision, torch_device)
     limit = parse_size(memory_limit) if isinstance(memory_limit, str) else memory_limit
     _, run_dir = train_from_store(features, config, torch_device, Path(out) if out is not None else None,
