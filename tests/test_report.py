@@ -49,12 +49,13 @@ def _pm(cell: str) -> tuple[float, float]:
 
 
 def _table(summary: str) -> dict[tuple[str, int], list[str]]:
-    """The main table's cells by (setup or method, labels)."""
+    """The main table's cells by (setup or method, labels) (its rows: a budget in the second column)."""
     out = {}
     for line in summary.split("The paper's protocol beside it")[0].splitlines():
         if line.startswith("| ") and not line.startswith("| setup") and not line.startswith("|---"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            out[(cells[0].split(":")[0], int(cells[1]))] = cells
+            if cells[1].isdigit():
+                out[(cells[0].split(":")[0], int(cells[1]))] = cells
     return out
 
 

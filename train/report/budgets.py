@@ -84,26 +84,44 @@ def budget_finding(chosen: dict[tuple, Combination], baselines: Baselines | None
             + "; ".join(held) + "." + term_budgets(chosen, epoch_rule, verdict))
 
 
-def term_budgets(chosen: dict[tuple, Combination], epoch_rule: str, verdict) -> str:
-    """' Each term's own gain by budget ...': for every two setups one term apart (sentences.one_term_pairs), the
-    paired gain of adding the term at each budget where both ran, with the seeds above and whether its 95% interval
-    excludes 0: where a term helps, in one sentence (e.g. the critic on top of setup 1, and on top of FixMatch)."""
-    gains: dict[tuple, list[str]] = {}
+def _term_gains(chosen: dict[tuple, Combination], epoch_rule: str) -> dict[tuple, dict[int, object]]:
+    """(term, setup without it, setup with it) -> budget -> the paired gain of adding the term (each setup at its
+    chosen λ), for every two setups one term apart (sentences.one_term_pairs), in setup order."""
+    gains: dict[tuple, dict[int, object]] = {}
     for term, combo, other in sorted(one_term_pairs(chosen), key=lambda item: (setup_order(item[2].setup),
                                                                                  setup_order(item[1].setup),
                                                                                  item[1].labels)):
         paired = paired_difference(combo.test(epoch_rule), other.test(epoch_rule))
         if paired is not None:
-            said = verdict(paired)
-            mark = ", excludes 0" if said == "its interval excludes 0" else ""
-            gains.setdefault((term, other.setup, combo.setup), []).append(
-                f"{combo.labels}: {paired.difference.text(signed=True)} ({paired.positive}/{len(paired.seeds)}{mark})")
-    if not gains:
+            gains.setdefault((term, other.setup, combo.setup), {})[combo.labels] = paired
+    return gains
+
+
+def term_budgets(chosen: dict[tuple, Combination], epoch_rule: str, verdict) -> str:
+    """' A term's own gain whose 95% interval excludes 0: ...': where adding a term (the critic on top of setup 1, on
+    top of FixMatch, ...) changes the accuracy beyond the seeds' noise, budget by budget; term_gain_table has them
+    all."""
+    held = [f"{term} on top of setup {without} at {budget} labels ({paired.difference.text(signed=True)})"
+            for (term, without, _), per_budget in _term_gains(chosen, epoch_rule).items()
+            for budget, paired in sorted(per_budget.items()) if verdict(paired) == "its interval excludes 0"]
+    if not any(len(per_budget) for per_budget in _term_gains(chosen, epoch_rule).values()):
         return ""
-    return (" Each term's own gain by budget (setup with it minus setup without it, each at its chosen λ, paired by "
-            "seed: points ± 95% t half-width, seeds above): " + "; ".join(
-                f"{term} on top of setup {without} (setup {with_term}) at {', '.join(cells)}"
-                for (term, without, with_term), cells in gains.items()) + ".")
+    return " A term's own gain whose 95% interval excludes 0: " + ("; ".join(held) if held else "none") + \
+        " (each term at every budget: the table below)."
+
+
+def term_gain_table(chosen: dict[tuple, Combination], epoch_rule: str) -> list[str]:
+    """Per term and the setup it is added to, per budget: the paired gain (points ± 95% t half-width, seeds above)."""
+    gains = _term_gains(chosen, epoch_rule)
+    if not gains:
+        return []
+    budgets = sorted({n for _, n in chosen})
+    lines = ["| term | on top of | " + " | ".join(f"{n} labels" for n in budgets) + " |",
+             "|---|---|" + "---:|" * len(budgets)]
+    for (term, without, with_term), per_budget in gains.items():
+        lines.append(f"| {term} (setup {with_term}) | setup {without} | "
+                     + " | ".join(paired_cell(per_budget.get(n)) for n in budgets) + " |")
+    return lines
 
 
 def plot_budgets(chosen: dict[tuple, Combination], baselines: Baselines | None, dataset: str, backbone: str,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from twinturbo.train.report.baseline import Baselines
-from twinturbo.train.report.budgets import budget_finding, budget_table
+from twinturbo.train.report.budgets import budget_finding, budget_table, term_gain_table
 from twinturbo.train.report.fits import BASELINE_TEXT
 from twinturbo.train.report.heads import gain_table, head_finding, head_table, heads_of, reference_head
 from twinturbo.train.report.selection import Combination, by_setup, row_group, split_head
@@ -54,7 +54,11 @@ def summary_markdown(rows: list[dict], by_group: dict[tuple[str, str], list[Comb
         lines += ["", best_sentence(chosen, baseline if isinstance(baseline, dict) else None, epoch_rule, resolution),
                   "", finding_sentence(combos, chosen, epoch_rule, resolution), ""]
         gains = term_gains(chosen, epoch_rule, resolution)
-        if gains:
+        if len(sizes) > 1 and gains:  # several budgets: one table instead of a line per term and budget
+            lines += ["Each term's own gain at every budget (the setup with it minus the setup without it, each at its "
+                      "chosen λ, paired by seed: points ± 95% t half-width, seeds above in brackets):", "",
+                      *term_gain_table(chosen, epoch_rule), ""]
+        elif gains:
             lines += ["What each term adds on top of the setup without it (each setup at its own chosen λ):", "",
                       *gains, ""]
         lines += [*table, ""]
