@@ -163,3 +163,20 @@ def test_a_setups_name_stays_whole_in_the_curves_legend_and_breaks_on_lines_unde
     assert setup_label("fixcritic", name) == "fixcritic:\ncat_cross/softmax\n+ critic + fixmatch"
     assert setup_label(2, "cat_cross/softmax + critic") == "2: cat_cross/softmax\n+ critic"
     assert setup_label(4, "cat_twin_unlabelled/softmax") == "4:\ncat_twin_unlabelled/\nsoftmax\nalone"
+
+
+def test_the_curves_legend_gives_each_axis_once_and_a_varying_one_by_budget():
+    """fixcritic's chosen λ at 4 budgets: λ_C and τ_Fix the same at each (said once), λ_Fix not (said in budget
+    order); a setup without terms says nothing."""
+    from types import SimpleNamespace
+
+    from twinturbo.train.report.budgets import chosen_by_budget
+
+    def combo(fixmatch: float):
+        weights = {"critic_weight": 3.0, "fixmatch_weight": fixmatch, "fixmatch_threshold": 0.95}
+        return SimpleNamespace(weight=lambda name: weights.get(name, 0.0))
+
+    assert chosen_by_budget([combo(v) for v in (0.3, 0.3, 1.0, 0.3)]) == \
+        "λ_C=3 τ_Fix=0.95; λ_Fix by budget 0.3, 0.3, 1, 0.3"
+    assert chosen_by_budget([SimpleNamespace(weight=lambda name: 0.0)] * 2) == ""
+

@@ -10,12 +10,13 @@ setup's gain over setup 1 has an interval that excludes 0 (`budget_finding`).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from twinturbo.common.atomic import save_figure
 from twinturbo.train.report.baseline import Baselines
 from twinturbo.train.report.figures import pyplot, setup_line
-from twinturbo.train.report.selection import Combination, setup_order, swept_weights
+from twinturbo.train.report.selection import Combination, setup_order, swept_weights, weight_symbol
 from twinturbo.train.report.sentences import one_term_pairs
 from twinturbo.train.report.stats import mean_interval, paired_difference
 
@@ -124,6 +125,19 @@ def term_gain_table(chosen: dict[tuple, Combination], epoch_rule: str) -> list[s
     return lines
 
 
+def chosen_by_budget(combos: list[Combination]) -> str:
+    """What one setup chose at its budgets (in budget order), each axis once: 'λ_C=3 τ_Fix=0.95; λ_Fix by budget 0.3,
+    0.3, 1, 0.3' (an axis chosen alike at every budget by its value, the others value by value)."""
+    same, varying = [], []
+    for axis in swept_weights(combos):
+        values = [f"{c.weight(axis):g}" for c in combos]
+        if len(set(values)) == 1:
+            same.append(f"{weight_symbol(axis)}={values[0]}")
+        else:
+            varying.append(f"{weight_symbol(axis)} by budget {', '.join(values)}")
+    return "; ".join(part for part in (" ".join(same), "; ".join(varying)) if part)
+
+
 def plot_budgets(chosen: dict[tuple, Combination], baselines: Baselines | None, dataset: str, backbone: str,
                  path: Path, rule: str, epoch_rule: str = "last") -> None:
     """Test accuracy against the label budget (log axis): per setup a line through the chosen λ's seed means, its 95%
@@ -145,11 +159,10 @@ def plot_budgets(chosen: dict[tuple, Combination], baselines: Baselines | None, 
             shift = 1 + 0.02 * (index - (len(setups) - 1) / 2)  # each setup's seeds beside, not on, the others
             ax.scatter([n * shift] * len(seeds), list(seeds.values()), s=8, color=colour, alpha=0.6, zorder=3)
         xs = [n for n, _ in points]
-        name = points[0][1].setup_name
-        terms = swept_weights([c for _, c in points])
-        chosen_text = ", ".join(f"{n}: {c.lambda_text(terms, ' ')}" for n, c in points) if terms else ""
+        chosen_text = chosen_by_budget([c for _, c in points])
         ax.plot(xs, means, marker="o", color=colour, linewidth=1.8,
-                label=setup_line(setup, name) + (f" ({chosen_text})" if chosen_text else ""))
+                label="\n    ".join(textwrap.wrap(setup_line(setup, points[0][1].setup_name)
+                                                  + (f" ({chosen_text})" if chosen_text else ""), 110)))
         ax.fill_between(xs, lows, highs, color=colour, alpha=0.12 if len(setups) < 5 else 0.06, linewidth=0.6,
                         edgecolor=colour, linestyle=":")
     for index, (method, per_budget) in enumerate((baselines or {}).items()):
