@@ -172,11 +172,11 @@ def test_the_curves_legend_gives_each_axis_once_and_a_varying_one_by_budget():
 
     from twinturbo.train.report.budgets import chosen_by_budget
 
-    def combo(fixmatch: float):
+    def combo(labels: int, fixmatch: float):
         weights = {"critic_weight": 3.0, "fixmatch_weight": fixmatch, "fixmatch_threshold": 0.95}
-        return SimpleNamespace(weight=lambda name: weights.get(name, 0.0))
+        return SimpleNamespace(labels=labels, weight=lambda name: weights.get(name, 0.0))
 
-    assert chosen_by_budget([combo(v) for v in (0.3, 0.3, 1.0, 0.3)]) == \
-        "λ_C=3 τ_Fix=0.95; λ_Fix by budget 0.3, 0.3, 1, 0.3"
-    assert chosen_by_budget([SimpleNamespace(weight=lambda name: 0.0)] * 2) == ""
+    assert chosen_by_budget([combo(n, v) for n, v in ((40, 0.3), (100, 0.3), (250, 1.0), (1000, 0.3))]) == \
+        "λ_C=3 τ_Fix=0.95; λ_Fix 0.3 at 40, 0.3 at 100, 1 at 250, 0.3 at 1000"
+    assert chosen_by_budget([SimpleNamespace(labels=8, weight=lambda name: 0.0)] * 2) == ""
 

@@ -134,25 +134,30 @@ def build_head(shape: TokenShape, config, init_seed: int = 0) -> nn.Module:
 
 
 def _check_contract(head: Head, module: nn.Module, shape: TokenShape, proj_dim: int) -> None:
-    """The head's forward on 2 samples of zeros, 3 output rows (the package docstring's contract): a head whose outputs
-    have other shapes, or whose forward fails on the store's shape, is one line naming it, before a run starts (not a
-    traceback from inside the step). Its RNG draws are undone by build_head's fork_rng."""
+    """The head's forward on 2 samples of zeros as a training step calls it (a mask, 3 output rows, `rows` by keyword)
+    and as the evaluation does (no mask, every sample once), against the package docstring's contract: a head whose
+    outputs have other shapes, or whose forward fails on the store's shape, is one line naming it before a run starts
+    (not a traceback from inside a step). Its RNG draws are undone by build_head's fork_rng."""
     cls, patches = torch.zeros(2, shape.cls_dim), torch.zeros(2, shape.num_patches, shape.patch_dim)
-    rows, mask = torch.tensor([0, 1, 1]), torch.ones(3, proj_dim)
-    call = (f"forward(cls [2, {shape.cls_dim}], patches [2, {shape.num_patches}, {shape.patch_dim}], dropout_mask "
-            f"[3, {proj_dim}], rows [3])")
-    try:
-        with torch.no_grad():
-            out = module(cls, patches, mask, rows)
-    except Exception as err:  # noqa: BLE001 (any failure of a head's own code is reported as its own)
-        raise TwinTurboError(f"{head.source}: head {head.name!r}: {call} failed: {type(err).__name__}: {err}") \
-            from None
-    shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-              for t in (out if isinstance(out, tuple) else (out,))]
-    if not (len(shapes) == 2 and isinstance(shapes[0], tuple) and len(shapes[0]) == 2 and shapes[0][0] == 3
-            and shapes[1] == (3, shape.num_classes)):
-        raise TwinTurboError(f"{head.source}: head {head.name!r}: {call} returned {', '.join(map(str, shapes))}; "
-                             f"expected (z [3, *], logits [3, {shape.num_classes}])")
+    tokens = f"cls [2, {shape.cls_dim}], patches [2, {shape.num_patches}, {shape.patch_dim}]"
+    for call, args, kwargs, rows in (
+            (f"forward({tokens}, dropout_mask [3, {proj_dim}], rows=[3])", (cls, patches, torch.ones(3, proj_dim)),
+             {"rows": torch.tensor([0, 1, 1])}, 3),
+            (f"forward({tokens}, dropout_mask None, rows=None) (the evaluation's call)", (cls, patches, None),
+             {"rows": None}, 2)):
+        try:
+            with torch.no_grad():
+                out = module(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 (any failure of a head's own code is reported as its own)
+            raise TwinTurboError(f"{head.source}: head {head.name!r}: {call} failed: {type(err).__name__}: {err}") \
+                from None
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                  for t in (out if isinstance(out, tuple) else (out,))]
+        if not (len(shapes) == 2 and isinstance(shapes[0], tuple) and len(shapes[0]) == 2 and shapes[0][0] == rows
+                and shapes[1] == (rows, shape.num_classes)):
+            raise TwinTurboError(f"{head.source}: head {head.name!r}: {call} returned "
+                                 f"{', '.join(map(str, shapes))}; expected (z [{rows}, D], logits [{rows}, "
+                                 f"{shape.num_classes}])")
 
 
 def check_head(config, active_terms) -> None:

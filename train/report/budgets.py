@@ -102,11 +102,12 @@ def term_budgets(chosen: dict[tuple, Combination], epoch_rule: str, verdict) -> 
     """' A term's own gain whose 95% interval excludes 0: ...': where adding a term (the critic on top of setup 1, on
     top of FixMatch, ...) changes the accuracy beyond the seeds' noise, budget by budget; term_gain_table has them
     all."""
-    held = [f"{term} on top of setup {without} at {budget} labels ({paired.difference.text(signed=True)})"
-            for (term, without, _), per_budget in _term_gains(chosen, epoch_rule).items()
-            for budget, paired in sorted(per_budget.items()) if verdict(paired) == "its interval excludes 0"]
-    if not any(len(per_budget) for per_budget in _term_gains(chosen, epoch_rule).values()):
+    gains = _term_gains(chosen, epoch_rule)
+    if not gains:
         return ""
+    held = [f"{term} on top of setup {without} at {budget} labels ({paired.difference.text(signed=True)})"
+            for (term, without, _), per_budget in gains.items()
+            for budget, paired in sorted(per_budget.items()) if verdict(paired) == "its interval excludes 0"]
     return " A term's own gain whose 95% interval excludes 0: " + ("; ".join(held) if held else "none") + \
         " (each term at every budget: the table below)."
 
@@ -126,15 +127,15 @@ def term_gain_table(chosen: dict[tuple, Combination], epoch_rule: str) -> list[s
 
 
 def chosen_by_budget(combos: list[Combination]) -> str:
-    """What one setup chose at its budgets (in budget order), each axis once: 'λ_C=3 τ_Fix=0.95; λ_Fix by budget 0.3,
-    0.3, 1, 0.3' (an axis chosen alike at every budget by its value, the others value by value)."""
+    """What one setup chose at its budgets, each axis once: 'λ_C=3 τ_Fix=0.95; λ_Fix 0.3 at 40, 0.3 at 100, 1 at 250'
+    (an axis chosen alike at every budget by its value, the others budget by budget)."""
     same, varying = [], []
     for axis in swept_weights(combos):
         values = [f"{c.weight(axis):g}" for c in combos]
         if len(set(values)) == 1:
             same.append(f"{weight_symbol(axis)}={values[0]}")
         else:
-            varying.append(f"{weight_symbol(axis)} by budget {', '.join(values)}")
+            varying.append(f"{weight_symbol(axis)} " + ", ".join(f"{v} at {c.labels}" for v, c in zip(values, combos)))
     return "; ".join(part for part in (" ".join(same), "; ".join(varying)) if part)
 
 

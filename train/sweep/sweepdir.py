@@ -103,7 +103,7 @@ def fusion_groups(runs: Iterable[RunSpec], fuse: int) -> Iterator[list[RunSpec]]
 
 def run_table(runs: list[RunSpec], finished: set[str] = frozenset()) -> str:
     """The --dry-run table: one line per run, then the count."""
-    heads = {run.head for run in runs} != {DEFAULT_HEAD}  # a head column where a run trains another than the paper's
+    heads = any(run.head != DEFAULT_HEAD for run in runs)  # a head column where a run trains another than the paper's
     header = (f"{'#':>4}  {'setup':<40} {'weights':<22} " + (f"{'head':<10} " if heads else "")
               + f"{'labels':>6} {'seed':>6}  {'status':<8} run id")
     lines = [header, "-" * len(header)]
