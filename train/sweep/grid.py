@@ -127,6 +127,7 @@ class SweepGrid:
     training: dict[str, Any] = field(default_factory=dict)
     table: dict[int | str, Setup] = field(default_factory=lambda: dict(PAPER_SETUPS))
     ignored: tuple[str, ...] = field(default=(), compare=False)  # grids given that no chosen setup reads (build_grid)
+    unread_options: tuple[str, ...] = field(default=(), compare=False)  # head options no run reads (build_grid)
 
     def __post_init__(self) -> None:
         self.setups = tuple(setup_key(s) for s in self.setups)

@@ -1,5 +1,5 @@
-"""A sweep's grid from a `--grid FILE` (TOML or YAML) and the command line's list options over it, and the one line
-naming what a user gave that no chosen setup reads."""
+"""A sweep's grid from a `--grid FILE` (TOML or YAML) and the command line's list options over it, and the lines
+naming what a user gave that no chosen setup (grids) or no trained head (head options) reads."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from twinturbo.common.errors import TwinTurboError
+from twinturbo.train.config import TrainConfig
+from twinturbo.train.heads import HEAD_OPTIONS
 from twinturbo.train.sweep.grid import AXIS_DEFAULTS, SweepGrid, format_list, grid_key, grid_option, parse_list
 
 
@@ -61,7 +63,25 @@ def build_grid(grid_file: str | dict | None, lists: dict[str, str | None], train
     grid.ignored = tuple(f"{grid_option(name[:-len('_grid')])} {format_list(data[name])}"
                          if name in lists and lists[name] is not None else f"{name} of --grid {grid_file}"
                          for name in grid.unused_grids(given))
+    grid.unread_options = unread_head_options(grid, {name for name, value in training.items() if value is not None})
     return grid
+
+
+def unread_head_options(grid: SweepGrid, given: set[str]) -> tuple[str, ...]:
+    """The head options given on the command line (`given`: field names) whose head no run of the grid trains: each
+    as '--<flag> <value> (--head <its head>)'. A warning, not a refusal (tt-train refuses): a sweep's shared flags
+    serve whichever of its runs read them."""
+    trained = {head for key in grid.setups for head in grid.heads_of(key)}
+    return tuple(f"{TrainConfig.flag(name)} {grid.training[name]} (--head {HEAD_OPTIONS[name].name})"
+                 for name in sorted(given) if name in HEAD_OPTIONS and HEAD_OPTIONS[name].name not in trained)
+
+
+def unread_options_warning(grid: SweepGrid) -> str | None:
+    """tt-sweep's one line on the head options no run of the sweep reads."""
+    if not grid.unread_options:
+        return None
+    return (f"warning: {'; '.join(grid.unread_options)}: an option of a head no run of this sweep trains "
+            f"({', '.join(sorted({h for key in grid.setups for h in grid.heads_of(key)}))}), so no run changes")
 
 
 def ignored_grids_warning(grid: SweepGrid) -> str | None:

@@ -17,7 +17,7 @@ from twinturbo.common.store import open_store
 from twinturbo.train.run.data import check_views, num_classes_of
 from twinturbo.train.run.sampling import check_budgets
 from twinturbo.train.sweep.grid import SweepGrid
-from twinturbo.train.sweep.gridfile import ignored_grids_warning
+from twinturbo.train.sweep.gridfile import ignored_grids_warning, unread_options_warning
 from twinturbo.train.sweep.jobs import launch_submitit
 from twinturbo.train.sweep.local import launch_local
 from twinturbo.train.sweep.results import RESULTS_FILE, drop_cut_lines, finished_run_ids
@@ -60,9 +60,9 @@ def run_sweep(features: str, sweep_dir: str, grid: SweepGrid, device: str, fuse:
     if launcher == "submitit" and slurm is not None:
         slurm.validate()
     grid.training["precision"] = sweep_precision(grid.training.get("precision", "auto"), device, launcher, slurm)
-    ignored = ignored_grids_warning(grid)
-    if ignored:
-        print(ignored, file=sys.stderr)
+    for warning in (ignored_grids_warning(grid), unread_options_warning(grid)):
+        if warning:
+            print(warning, file=sys.stderr)
     with open_store(features) as store:
         store.require_complete()
         for line in recorded_warnings(store.attrs):
