@@ -173,13 +173,15 @@ def test_a_grid_no_chosen_setup_reads_is_named_in_one_warning_line(store, tmp_pa
                             "term's grid only when it switches the term on and sets none of its own)"], result.stderr
     result = CliRunner().invoke(sweep_main, base + ["--setups", "1,2", "--critic-grid", "5"])
     assert result.exit_code == 0 and "warning" not in result.stderr  # setup 2 reads it
-    # a head's option where no run trains that head: a warning of its own (tt-train refuses it)
-    result = CliRunner().invoke(sweep_main, base + ["--setups", "1", "--heads", "linear", "--attentive-queries", "4"])
+    # a head's option where no run trains that head, a term's where no setup has the term: a warning of its own
+    # (tt-train refuses them)
+    result = CliRunner().invoke(sweep_main, base + ["--setups", "1", "--heads", "linear", "--attentive-queries", "4",
+                                                    "--prior", "labelled"])
     assert result.exit_code == 0 and [line for line in result.stderr.splitlines() if line.startswith("warning:")] == [
-        "warning: --attentive-queries 4 (--head attentive): an option of a head no run of this sweep trains (linear), "
-        "so no run changes"], result.stderr
-    result = CliRunner().invoke(sweep_main, base + ["--setups", "1", "--heads", "linear,attentive",
-                                                    "--attentive-queries", "4"])
+        "warning: --attentive-queries 4 (--head attentive); --prior labelled (the critic term): read by no run of this "
+        "sweep (setups 1; heads linear), so no run changes"], result.stderr
+    result = CliRunner().invoke(sweep_main, base + ["--setups", "1,2", "--heads", "linear,attentive",
+                                                    "--attentive-queries", "4", "--prior", "labelled"])
     assert result.exit_code == 0 and "warning" not in result.stderr
 
 

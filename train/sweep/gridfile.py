@@ -9,6 +9,7 @@ from typing import Any
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.heads import HEAD_OPTIONS
+from twinturbo.train.terms import TERMS
 from twinturbo.train.sweep.grid import AXIS_DEFAULTS, SweepGrid, format_list, grid_key, grid_option, parse_list
 
 
@@ -63,25 +64,34 @@ def build_grid(grid_file: str | dict | None, lists: dict[str, str | None], train
     grid.ignored = tuple(f"{grid_option(name[:-len('_grid')])} {format_list(data[name])}"
                          if name in lists and lists[name] is not None else f"{name} of --grid {grid_file}"
                          for name in grid.unused_grids(given))
-    grid.unread_options = unread_head_options(grid, {name for name, value in training.items() if value is not None})
+    grid.unread_options = unread_options(grid, {name for name, value in training.items() if value is not None})
     return grid
 
 
-def unread_head_options(grid: SweepGrid, given: set[str]) -> tuple[str, ...]:
-    """The head options given on the command line (`given`: field names) whose head no run of the grid trains: each
-    as '--<flag> <value> (--head <its head>)'. A warning, not a refusal (tt-train refuses): a sweep's shared flags
-    serve whichever of its runs read them."""
-    trained = {head for key in grid.setups for head in grid.heads_of(key)}
-    return tuple(f"{TrainConfig.flag(name)} {grid.training[name]} (--head {HEAD_OPTIONS[name].name})"
-                 for name in sorted(given) if name in HEAD_OPTIONS and HEAD_OPTIONS[name].name not in trained)
+def unread_options(grid: SweepGrid, given: set[str]) -> tuple[str, ...]:
+    """The training options given on the command line (`given`: field names) that no run of the grid reads: a head's
+    options where no run trains that head, a term's where no chosen setup switches the term on; each as '--<flag>
+    <value> (--head <head>)' or '(the <term> term)'. A warning, not a refusal (tt-train refuses): a sweep's shared
+    flags serve whichever of its runs read them."""
+    heads = {head for key in grid.setups for head in grid.heads_of(key)}
+    terms = {term for key in grid.setups for term in grid.table[key].terms}
+    unread = []
+    for name in sorted(given):
+        owner = next((t for t in TERMS.values() if any(o.name == name for o in t.options)), None)
+        if name in HEAD_OPTIONS and HEAD_OPTIONS[name].name not in heads:
+            unread.append(f"{TrainConfig.flag(name)} {grid.training[name]} (--head {HEAD_OPTIONS[name].name})")
+        elif owner is not None and owner.name not in terms:
+            unread.append(f"{TrainConfig.flag(name)} {grid.training[name]} (the {owner.name} term)")
+    return tuple(unread)
 
 
 def unread_options_warning(grid: SweepGrid) -> str | None:
-    """tt-sweep's one line on the head options no run of the sweep reads."""
+    """tt-sweep's one line on the training options no run of the sweep reads."""
     if not grid.unread_options:
         return None
-    return (f"warning: {'; '.join(grid.unread_options)}: an option of a head no run of this sweep trains "
-            f"({', '.join(sorted({h for key in grid.setups for h in grid.heads_of(key)}))}), so no run changes")
+    heads = sorted({head for key in grid.setups for head in grid.heads_of(key)})
+    return (f"warning: {'; '.join(grid.unread_options)}: read by no run of this sweep (setups "
+            f"{', '.join(map(str, grid.setups))}; heads {', '.join(heads)}), so no run changes")
 
 
 def ignored_grids_warning(grid: SweepGrid) -> str | None:
