@@ -14,8 +14,8 @@ from dataclasses import asdict, field, fields, make_dataclass
 from twinturbo.common.device import PRECISION_HELP, PRECISIONS
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.heads import DEFAULT_HEAD, HEAD_OPTIONS, HEADS, check_head, head_help
-from twinturbo.train.terms import (DISPLAY_ORDER, OPTIONAL_OPTION_FIELDS, TASK_LOSSES, TERMS, WEIGHT_FIELDS,
-                                   active_terms)
+from twinturbo.train.terms import (DISPLAY_ORDER, OPTION_TERMS, OPTIONAL_OPTION_FIELDS, TASK_LOSSES, TERMS,
+                                   WEIGHT_FIELDS, active_terms)
 
 RESCALES = ("softmax", "sigmoid")
 
@@ -93,7 +93,7 @@ class _TrainConfigMethods:
                 raise TwinTurboError(f"{self.flag(name)} {value}: an option of --head {HEAD_OPTIONS[name].name}, "
                                      f"and this run's head is {self.head}; leave it out or give --head "
                                      f"{HEAD_OPTIONS[name].name}")
-            owner = next((term for term in TERMS.values() if any(o.name == name for o in term.options)), None)
+            owner = OPTION_TERMS.get(name)
             if owner is not None and getattr(self, owner.weight_field) == 0:
                 raise TwinTurboError(f"{self.flag(name)} {value}: an option of the {owner.name} term, which this run "
                                      f"does not compute ({owner.weight.flag} 0); leave it out or give "

@@ -9,7 +9,7 @@ from typing import Any
 from twinturbo.common.errors import TwinTurboError
 from twinturbo.train.config import TrainConfig
 from twinturbo.train.heads import HEAD_OPTIONS
-from twinturbo.train.terms import TERMS
+from twinturbo.train.terms import OPTION_TERMS
 from twinturbo.train.sweep.grid import AXIS_DEFAULTS, SweepGrid, format_list, grid_key, grid_option, parse_list
 
 
@@ -77,7 +77,7 @@ def unread_options(grid: SweepGrid, given: set[str]) -> tuple[str, ...]:
     terms = {term for key in grid.setups for term in grid.table[key].terms}
     unread = []
     for name in sorted(given):
-        owner = next((t for t in TERMS.values() if any(o.name == name for o in t.options)), None)
+        owner = OPTION_TERMS.get(name)
         if name in HEAD_OPTIONS and HEAD_OPTIONS[name].name not in heads:
             unread.append(f"{TrainConfig.flag(name)} {grid.training[name]} (--head {HEAD_OPTIONS[name].name})")
         elif owner is not None and owner.name not in terms:

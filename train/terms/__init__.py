@@ -196,6 +196,9 @@ def axis_symbol(name: str) -> str:
     return next((option.symbol or option.name for _, option in GRID_OPTIONS if option.name == name), name)
 
 
+# Every additive term's options, by field name: the term that reads each (an option is read only while its term is on).
+OPTION_TERMS = {option.name: term for term in TERMS.values() for option in term.options}
+
 # Options a run's identity leaves out while their term is off: those of terms that are not the paper's, so that a term
 # added to the package (with its options) leaves every existing run id as it was.
 OPTIONAL_OPTION_FIELDS = {option.name: term for term in TERMS.values() if not term.paper for option in term.options}
