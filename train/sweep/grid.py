@@ -237,6 +237,10 @@ class SweepGrid:
         own = self.table[key].head
         return (own,) if own is not None else self.heads
 
+    def trained_heads(self) -> list[str]:
+        """Every head some chosen setup trains, sorted."""
+        return sorted({head for key in self.setups for head in self.heads_of(key)})
+
     def to_dict(self) -> dict:
         """sweep.json's record of the grid. The paper's terms' grids are always written; another term's only when a
         chosen setup uses it, the heads and the setup table only where they are not the paper's, so that a sweep

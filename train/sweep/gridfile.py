@@ -73,7 +73,7 @@ def unread_options(grid: SweepGrid, given: set[str]) -> tuple[str, ...]:
     options where no run trains that head, a term's where no chosen setup switches the term on; each as '--<flag>
     <value> (--head <head>)' or '(the <term> term)'. A warning, not a refusal (tt-train refuses): a sweep's shared
     flags serve whichever of its runs read them."""
-    heads = {head for key in grid.setups for head in grid.heads_of(key)}
+    heads = grid.trained_heads()
     terms = {term for key in grid.setups for term in grid.table[key].terms}
     unread = []
     for name in sorted(given):
@@ -89,7 +89,7 @@ def unread_options_warning(grid: SweepGrid) -> str | None:
     """tt-sweep's one line on the training options no run of the sweep reads."""
     if not grid.unread_options:
         return None
-    heads = sorted({head for key in grid.setups for head in grid.heads_of(key)})
+    heads = grid.trained_heads()
     return (f"warning: {'; '.join(grid.unread_options)}: read by no run of this sweep (setups "
             f"{', '.join(map(str, grid.setups))}; heads {', '.join(heads)}), so no run changes")
 
