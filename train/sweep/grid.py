@@ -32,7 +32,6 @@ GRID_FIELDS = ("loss", "rescale", "head", *(term.weight_field for term in DISPLA
 AXIS_DEFAULTS: dict[str, tuple[float, ...]] = {
     **{term.name: term.weight.grid for term in DISPLAY_ORDER},
     **{option.name: (float(option.default),) for _, option in GRID_OPTIONS}}
-OPTION_TERMS = {option.name: term.name for term, option in GRID_OPTIONS}  # a grid option -> the term it belongs to
 
 TRAINING_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in GRID_FIELDS)
 # Grid files may also spell a training field as its tt-train flag (warmup for warmup_steps, ...).
@@ -100,7 +99,8 @@ class RunSpec:
         digest = hashlib.sha256(canonical_json([identity, self.store_fingerprint]).encode()).hexdigest()[:8]
         weights = "".join(f"-{term.weight.id_letter or term.name}{format_weight(self.weight(term.name))}"
                           for term in DISPLAY_ORDER if term.weight.id_letter or self.weight(term.name))
-        weights += "".join(f"-{name}{format_weight(value)}" for name, value in self.weights if name in OPTION_TERMS)
+        weights += "".join(f"-{name}{format_weight(value)}" for name, value in self.weights
+                           if name in GRID_OPTION_FIELDS)
         head = "" if self.head == DEFAULT_HEAD else f"-{self.head}"
         return (f"s{self.setup.key}{head}-{self.setup.loss}-{self.setup.rescale}{weights}-n{self.labels}"
                 f"-seed{self.seed}-{digest}")
@@ -177,7 +177,7 @@ class SweepGrid:
                 if not values or any(x <= 0 for x in values):
                     raise TwinTurboError(f"setup_grids.{key}.{name}: expected a non-empty list of weights > 0")
         for name in self.grids:  # every run is validated whole; a grid option's bounds are checked here, early
-            if name in OPTION_TERMS:
+            if name in GRID_OPTION_FIELDS:
                 for value in self.grids[name]:
                     TrainConfig(**{name: value}).validate()
         unknown_flags = sorted(set(self.training) - set(TRAINING_KEYS))

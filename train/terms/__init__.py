@@ -201,7 +201,7 @@ OPTION_TERMS = {option.name: term for term in TERMS.values() for option in term.
 
 # Options a run's identity leaves out while their term is off: those of terms that are not the paper's, so that a term
 # added to the package (with its options) leaves every existing run id as it was.
-OPTIONAL_OPTION_FIELDS = {option.name: term for term in TERMS.values() if not term.paper for option in term.options}
+OPTIONAL_OPTION_FIELDS = {name: term for name, term in OPTION_TERMS.items() if not term.paper}
 
 
 def active_terms(config) -> list[Term]:
